@@ -108,7 +108,8 @@ def test_degrade_is_upsample_of_measure_and_keeps_shape_and_dtype():
     x = jnp.asarray(rng.random((2, 24, 64)), jnp.float32)
     psf = random_psf(rng, (3, 5))
     y = isojax.degrade(x, psf, 3.2)
-    assert y.shape == x.shape and y.dtype == jnp.float32
+    assert y.shape == x.shape
+    assert y.dtype == jnp.float32
     expected = isojax.upsample(isojax.measure(x, psf, 3.2), 64, 3.2)
     np.testing.assert_allclose(y, expected, rtol=1e-6)
     yb = isojax.degrade(x.astype(jnp.bfloat16), psf, 3.2)
@@ -146,14 +147,17 @@ def test_factorize_psf():
     g2 = np.exp(-0.5 * (np.arange(-6, 7) / 2.1) ** 2)
     sep = np.outer(g1, g2) / np.outer(g1, g2).sum()
     f = factorize_psf(sep)
-    assert isinstance(f, FactoredPSF) and f.rank == 1 and f.shape == sep.shape
+    assert isinstance(f, FactoredPSF)
+    assert f.rank == 1
+    assert f.shape == sep.shape
     np.testing.assert_allclose(f.dense(), sep, atol=1e-7)
     rng = np.random.default_rng(4)
     p = random_psf(rng, (5, 7))
     assert factorize_psf(p, rtol=0).rank == 5
     loose = factorize_psf(p, rtol=0.2)
     err = np.linalg.norm(np.asarray(loose.dense()) - p) / np.linalg.norm(p)
-    assert loose.rank < 5 and err <= 0.2
+    assert loose.rank < 5
+    assert err <= 0.2
     with pytest.raises(ValueError, match="concrete"):
         jax.jit(factorize_psf)(p)
 
