@@ -529,7 +529,7 @@ def _rational(s: float, max_num: int = 512) -> tuple[int, int] | None:
     return None
 
 
-def _upsample(y, n, s, *, interpolation, axis, mode, precision=lax.Precision.HIGHEST):
+def _upsample(y, n, s, *, interpolation, axis, mode, precision):
     axis = axis % y.ndim
     n_low = int(y.shape[axis])
     ratio = _rational(s) if mode == "physical" else None
@@ -578,10 +578,44 @@ def _check_common(boundary, interpolation, mode):
         )
 
 
+# On a CPU, fresh memory costs more than arithmetic here: every large intermediate buffer
+# is page-faulted in on each call. Processing a big batch a few images at a time (a
+# sequential lax.map inside the same compiled program) keeps the intermediates small and
+# reused, about twice as fast for a 64x512x512 volume. Accelerators get the whole batch.
+_CPU_CHUNK_ELEMENTS = 1 << 21
+
+
+def _in_chunks(fn, x, axes):
+    """``fn(x)``, computed over chunks of the leading batch axes on CPU."""
+    lat, ax = _normalise_axes(x.ndim, axes)
+    if x.ndim < 3 or {lat, ax} != {x.ndim - 2, x.ndim - 1} or jax.default_backend() != "cpu":
+        return fn(x)
+    batch = math.prod(x.shape[:-2])
+    per_image = x.shape[-2] * x.shape[-1]
+    size = max(1, min(batch, _CPU_CHUNK_ELEMENTS // per_image))
+    while batch % size:  # largest divisor of the batch that fits
+        size -= 1
+    if size == batch:
+        return fn(x)
+    xs = x.reshape(batch // size, size, *x.shape[-2:])
+    out = lax.map(fn, xs)
+    return out.reshape(*x.shape[:-2], *out.shape[-2:])
+
+
 _STATIC = ("subsample", "boundary", "axes", "mode", "precision")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
+def _measure_jit(x, psf, subsample, *, boundary, axes, mode, precision):
+    def one(xc):
+        y = _measure(
+            xc, psf, subsample, boundary=boundary, axes=axes, mode=mode, precision=precision
+        )
+        return y.astype(_output_dtype(x.dtype))
+
+    return _in_chunks(one, x, axes)
+
+
 def measure(
     x: Array,
     psf,
@@ -620,13 +654,26 @@ def measure(
     s = _check_subsample(subsample)
     _check_common(boundary, "linear", mode)
     x = jnp.asarray(x)
-    y = _measure(x, psf, s, boundary=boundary, axes=axes, mode=mode, precision=precision)
-    return y.astype(_output_dtype(x.dtype))
+    _normalise_axes(x.ndim, axes)
+    return _measure_jit(x, psf, s, boundary=boundary, axes=axes, mode=mode, precision=precision)
 
 
 @functools.partial(
     jax.jit, static_argnames=("n", "subsample", "interpolation", "axis", "mode", "precision")
 )
+def _upsample_jit(y, n, subsample, *, interpolation, axis, mode, precision):
+    out = _upsample(
+        y.astype(_compute_dtype(y.dtype)),
+        n,
+        subsample,
+        interpolation=interpolation,
+        axis=axis,
+        mode=mode,
+        precision=precision,
+    )
+    return out.astype(_output_dtype(y.dtype))
+
+
 def upsample(
     y: Array,
     n: int,
@@ -658,13 +705,43 @@ def upsample(
     s = _check_subsample(subsample)
     _check_common("reflect", interpolation, mode)
     y = jnp.asarray(y)
-    out = _upsample(
-        y.astype(_compute_dtype(y.dtype)), n, s, interpolation=interpolation, axis=axis, mode=mode
+    if not -y.ndim <= axis < y.ndim:
+        raise ValueError(f"axis {axis} is out of range for an array of {y.ndim} dimensions.")
+    if int(n) < 1:
+        raise ValueError(f"n must be a positive number of pixels, got {n}.")
+    return _upsample_jit(
+        y,
+        int(n),
+        s,
+        interpolation=interpolation,
+        axis=axis % y.ndim,
+        mode=mode,
+        precision=precision,
     )
-    return out.astype(_output_dtype(y.dtype))
 
 
 @functools.partial(jax.jit, static_argnames=(*_STATIC, "interpolation"))
+def _degrade_jit(x, psf, subsample, *, interpolation, boundary, axes, mode, precision):
+    _, ax = _normalise_axes(x.ndim, axes)
+
+    def one(xc):
+        y = _measure(
+            xc, psf, subsample, boundary=boundary, axes=axes, mode=mode, precision=precision
+        )
+        out = _upsample(
+            y,
+            x.shape[ax],
+            subsample,
+            interpolation=interpolation,
+            axis=ax,
+            mode=mode,
+            precision=precision,
+        )
+        return out.astype(_output_dtype(x.dtype))
+
+    return _in_chunks(one, x, axes)
+
+
 def degrade(
     x: Array,
     psf,
@@ -719,10 +796,17 @@ def degrade(
     s = _check_subsample(subsample)
     _check_common(boundary, interpolation, mode)
     x = jnp.asarray(x)
-    y = _measure(x, psf, s, boundary=boundary, axes=axes, mode=mode, precision=precision)
-    _lat, ax = _normalise_axes(x.ndim, axes)
-    out = _upsample(y, x.shape[ax], s, interpolation=interpolation, axis=ax, mode=mode)
-    return out.astype(_output_dtype(x.dtype))
+    _normalise_axes(x.ndim, axes)
+    return _degrade_jit(
+        x,
+        psf,
+        s,
+        interpolation=interpolation,
+        boundary=boundary,
+        axes=axes,
+        mode=mode,
+        precision=precision,
+    )
 
 
 # ----------------------------------------------------------------------------------------
