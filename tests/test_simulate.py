@@ -1,0 +1,206 @@
+"""Simulated specimens, their acquisition and the scores (isojax.simulate)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from isojax.forward import degrade
+from isojax.simulate import acquire, psnr, simulate_specimen, simulate_stack, ssim
+
+SHAPE = (24, 40, 40)
+
+
+@pytest.fixture(scope="module")
+def specimen():
+    return simulate_specimen(jax.random.key(0), SHAPE)
+
+
+# ----------------------------------------------------------------------------------------
+# The specimen
+
+
+def test_specimen_shape_range_and_determinism(specimen):
+    v = np.asarray(specimen)
+    assert v.shape == SHAPE
+    assert v.dtype == np.float32
+    assert v.min() >= 0
+    assert v.max() == pytest.approx(1.0)
+    # sparse: most voxels are far below the brightest structures
+    assert np.median(v) < 0.2
+    again = simulate_specimen(jax.random.key(0), SHAPE)
+    np.testing.assert_array_equal(np.asarray(again), v)
+    other = simulate_specimen(jax.random.key(1), SHAPE)
+    assert not np.allclose(np.asarray(other), v)
+
+
+def test_specimen_has_no_preferred_direction(specimen):
+    # fine structure in every direction: gradient energies along z, y and x are alike
+    v = np.asarray(specimen, np.float64)
+    energy = [np.mean(np.diff(v, axis=a) ** 2) for a in range(3)]
+    assert max(energy) / min(energy) < 1.5, energy
+
+
+def test_specimen_options_are_checked():
+    with pytest.raises(ValueError, match="filament_radius"):
+        simulate_specimen(jax.random.key(0), SHAPE, filament_radius=(1.0, 0.5))
+    with pytest.raises(ValueError, match="shape_zyx"):
+        simulate_specimen(jax.random.key(0), (8, 8))
+    with pytest.raises(ValueError, match="vesicle_density"):
+        simulate_specimen(jax.random.key(0), SHAPE, vesicle_density=-1.0)
+
+
+# ----------------------------------------------------------------------------------------
+# The acquisition
+
+
+def test_acquire_shapes_and_metadata(specimen):
+    stack, acq = acquire(
+        jax.random.key(1),
+        specimen,
+        subsample=2.5,
+        sigma_lateral=1.0,
+        sigma_axial=2.0,
+        pixel_size=0.2,
+    )
+    n_low = math.floor((SHAPE[0] - 1) / 2.5) + 1
+    assert stack.shape == (n_low, *SHAPE[1:])
+    assert stack.dtype == jnp.float32
+    assert acq.reference.shape == SHAPE
+    np.testing.assert_allclose(acq.z_positions, np.arange(n_low) * 2.5)
+    assert acq.spacing == pytest.approx((0.5, 0.2, 0.2))
+    assert acq.spacing_fine == pytest.approx((0.2, 0.2, 0.2))
+    psf = np.asarray(acq.psf)
+    assert psf.ndim == 2
+    assert psf.shape[0] == 1
+    assert psf.sum() == pytest.approx(1.0, abs=1e-6)
+    # the additional axial PSF has variance sa^2 - sl^2
+    x = np.arange(psf.shape[1]) - psf.shape[1] // 2
+    assert (psf[0] * x**2).sum() == pytest.approx(2.0**2 - 1.0**2, rel=1e-3)
+    np.testing.assert_allclose(np.asarray(acq.factored_psf().dense()), psf)
+
+
+def test_reference_is_the_lateral_blur(specimen):
+    _, acq = acquire(jax.random.key(1), specimen, subsample=2.5, sigma_lateral=1.0, sigma_axial=2.0)
+    # scipy's "mirror" is the whole-sample mirror of boundary="reflect"
+    want = ndimage.gaussian_filter(
+        np.asarray(specimen, np.float64), 1.0, mode="mirror", truncate=4.0
+    )
+    np.testing.assert_allclose(np.asarray(acq.reference), want, atol=1e-5)
+
+
+def test_acquisition_routes_agree(specimen):
+    # operator route: lateral blur everywhere, then measure() with the additional axial PSF;
+    # direct route: full 3D Gaussian, then linear sampling of z without the operator
+    kw = {"subsample": 10.2 / 3, "sigma_lateral": 1.0, "sigma_axial": 2.5}
+    op, acq_op = acquire(jax.random.key(2), specimen, **kw)
+    direct, acq_direct = acquire(jax.random.key(2), specimen, method="direct", **kw)
+    np.testing.assert_allclose(np.asarray(op), np.asarray(direct), atol=1e-4 * float(op.max()))
+    np.testing.assert_allclose(np.asarray(acq_op.reference), np.asarray(acq_direct.reference))
+
+
+def test_acquisition_equals_the_operator_on_the_reference(specimen):
+    # with subsample 1 the recorded stack is degrade(reference) along z
+    stack, acq = acquire(
+        jax.random.key(3), specimen, subsample=1.0, sigma_lateral=1.0, sigma_axial=2.0
+    )
+    ref = jnp.moveaxis(acq.reference, 0, -1)  # z last: (y, x, z)
+    want = jnp.moveaxis(degrade(ref, acq.psf, 1.0), -1, 0)
+    np.testing.assert_allclose(np.asarray(stack), np.asarray(want), atol=1e-6)
+
+
+def test_noise_keeps_the_mean_and_has_the_expected_variance():
+    level, photons, read = 0.5, 50.0, 0.02
+    truth = jnp.full(SHAPE, level)
+    stack, _ = acquire(
+        jax.random.key(4),
+        truth,
+        subsample=2.0,
+        sigma_lateral=1.0,
+        sigma_axial=2.0,
+        photons=photons,
+        read_noise=read,
+    )
+    s = np.asarray(stack, np.float64)
+    var = level / photons + read**2
+    assert abs(s.mean() - level) < 4 * math.sqrt(var / s.size)
+    assert s.var() == pytest.approx(var, rel=0.05)
+
+
+def test_acquire_checks_its_input(specimen):
+    with pytest.raises(ValueError, match="order of the arguments"):
+        acquire(jax.random.key(0), specimen, subsample=2.0, sigma_lateral=2.0, sigma_axial=1.0)
+    with pytest.raises(ValueError, match="subsample"):
+        acquire(jax.random.key(0), specimen, subsample=0.5, sigma_lateral=1.0, sigma_axial=2.0)
+    with pytest.raises(ValueError, match="3D"):
+        acquire(jax.random.key(0), specimen[0], subsample=2.0, sigma_lateral=1.0, sigma_axial=2.0)
+
+
+def test_simulate_stack_chains_both():
+    stack, truth, acq = simulate_stack(
+        jax.random.key(5), shape_zyx=SHAPE, subsample=3.0, sigma_lateral=1.0, sigma_axial=2.0
+    )
+    want = simulate_specimen(jax.random.split(jax.random.key(5))[0], SHAPE)
+    np.testing.assert_array_equal(np.asarray(truth), np.asarray(want))
+    assert stack.shape == (8, *SHAPE[1:])
+    assert acq.subsample == 3.0
+
+
+# ----------------------------------------------------------------------------------------
+# Scores
+
+
+def _ssim_reference(x, y, data_range, sigma=1.5, truncate=3.5, k1=0.01, k2=0.03):
+    """Straightforward SSIM after Wang et al. (2004) with scipy's Gaussian filter."""
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+
+    def f(a):
+        return ndimage.gaussian_filter(a, sigma, truncate=truncate, mode="reflect")
+
+    mx, my = f(x), f(y)
+    sxx = f(x * x) - mx**2
+    syy = f(y * y) - my**2
+    sxy = f(x * y) - mx * my
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    r = int(truncate * sigma + 0.5)  # drop the border the filter had to invent
+    return s[tuple(slice(r, -r) for _ in range(x.ndim))].mean()
+
+
+@pytest.mark.parametrize("shape", [(32, 27), (14, 16, 13)])
+def test_ssim_matches_a_numpy_reference(shape):
+    rng = np.random.default_rng(0)
+    truth = ndimage.gaussian_filter(rng.random(shape), 1.0)
+    pred = truth + 0.05 * rng.standard_normal(shape)
+    dr = truth.max() - truth.min()
+    got = float(ssim(jnp.asarray(pred, jnp.float32), jnp.asarray(truth, jnp.float32)))
+    assert got == pytest.approx(_ssim_reference(pred, truth, dr), abs=2e-4)
+    got = float(ssim(pred.astype(np.float32), truth.astype(np.float32), data_range=1.0))
+    assert got == pytest.approx(_ssim_reference(pred, truth, 1.0), abs=2e-4)
+
+
+def test_ssim_closed_forms():
+    x = jnp.asarray(np.random.default_rng(1).random((16, 16)), jnp.float32)
+    assert float(ssim(x, x)) == pytest.approx(1.0, abs=1e-6)
+    assert float(ssim(x, 1.0 - x, data_range=1.0)) < 0  # anti-correlated
+    with pytest.raises(ValueError, match="window"):
+        ssim(x[:8], x[:8])
+    with pytest.raises(ValueError, match="same shape"):
+        ssim(x, x[:, :15])
+
+
+def test_psnr_closed_forms():
+    x = jnp.asarray(np.random.default_rng(2).random((8, 9, 10)), jnp.float32)
+    assert float(psnr(x, x)) == math.inf
+    # MSE = 0.01 and range 1 -> 20 dB
+    assert float(psnr(jnp.full(10, 0.1), jnp.zeros(10), data_range=1.0)) == pytest.approx(20.0)
+    # default range = truth.max() - truth.min() = 2; MSE = 0.04 -> 10 log10(4 / 0.04) = 20 dB
+    truth = jnp.asarray([0.0, 2.0, 1.0, 1.0])
+    pred = truth + jnp.asarray([0.2, -0.2, 0.2, -0.2])
+    assert float(psnr(pred, truth)) == pytest.approx(20.0, abs=1e-4)
+    with pytest.raises(ValueError, match="same shape"):
+        psnr(x, x[0])
