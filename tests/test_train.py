@@ -1,0 +1,198 @@
+"""Training: the step, checkpoints, exact resume after SIGKILL, divergence, the model folder."""
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from isojax.errors import IsojaxInputError
+from isojax.synth import SynthConfig
+from isojax.train import (
+    TrainConfig,
+    TrainingDiverged,
+    _managers,
+    _restore,
+    load_model,
+    read_model_config,
+    train,
+)
+from isojax.unet import UNetConfig
+
+NET = UNetConfig(first_filters=4)
+SYNTH = SynthConfig(subsample=3.0, patch_size=16)
+
+
+def small_stack(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((12, 40, 40)).astype(np.float32) * 500 + 100
+
+
+def axial_psf():
+    g = np.exp(-0.5 * ((np.arange(9) - 4) / 1.5) ** 2)
+    return (g / g.sum())[None].astype(np.float32)
+
+
+def run_train(workdir, steps, *, resume=False, learning_rate=4e-4, checkpoint_every=5):
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=4,
+        learning_rate=learning_rate,
+        checkpoint_every=checkpoint_every,
+        val_every=5,
+        warmup_steps=2,
+    )
+    return train(
+        small_stack(),
+        axial_psf(),
+        workdir=workdir,
+        synth_config=SYNTH,
+        config=cfg,
+        net=NET,
+        progress=False,
+        spacing=(0.3, 0.1, 0.1),
+        psf_pixel_size=0.1,
+        resume=resume,
+    )
+
+
+def test_training_writes_a_complete_model_folder(tmp_path):
+    summary = run_train(tmp_path / "m", 10)
+    assert summary["step"] == 10
+    assert np.isfinite(summary["loss"])
+    folder = tmp_path / "m"
+    for name in (
+        "config.json",
+        "psf.tif",
+        "metrics.jsonl",
+        "loss.png",
+        "checkpoints/last",
+        "checkpoints/best",
+    ):
+        assert (folder / name).exists(), name
+    meta = read_model_config(folder)
+    assert meta["subsample"] == 3.0
+    assert meta["spacing"] == [0.3, 0.1, 0.1]
+    assert meta["normalization"]["lo"] < meta["normalization"]["hi"]
+    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 11))
+    assert "val_loss" in lines[4]
+    assert "val_loss" in lines[9]
+    apply_fn, meta2 = load_model(folder)
+    out = apply_fn(np.zeros((3, 16, 16), np.float32))
+    assert out.shape == (3, 16, 16)
+    assert meta2 == meta
+
+
+def test_refuses_bad_input_and_overwriting(tmp_path):
+    run_train(tmp_path / "m", 2)
+    with pytest.raises(IsojaxInputError, match="already holds a model"):
+        run_train(tmp_path / "m", 2)
+    cfg = TrainConfig(steps=2, batch_size=2)
+    with pytest.raises(IsojaxInputError, match="larger than the image"):
+        train(
+            small_stack()[:, :8, :8],
+            axial_psf(),
+            workdir=tmp_path / "x",
+            synth_config=SYNTH,
+            config=cfg,
+            net=NET,
+        )
+    with pytest.raises(IsojaxInputError, match="3D"):
+        train(
+            small_stack()[0],
+            axial_psf(),
+            workdir=tmp_path / "y",
+            synth_config=SYNTH,
+            config=cfg,
+            net=NET,
+        )
+    assert not (tmp_path / "x").exists()
+    assert not (tmp_path / "y").exists()
+    with pytest.raises(IsojaxInputError, match="settings differ"):
+        train(
+            small_stack(),
+            axial_psf(),
+            workdir=tmp_path / "m",
+            synth_config=SYNTH,
+            config=TrainConfig(steps=3, batch_size=4, learning_rate=1e-3),
+            net=NET,
+            resume=True,
+            progress=False,
+        )
+    with pytest.raises(ValueError, match="steps must be"):
+        TrainConfig(steps=0)
+
+
+def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(TrainingDiverged, match="learning rate") as info:
+        run_train(tmp_path / "m", 40, learning_rate=1e30, checkpoint_every=1)
+    last, _ = _managers(tmp_path / "m")
+    step = last.latest_step()
+    assert step is not None
+    assert f"step {step})" in str(info.value)
+    state = _restore(
+        last,
+        NET,
+        TrainConfig(
+            steps=40,
+            batch_size=4,
+            learning_rate=1e30,
+            checkpoint_every=1,
+            val_every=5,
+            warmup_steps=2,
+        ),
+    )
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params))
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    from test_train import run_train
+    run_train(sys.argv[1], 24, resume=len(sys.argv) > 2, checkpoint_every=3)
+    """
+)
+
+
+def final_params(folder):
+    last, _ = _managers(folder)
+    cfg = TrainConfig(steps=24, batch_size=4, checkpoint_every=3, val_every=5, warmup_steps=2)
+    return _restore(last, NET, cfg).params
+
+
+@pytest.mark.slow
+def test_exact_resume_after_sigkill(tmp_path):
+    """Kill a training process with SIGKILL mid-run, resume it: same weights as a clean run."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(tests=str(__import__("pathlib").Path(__file__).parent)))
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    subprocess.run([sys.executable, str(script), str(clean)], check=True, timeout=300)
+
+    proc = subprocess.Popen([sys.executable, str(script), str(killed)])
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 8:
+            break
+        if proc.poll() is not None:
+            pytest.fail("the worker finished before it could be killed")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(metrics.read_text().splitlines())
+    assert done_before < 24
+    subprocess.run([sys.executable, str(script), str(killed), "--resume"], check=True, timeout=300)
+
+    a, b = final_params(clean), final_params(killed)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+    assert steps == list(range(1, 25))
