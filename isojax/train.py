@@ -86,11 +86,17 @@ class TrainConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {v!r}.")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be a whole number >= 0, got {self.warmup_steps!r}.")
+            raise ValueError(
+                f"warmup_steps must be a whole number >= 0, got {self.warmup_steps!r}."
+            )
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}.")
+            raise ValueError(
+                f"learning_rate must be a positive number, got {self.learning_rate!r}."
+            )
         if not 0 <= self.final_lr_fraction <= 1:
-            raise ValueError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction!r}.")
+            raise ValueError(
+                f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction!r}."
+            )
         if self.loss not in ("mae", "mse", "laplace"):
             raise ValueError(f"loss must be 'mae', 'mse' or 'laplace', got {self.loss!r}.")
 
@@ -210,7 +216,9 @@ def _flat(state: TrainState) -> dict[str, Any]:
 
 def _unflat(flat: dict[str, Any], net: UNetConfig, config: TrainConfig) -> TrainState:
     template = jax.eval_shape(
-        lambda: (s := _init_state(_new_key(0), net, config))._replace(key=jax.random.key_data(s.key))
+        lambda: (s := _init_state(_new_key(0), net, config))._replace(
+            key=jax.random.key_data(s.key)
+        )
     )
     state = jax.tree.unflatten(jax.tree.structure(template), [flat[k] for k in sorted(flat)])
     return state._replace(key=jax.random.wrap_key_data(state.key, impl=_PRNG_IMPL))
@@ -495,7 +503,14 @@ def train(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=config.steps, initial=start, desc="train", unit="step", file=sys.stderr)
+        bar = tqdm(
+            total=config.steps,
+            initial=start,
+            desc="train",
+            unit="step",
+            file=sys.stderr,
+            disable=None,
+        )
     summary: dict[str, Any] = {"best_val_loss": None, "best_step": None}
     last_loss = float("nan")
     try:

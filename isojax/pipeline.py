@@ -1,0 +1,488 @@
+"""File-level steps: what ``isojax train``, ``isojax predict`` and ``isojax demo`` do.
+
+Each command of the command line is one function here with the same options, so a
+script can drive every step from Python:
+
+>>> from isojax import pipeline
+>>> pipeline.train_file("stack.tif", model="model", psf="axial.tif", steps=2000)  # doctest: +SKIP
+>>> pipeline.predict_file("stack.tif", model="model", output="iso.tif")  # doctest: +SKIP
+
+These functions own the stateful edges (files, voxel sizes, messages); the numerical
+work is in :mod:`isojax.synth`, :mod:`isojax.train` and :mod:`isojax.predict`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from isojax.errors import IsojaxInputError
+
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _warn_to(log: Log, caught) -> None:
+    for w in caught:
+        log(f"warning: {w.message}")
+
+
+def stack_geometry(
+    path, *, spacing: Sequence[float] | None = None, subsample: float | None = None
+) -> tuple[np.ndarray, tuple[float, float, float] | None, float, str]:
+    """Read a 3D stack and work out its anisotropy factor.
+
+    Returns:
+      ``(stack, spacing, subsample, how)``: the array ``(z, y, x)``, its voxel size in µm
+      (None when unknown and ``subsample`` was given), the factor ``dz / dx``, and where the
+      factor came from.
+
+    Raises:
+      IsojaxInputError: unreadable file, not 3D, non-square pixels, or no way to know the
+        factor (no voxel size in the file and no ``subsample``/``spacing`` given).
+    """
+    from isojax.io import read_tiff
+
+    stack, sp, source = read_tiff(path, spacing=spacing)
+    if stack.ndim != 3:
+        raise IsojaxInputError(
+            f"{path}: expected a 3D stack (z, y, x), got shape {stack.shape}; select one "
+            "channel or time point first."
+        )
+    if stack.shape[0] < 2:
+        raise IsojaxInputError(
+            f"{path}: the stack has {stack.shape[0]} plane; it needs at least 2."
+        )
+    if sp is not None and abs(sp[1] / sp[2] - 1) > 0.01:
+        raise IsojaxInputError(
+            f"{path}: pixels are not square ({sp[1]:g} x {sp[2]:g} um); resample the stack so "
+            "that y and x have the same pixel size."
+        )
+    if subsample is not None:
+        s, how = float(subsample), "--subsample"
+        if sp is not None and abs(sp[0] / sp[2] / s - 1) > 0.02:
+            _stderr(
+                f"warning: --subsample {s:g} overrides the factor {sp[0] / sp[2]:.4g} from the "
+                f"voxel size ({source})"
+            )
+    elif sp is not None:
+        s, how = sp[0] / sp[2], f"voxel size {sp[0]:g} / {sp[2]:g} um ({source})"
+    else:
+        from isojax.io import require_spacing
+
+        require_spacing(None, path=path)  # raises with the description quoted
+        raise AssertionError("unreachable")
+    if not (math.isfinite(s) and s >= 1):
+        raise IsojaxInputError(
+            f"{path}: anisotropy factor {s:g} is below 1 (z step smaller than the pixel); "
+            "isojax restores coarse Z stacks: check the voxel size or pass --subsample."
+        )
+    return stack, sp, s, how
+
+
+def resolve_psf(
+    *,
+    pixel_size: float | None,
+    psf: str | os.PathLike | None = None,
+    bead: str | os.PathLike | None = None,
+    bead_spacing: Sequence[float] | None = None,
+    theory: dict | None = None,
+    log: Log = _stderr,
+) -> np.ndarray:
+    """The additional axial PSF at the image's lateral pixel size, from one of three sources.
+
+    Args:
+      pixel_size: the image's lateral pixel size in µm (needed for beads and theory, and
+        to check or resample a PSF file).
+      psf: a 2D ``(lateral, axial)`` PSF TIFF (``isojax psf axial``/``theory`` output).
+      bead: a 3D bead stack; its voxel size from metadata or ``bead_spacing``.
+      theory: keyword arguments of :func:`isojax.psf.theoretical_axial_psf` except
+        ``pixel_size`` (na, wavelength_um, ri, modality, ...).
+
+    Returns:
+      The checked, normalised 2D PSF (float32).
+    """
+    from isojax.io import read_tiff, require_spacing
+    from isojax.psf import axial_psf, check_psf, process_bead, resample_psf, theoretical_axial_psf
+
+    given = [name for name, v in (("--psf", psf), ("--bead", bead), ("theory", theory)) if v]
+    if len(given) != 1:
+        raise IsojaxInputError(
+            "give exactly one PSF source: --psf AXIAL.tif, --bead BEAD.tif, or the theory "
+            f"options (--na, --wavelength, --ri, --modality); got {', '.join(given) or 'none'}."
+        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if psf is not None:
+            p, sp, _source = read_tiff(psf)
+            if p.ndim != 2:
+                raise IsojaxInputError(
+                    f"{psf}: a PSF file must be 2D (lateral, axial), got shape {p.shape}; derive "
+                    "one from a bead stack with `isojax psf axial` or pass it with --bead."
+                )
+            psf_px = None if sp is None else float(sp[-1])
+            if (
+                psf_px is not None
+                and pixel_size is not None
+                and abs(psf_px / pixel_size - 1) > 0.01
+            ):
+                p = resample_psf(p, pixel_size=psf_px, target_pixel_size=pixel_size)
+                log(f"resampled the PSF from {psf_px:g} to the image's {pixel_size:g} um pixels")
+            elif psf_px is None:
+                log(f"{psf}: no pixel size in the PSF file; assuming it is the image's")
+            out, report = check_psf(p, pixel_size=pixel_size)
+        elif bead is not None:
+            if pixel_size is None:
+                raise IsojaxInputError("deriving a PSF from a bead needs the image's pixel size.")
+            b, sp, _ = read_tiff(bead, spacing=bead_spacing)
+            if b.ndim != 3:
+                raise IsojaxInputError(f"{bead}: a bead stack must be 3D (z, y, x), got {b.shape}.")
+            sp = require_spacing(sp, path=bead)
+            psf3d, sp, _ = process_bead(b, sp)
+            p, info = axial_psf(psf3d, sp, pixel_size)
+            log(
+                f"axial PSF from bead {bead}: {info['method']} {info['iterations']} iterations, "
+                f"FWHM lateral {info['fwhm_input_um'][0]:.3g} -> {info['fwhm_um'][0]:.3g} um, "
+                f"axial {info['fwhm_input_um'][1]:.3g} -> {info['fwhm_um'][1]:.3g} um"
+            )
+            out, report = check_psf(p, pixel_size=pixel_size)
+        else:
+            if pixel_size is None:
+                raise IsojaxInputError("a theoretical PSF needs the image's pixel size.")
+            p, _info = theoretical_axial_psf(pixel_size=pixel_size, **theory)
+            out, report = check_psf(p, pixel_size=pixel_size)
+    _warn_to(log, caught)
+    log(f"axial PSF: shape {report.shape} (lateral, axial), FWHM axial {report.fwhm_px[1]:.3g} px")
+    return np.asarray(out, np.float32)
+
+
+def train_file(
+    stack_path: str | os.PathLike,
+    *,
+    model: str | os.PathLike,
+    psf: str | os.PathLike | None = None,
+    bead: str | os.PathLike | None = None,
+    bead_spacing: Sequence[float] | None = None,
+    theory: dict | None = None,
+    subsample: float | None = None,
+    spacing: Sequence[float] | None = None,
+    steps: int = 2000,
+    batch_size: int = 16,
+    patch_size: int = 128,
+    learning_rate: float = 4e-4,
+    loss: str = "mae",
+    interpolation: str = "linear",
+    photons: float | None = None,
+    read_noise: float = 0.0,
+    first_filters: int = 32,
+    depth: int = 2,
+    seed: int = 0,
+    checkpoint_every: int = 100,
+    val_every: int = 100,
+    resume: bool = False,
+    progress: bool = True,
+    log: Log = _stderr,
+) -> dict:
+    """``isojax train``: train a model folder from a stack and a PSF.
+
+    The anisotropy factor comes from ``subsample`` or the voxel size (metadata or
+    ``spacing``); the PSF from a file, a bead stack, or a theoretical model, at the stack's
+    lateral pixel size. See :func:`isojax.train.train` for what the folder holds.
+    """
+    from isojax.synth import SynthConfig
+    from isojax.train import TrainConfig, train
+    from isojax.unet import UNetConfig
+
+    stack, sp, s, how = stack_geometry(stack_path, spacing=spacing, subsample=subsample)
+    log(f"stack {stack_path}: shape {stack.shape} (z, y, x), subsample {s:.4g} from {how}")
+    pixel = None if sp is None else float(sp[2])
+    axial = resolve_psf(
+        pixel_size=pixel, psf=psf, bead=bead, bead_spacing=bead_spacing, theory=theory, log=log
+    )
+    synth_config = SynthConfig(
+        subsample=s,
+        patch_size=patch_size,
+        interpolation=interpolation,
+        photons=photons,
+        read_noise=read_noise,
+    )
+    config = TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        loss=loss,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        val_every=val_every,
+        warmup_steps=min(100, steps // 10),
+    )
+    net = UNetConfig(first_filters=first_filters, depth=depth, prob_out=loss == "laplace")
+    summary = train(
+        stack,
+        axial,
+        workdir=model,
+        synth_config=synth_config,
+        config=config,
+        net=net,
+        spacing=sp,
+        psf_pixel_size=pixel,
+        resume=resume,
+        progress=progress,
+        log=log,
+    )
+    log(
+        f"trained {summary['step']} steps: loss {summary['loss']:.4g}, best validation loss "
+        f"{summary['best_val_loss']:.4g} at step {summary['best_step']}; model in {model}"
+    )
+    return summary
+
+
+def _cast(volume: np.ndarray, dtype) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(volume), info.min, info.max).astype(dtype)
+    return volume.astype(dtype)
+
+
+def predict_file(
+    stack_path: str | os.PathLike,
+    *,
+    model: str | os.PathLike,
+    output: str | os.PathLike,
+    subsample: float | None = None,
+    spacing: Sequence[float] | None = None,
+    fuse: str = "mean",
+    batch_size: int | None = None,
+    tile: int | None = None,
+    keep_dtype: bool = False,
+    progress: bool = True,
+    log: Log = _stderr,
+) -> np.ndarray:
+    """``isojax predict``: restore a stack with a trained model and write an isotropic TIFF.
+
+    The output's slice ``k`` sits at ``z0 + k * dz / subsample`` (the physical grid), its
+    voxel size is ``(dz / subsample, dy, dx)`` in the metadata, and it is float32 unless
+    ``keep_dtype`` (then rounded and clipped to the input's integer range). The file is
+    written atomically: nothing is left at ``output`` if anything fails.
+    """
+    from isojax.io import check_writable, write_tiff
+    from isojax.predict import predict_stack
+    from isojax.train import load_model
+
+    output = check_writable(output)
+    apply_fn, meta = load_model(model)
+    stack, sp, s, how = stack_geometry(stack_path, spacing=spacing, subsample=subsample)
+    trained = float(meta["subsample"])
+    if abs(s / trained - 1) > 0.1:
+        raise IsojaxInputError(
+            f"the model in {model} was trained for subsample {trained:.4g}, but this stack has "
+            f"{s:.4g} ({how}); train a model for this stack, or pass --subsample if the voxel "
+            "size in the file is wrong."
+        )
+    if abs(s / trained - 1) > 0.01:
+        log(f"warning: stack subsample {s:.4g} differs from the model's {trained:.4g}")
+    log(f"stack {stack_path}: shape {stack.shape}, subsample {s:.4g} from {how}")
+    depth = int(meta["unet"]["depth"])
+    norm = meta["normalization"]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="predict", unit="slice", file=sys.stderr, disable=None)
+
+    def report(done, total):
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+    t0 = time.perf_counter()
+    try:
+        volume = predict_stack(
+            stack.astype(np.float32),
+            apply_fn,
+            subsample=s,
+            interpolation=meta["interpolation"],
+            fuse=fuse,
+            batch_size=batch_size,
+            tile=tile,
+            multiple=2**depth,
+            normalization=(norm["pmin"], norm["pmax"]),
+            progress=report,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - t0
+    out_spacing = None if sp is None else (sp[0] / s, sp[1], sp[2])
+    data = _cast(volume, stack.dtype) if keep_dtype else volume.astype(np.float32)
+    write_tiff(output, data, spacing=out_spacing, dtype=data.dtype)
+    log(
+        f"wrote {output}: shape {data.shape}, {data.dtype}, voxel size "
+        f"{'unknown' if out_spacing is None else ', '.join(f'{v:.4g}' for v in out_spacing)} um; "
+        f"{volume.size / elapsed / 1e6:.2f} Mvoxel/s"
+    )
+    return volume
+
+
+def _simulated_bead(key, *, sigma_lateral_px, sigma_axial_px, pixel_size, z_step, photons=3000.0):
+    """A sub-resolution bead imaged with the simulator's Gaussian PSF (background and noise)."""
+    import jax
+
+    from isojax.forward import add_noise
+    from isojax.psf import gaussian_psf
+
+    spacing = (z_step, pixel_size, pixel_size)
+    sigma_um = (
+        sigma_axial_px * pixel_size,
+        sigma_lateral_px * pixel_size,
+        sigma_lateral_px * pixel_size,
+    )
+    psf3d = np.asarray(gaussian_psf(sigma_um, spacing, shape=(31, 41, 41)))
+    psf3d = psf3d / psf3d.max()
+    background = 0.05
+    bead = add_noise(key, jax.numpy.asarray(psf3d + background), photons=photons, sigma=0.002)
+    return (np.asarray(bead) * 1000).astype(np.float32), spacing
+
+
+def demo(
+    out: str | os.PathLike = "isojax-demo",
+    *,
+    seed: int = 0,
+    subsample: float = 4.0,
+    shape: Sequence[int] = (96, 128, 128),
+    steps: int = 300,
+    batch_size: int = 8,
+    patch_size: int = 64,
+    first_filters: int = 16,
+    progress: bool = True,
+    log: Log = _stderr,
+) -> dict:
+    """``isojax demo``: the whole pipeline on a simulated stack with known ground truth.
+
+    1. Simulates an isotropic specimen (filaments, vesicles) at 0.1 µm voxels and its
+       anisotropic acquisition: Gaussian PSF of sigma 1 px laterally and 3 px axially,
+       Z sampled every ``subsample`` pixels, shot and read noise.
+    2. Simulates a bead stack with the same optics, derives the additional axial PSF from
+       it with the PSF toolkit, and compares it with the known answer
+       (sigma ``sqrt(3^2 - 1^2)`` px).
+    3. Trains a U-Net briefly (``first_filters=16`` by default so that the demo takes a few
+       minutes on two CPU cores; ``isojax train`` uses CARE's 32), then predicts the
+       isotropic stack.
+    4. Scores linear interpolation and isojax against the truth on the physical grid (PSNR,
+       SSIM) and draws orthogonal views.
+
+    Writes into ``out``: ``stack.tif`` (anisotropic input), ``truth.tif``, ``bead.tif``,
+    ``psf.tif``/``psf.png``, ``model/``, ``isojax.tif``, ``linear.tif``, ``views.png``,
+    ``scores.json``.
+
+    Returns:
+      The scores: PSNR and SSIM of linear interpolation and of isojax.
+    """
+    import json
+
+    import jax
+
+    from isojax.io import write_tiff
+    from isojax.plot import save_psf_png, save_views_png
+    from isojax.predict import upsample_z
+    from isojax.simulate import psnr, simulate_stack, ssim
+
+    t_start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    k_spec, k_bead = jax.random.split(jax.random.key(seed))
+    sxy, sz, pixel = 1.0, 3.0, 0.1
+    log(
+        f"1/4 simulating a {tuple(shape)} isotropic specimen and its acquisition (subsample {subsample:g})"
+    )
+    stack, _, acq = simulate_stack(
+        k_spec,
+        shape_zyx=tuple(shape),
+        subsample=subsample,
+        sigma_lateral=sxy,
+        sigma_axial=sz,
+        photons=500.0,
+        read_noise=0.002,
+        pixel_size=pixel,
+    )
+    stack = np.asarray(stack) * 1000  # camera-like units
+    reference = np.asarray(acq.reference) * 1000
+    write_tiff(out / "stack.tif", stack, spacing=acq.spacing)
+    write_tiff(out / "truth.tif", reference, spacing=acq.spacing_fine)
+
+    log("2/4 deriving the axial PSF from a simulated bead")
+    bead, bead_spacing = _simulated_bead(
+        k_bead, sigma_lateral_px=sxy, sigma_axial_px=sz, pixel_size=pixel, z_step=2 * pixel
+    )
+    write_tiff(out / "bead.tif", bead, spacing=bead_spacing)
+    axial = resolve_psf(pixel_size=pixel, bead=out / "bead.tif", log=log)
+    write_tiff(out / "psf.tif", axial, pixel_size=pixel)
+    save_psf_png(out / "psf.png", axial, pixel_size=pixel, title="Axial PSF derived from the bead")
+    from isojax.psf import fwhm
+
+    measured = fwhm(axial[axial.shape[0] // 2])
+    expected = 2.3548 * math.sqrt(sz**2 - sxy**2)
+    log(f"    axial FWHM {measured:.2f} px; the simulated optics give {expected:.2f} px")
+
+    log(f"3/4 training for {steps} steps (batch {batch_size}, patch {patch_size})")
+    model = out / "model"
+    if model.exists():
+        import shutil
+
+        shutil.rmtree(model)  # the demo's own folder: start afresh each run
+    train_file(
+        out / "stack.tif",
+        model=model,
+        psf=out / "psf.tif",
+        steps=steps,
+        batch_size=batch_size,
+        patch_size=patch_size,
+        first_filters=first_filters,
+        seed=seed,
+        checkpoint_every=max(steps // 4, 1),
+        val_every=max(steps // 4, 1),
+        progress=progress,
+        log=log,
+    )
+    log("4/4 predicting and scoring")
+    pred = predict_file(
+        out / "stack.tif", model=model, output=out / "isojax.tif", progress=progress, log=log
+    )
+    linear = np.asarray(upsample_z(stack, subsample))
+    write_tiff(out / "linear.tif", linear, spacing=acq.spacing_fine)
+    truth = reference[: pred.shape[0]]
+    rng = float(truth.max() - truth.min())
+    scores = {
+        name: {
+            "psnr_db": float(psnr(v, truth, data_range=rng)),
+            "ssim": float(ssim(v, truth, data_range=rng)),
+        }
+        for name, v in (("linear", linear), ("isojax", pred))
+    }
+    scores["seconds"] = time.perf_counter() - t_start
+    (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    save_views_png(
+        out / "views.png",
+        {"truth": truth, "input (linear)": linear, "isojax": pred},
+        spacing=acq.spacing_fine,
+        title=f"subsample {subsample:g}: orthogonal views through the centre",
+    )
+    print(f"{'method':<10} {'PSNR (dB)':>10} {'SSIM':>8}")
+    for name in ("linear", "isojax"):
+        print(f"{name:<10} {scores[name]['psnr_db']:>10.2f} {scores[name]['ssim']:>8.4f}")
+    print(
+        f"outputs in {out}/ (views.png shows truth, input and restoration); {scores['seconds']:.0f} s"
+    )
+    return scores
