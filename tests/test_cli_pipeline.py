@@ -1,0 +1,201 @@
+"""`isojax train` and `isojax predict` end to end on small files, and their bad-input paths."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from isojax.cli import main
+from isojax.io import read_tiff, write_tiff
+
+SPACING = (0.3, 0.1, 0.1)  # subsample 3
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pipeline")
+    rng = np.random.default_rng(0)
+    stack = (rng.random((10, 32, 32)) * 1000).astype(np.uint16)
+    write_tiff(d / "stack.tif", stack, spacing=SPACING, dtype=np.uint16)
+    tifffile.imwrite(d / "bare.tif", stack)  # no voxel size
+    assert (
+        main(
+            [
+                "psf",
+                "theory",
+                "--na",
+                "0.8",
+                "--wavelength",
+                "0.5",
+                "--ri",
+                "1.33",
+                "--modality",
+                "widefield",
+                "--pixel-size",
+                "0.1",
+                "-o",
+                str(d / "psf.tif"),
+            ]
+        )
+        == 0
+    )
+    code = main([
+        "train", str(d / "stack.tif"), "--psf", str(d / "psf.tif"), "--model", str(d / "model"),
+        "--steps", "3", "--batch-size", "2", "--patch-size", "16", "--first-filters", "4",
+        "--checkpoint-every", "3", "--quiet",
+    ])  # fmt: skip
+    assert code == 0
+    return d
+
+
+def test_train_then_predict_writes_an_isotropic_stack(files, capsys):
+    out = files / "iso.tif"
+    assert (
+        main(
+            [
+                "predict",
+                str(files / "stack.tif"),
+                "--model",
+                str(files / "model"),
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    volume, spacing, source = read_tiff(out)
+    assert volume.dtype == np.float32
+    assert volume.shape == (
+        int(np.floor((10 - 1) * 3.0)) + 1,
+        32,
+        32,
+    )  # no extrapolation past the last plane
+    np.testing.assert_allclose(spacing, (0.1, 0.1, 0.1), rtol=1e-6)
+    assert source == "imagej"
+    assert np.all(np.isfinite(volume))
+    assert "wrote" in capsys.readouterr().err
+
+
+def test_predict_keep_dtype(files):
+    out = files / "iso16.tif"
+    args = [
+        "predict",
+        str(files / "stack.tif"),
+        "--model",
+        str(files / "model"),
+        "-o",
+        str(out),
+        "--keep-dtype",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    assert read_tiff(out)[0].dtype == np.uint16
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--subsample", "5"], "trained for subsample 3"),
+        (["--model", "nowhere"], "no such model folder"),
+    ],
+)
+def test_predict_refuses_bad_input_and_writes_nothing(files, capsys, extra, match):
+    out = files / "bad.tif"
+    args = [
+        "predict",
+        str(files / "stack.tif"),
+        "--model",
+        str(files / "model"),
+        "-o",
+        str(out),
+        "--quiet",
+    ]
+    if extra[0] == "--model":
+        args[args.index("--model") + 1] = str(files / extra[1])
+    else:
+        args += extra
+    assert main(args) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("isojax: error:")]
+    assert len(errors) == 1
+    assert errors[0] == lines[-1]
+    assert match in errors[0]
+    assert not out.exists()
+
+
+def test_predict_without_voxel_size_says_what_to_pass(files, capsys):
+    out = files / "bare_out.tif"
+    assert (
+        main(["predict", str(files / "bare.tif"), "--model", str(files / "model"), "-o", str(out)])
+        == 1
+    )
+    assert "--spacing" in capsys.readouterr().err
+    assert not out.exists()
+    # with the factor given, it works
+    assert (
+        main(
+            [
+                "predict",
+                str(files / "bare.tif"),
+                "--model",
+                str(files / "model"),
+                "-o",
+                str(out),
+                "--subsample",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert out.exists()
+
+
+def test_predict_into_missing_folder_fails_before_work(files, capsys):
+    out = files / "no" / "such" / "dir" / "x.tif"
+    assert (
+        main(["predict", str(files / "stack.tif"), "--model", str(files / "model"), "-o", str(out)])
+        == 1
+    )
+    assert "isojax: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ([], "give exactly one PSF source"),
+        (
+            [
+                "--psf",
+                "PSF",
+                "--na",
+                "1.0",
+                "--wavelength",
+                "0.5",
+                "--ri",
+                "1.33",
+                "--modality",
+                "widefield",
+            ],
+            "exactly one",
+        ),
+        (["--psf", "PSF", "--patch-size", "64"], "larger than the image"),
+        (["--na", "1.0"], "needs all of"),
+    ],
+)
+def test_train_refuses_bad_input_and_writes_nothing(files, capsys, extra, match):
+    model = files / "badmodel"
+    extra = [str(files / "psf.tif") if a == "PSF" else a for a in extra]
+    args = [
+        "train",
+        str(files / "stack.tif"),
+        "--model",
+        str(model),
+        "--steps",
+        "2",
+        "--quiet",
+        *extra,
+    ]
+    assert main(args) == 1
+    assert match in capsys.readouterr().err
+    assert not model.exists()
