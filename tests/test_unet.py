@@ -103,11 +103,11 @@ def test_csbdeep_default_architecture():
 # ------------------------------------------------------------------------------ network
 
 
-@pytest.mark.parametrize(("prob_out", "cin", "cout", "residual"),
-                         [(False, 1, 1, True), (True, 1, 1, True), (False, 2, 3, False)])
-def test_output_shape(prob_out, cin, cout, residual):
-    config = UNetConfig(**TINY, prob_out=prob_out, in_channels=cin, out_channels=cout,
-                        residual=residual)
+@pytest.mark.parametrize(("prob_out", "cin", "cout", "residual", "depth"),
+                         [(False, 1, 1, True, 2), (True, 1, 1, True, 1), (False, 2, 3, False, 1)])
+def test_output_shape(prob_out, cin, cout, residual, depth):
+    config = UNetConfig(**{**TINY, "depth": depth}, prob_out=prob_out, in_channels=cin,
+                        out_channels=cout, residual=residual)
     graphdef, params = init_unet(jax.random.key(0), config)
     y = _apply(graphdef, params, _x((2, 16, 12, cin)))
     assert y.shape == (2, 16, 12, cout * (2 if prob_out else 1))
