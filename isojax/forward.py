@@ -502,19 +502,17 @@ def _measure(x, psf, s, *, boundary, axes, mode, precision):
         y, _ = lax.scan(term, jnp.zeros(shape, dtype), (dense, jnp.arange(n_l)))
         return y
 
-    # Factored: per term, one axial product, then an n_lateral-tap lateral filter.
+    # Factored: per term, one axial product, then a lateral filter on the samples. The
+    # lateral filter is the same blocked product with a factor of 1 (a blur that keeps every
+    # pixel): its gradient is then matrix products too, where shifted sums would cost one
+    # full-size array per tap.
     lat_f, _ = factored
     n_l = lat_f.shape[1]
-    c = (n_l - 1) // 2
     y = None
     for r in range(factored.rank):
         t = axial(factored.axial[r])
         if n_l > 1:
-            tp = _lateral_pad(t, lat, n_l - 1 - c, c, boundary)
-            t = sum(
-                lat_f[r, i] * lax.slice_in_dim(tp, n_l - 1 - i, n_l - 1 - i + n_lat, axis=lat)
-                for i in range(n_l)
-            )
+            t = _axial_stage(t, lat, 1.0, n_l, boundary, "physical", precision)(lat_f[r])
         else:
             t = lat_f[r, 0] * t
         y = t if y is None else y + t
@@ -545,6 +543,15 @@ def _upsample(y, n, s, *, interpolation, axis, mode, precision):
     widths = [(0, 0)] * y.ndim
     widths[axis] = (left, n_blocks * q + 3 - n_low)
     yp = jnp.pad(y, widths, mode="edge")  # samples past the last one repeat it
+    # Phases share their strided slices (at most q + 3 distinct ones): slicing each once
+    # keeps the transpose (used by gradients) to one strided pad per slice, not per phase.
+    slices: dict[int, Array] = {}
+
+    def strided(i):
+        if i not in slices:
+            slices[i] = lax.slice_in_dim(yp, i + left, i + left + (n_blocks - 1) * q + 1, q, axis)
+        return slices[i]
+
     phases = []
     for r in range(p):
         f, t = divmod(r * q, p)
@@ -556,8 +563,7 @@ def _upsample(y, n, s, *, interpolation, axis, mode, precision):
         for i, wi in taps:
             if wi == 0.0:
                 continue
-            t = lax.slice_in_dim(yp, i + left, i + left + (n_blocks - 1) * q + 1, q, axis)
-            t = t * jnp.asarray(wi, y.dtype)
+            t = strided(i) * jnp.asarray(wi, y.dtype)
             acc = t if acc is None else acc + t
         phases.append(acc)
     out = jnp.stack(phases, axis=axis + 1)
