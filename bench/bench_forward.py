@@ -9,7 +9,8 @@ training set), with a 17x17 PSF, at subsample 4 and 10.2, and times:
 * the gradient of a loss over both views with respect to the PSF;
 * a plain copy of the volume (jitted, producing a new buffer like the operator does).
 
-Run:  python bench/bench_forward.py [--repeats 5] [--out bench/forward.json]
+Run:  python bench/bench_forward.py [--repeats 5] [--out bench/forward.json] [--no-hugepages]
+(see bench/_env.py for the malloc setting both sides run under).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _env import describe, maybe_reexec
 
 import isojax
 
@@ -83,7 +85,9 @@ def main(argv=None):
     ap.add_argument("--shape", type=int, nargs=3, default=(64, 512, 512))
     ap.add_argument("--no-csbdeep", action="store_true")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    ap.add_argument("--no-hugepages", action="store_true", help="keep the default malloc")
     args = ap.parse_args(argv)
+    maybe_reexec(args.no_hugepages)
 
     rng = np.random.default_rng(0)
     volume = rng.random(tuple(args.shape), dtype=np.float32)
@@ -122,6 +126,7 @@ def main(argv=None):
         "machine": f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, "
         f"{jax.local_device_count()} JAX device(s), {__import__('os').cpu_count()} CPUs",
         "jax": jax.__version__,
+        "malloc": describe(),
         "shape": list(args.shape),
         "copy_jax_s": t_copy,
         "copy_numpy_s": t_np_copy,

@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
-_TUNABLE = "glibc.malloc.hugetlb=1"
+from _env import TUNABLE, maybe_reexec
 
 
 def _parse() -> argparse.Namespace:
@@ -37,8 +36,9 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16, help="patches per step")
     p.add_argument("--patch-size", type=int, default=128, help="patch side in pixels (y = x)")
     p.add_argument("--no-csbdeep", action="store_true", help="skip the TensorFlow baseline")
-    p.add_argument("--no-hugepages", action="store_true",
-                   help=f"do not restart with GLIBC_TUNABLES={_TUNABLE}")
+    p.add_argument(
+        "--no-hugepages", action="store_true", help=f"do not restart with GLIBC_TUNABLES={TUNABLE}"
+    )
     p.add_argument("--only", default="", help="comma-separated candidate names to run")
     args = p.parse_args()
     for name in ("steps", "batch_size", "patch_size"):
@@ -47,15 +47,6 @@ def _parse() -> argparse.Namespace:
     if args.patch_size % 4:
         raise SystemExit("--patch-size must be divisible by 4 (2**depth for depth 2)")
     return args
-
-
-def _maybe_reexec(args: argparse.Namespace) -> None:
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if args.no_hugepages or _TUNABLE in tunables or not sys.platform.startswith("linux"):
-        return
-    env = dict(os.environ)
-    env["GLIBC_TUNABLES"] = f"{tunables}:{_TUNABLE}" if tunables else _TUNABLE
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
 def _isojax_candidates(args, x, y):
@@ -121,7 +112,7 @@ def _csbdeep_candidate(x, y):
 
 def main() -> None:
     args = _parse()
-    _maybe_reexec(args)
+    maybe_reexec(args.no_hugepages)
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -142,8 +133,10 @@ def main() -> None:
         run = make()
         for _ in range(1 + args.warmup):  # first call compiles
             run()
-        print(f"# {name}: built, compiled and warmed up in {time.perf_counter() - t0:.1f} s",
-              flush=True)
+        print(
+            f"# {name}: built, compiled and warmed up in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
         runs[name] = run
 
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -153,9 +146,11 @@ def main() -> None:
             run()
             times[name].append(time.perf_counter() - t0)
 
-    print(f"\nbatch {args.batch_size}, patch {args.patch_size}x{args.patch_size}, "
-          f"{args.steps} timed steps each, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}"
-          f", cpus={os.cpu_count()}\n")
+    print(
+        f"\nbatch {args.batch_size}, patch {args.patch_size}x{args.patch_size}, "
+        f"{args.steps} timed steps each, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}"
+        f", cpus={os.cpu_count()}\n"
+    )
     ref = "csbdeep (tf)" if "csbdeep (tf)" in times else next(iter(times))
     med = {name: float(np.median(t)) for name, t in times.items()}
     print(f"| candidate | median s/step | patches/s | ratio vs {ref} |")
