@@ -36,6 +36,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
 import numpy as np
+from _env import describe, maybe_reexec
 
 
 def _parse() -> argparse.Namespace:
@@ -72,6 +73,11 @@ def _parse() -> argparse.Namespace:
         type=Path,
         default=Path("out/bench_predict.json"),
         help="results file (default out/bench_predict.json, git-ignored)",
+    )
+    p.add_argument(
+        "--no-hugepages",
+        action="store_true",
+        help="keep the default malloc (see bench/_env.py; default restarts with huge pages)",
     )
     args = p.parse_args()
     if args.repeats < 1 or args.first_filters < 1 or min(args.shape) < 2:
@@ -127,6 +133,7 @@ def _csbdeep(args):
 
 def main() -> int:
     args = _parse()
+    maybe_reexec(args.no_hugepages)
     import jax
 
     rng = np.random.default_rng(args.seed)
@@ -137,7 +144,7 @@ def main() -> int:
         runners[name] = (_isojax if name == "isojax" else _csbdeep)(args)
     print(
         f"stack {tuple(args.shape)} (z, y, x), subsample {args.subsample:g}; jax "
-        f"{jax.__version__}, {os.cpu_count()} CPUs",
+        f"{jax.__version__}, {os.cpu_count()} CPUs, {describe()}",
         flush=True,
     )
     for name, (_, n_params) in runners.items():
@@ -184,6 +191,7 @@ def main() -> int:
         json.dumps(
             {
                 "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                "malloc": describe(),
                 "results": results,
             },
             indent=2,

@@ -58,6 +58,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
 import numpy as np
+from _env import describe, maybe_reexec
 
 METHODS = ("linear", "isojax", "csbdeep")
 
@@ -128,6 +129,11 @@ def _parse() -> argparse.Namespace:
         "--no-grid-check",
         action="store_true",
         help="skip the identity-network check of CSBDeep's output grid",
+    )
+    p.add_argument(
+        "--no-hugepages",
+        action="store_true",
+        help="keep the default malloc (see bench/_env.py; default restarts with huge pages)",
     )
     args = p.parse_args()
     for name in ("steps", "batch_size", "patch_size", "first_filters", "csbdeep_patches"):
@@ -448,6 +454,7 @@ def _score(pred, ref, data_range) -> tuple[float, float]:
 
 def main() -> int:
     args = _parse()
+    maybe_reexec(args.no_hugepages)
     import jax
 
     from isojax.predict import upsample_z
@@ -456,11 +463,13 @@ def main() -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     log = args.workdir / "log.txt"
     print(
-        f"logs and models in {args.workdir}/; jax {jax.__version__}, {os.cpu_count()} CPUs",
+        f"logs and models in {args.workdir}/; jax {jax.__version__}, {os.cpu_count()} CPUs, "
+        f"{describe()}",
         flush=True,
     )
     result: dict = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "malloc": describe(),
         "settings": [],
     }
 
