@@ -286,3 +286,26 @@ def test_foreground_bias_favours_bright_patches():
     empty_plain = float(jnp.mean(jnp.max(t_plain, axis=(1, 2)) == 0))
     assert float(t_biased.mean()) > 2 * float(t_plain.mean())
     assert empty_biased < 0.5 * empty_plain
+
+
+@pytest.mark.parametrize(
+    ("photons", "read_noise"), [(1000.0, 0.0), (100.0, 0.0), (None, 0.02), (300.0, 0.01)]
+)
+def test_estimate_noise_recovers_a_known_poisson_gaussian_model(photons, read_noise):
+    from scipy import ndimage
+
+    from isojax.synth import estimate_noise
+
+    rng = np.random.default_rng(1)
+    clean = ndimage.gaussian_filter(rng.random((12, 96, 96)), (0, 3, 3))
+    clean = (clean - clean.min()) / (clean.max() - clean.min())
+    clean = np.clip(2 * clean - 1, 0.02, None)  # fluorescence-like: structures on a dim background
+    x = rng.poisson(clean * photons) / photons if photons else clean.copy()
+    x = x + rng.normal(0, read_noise, x.shape)
+    est_photons, est_read = estimate_noise(x)
+    if photons is None:
+        assert est_photons is None or est_photons > 1e4  # no shot noise detected
+    else:
+        assert est_photons == pytest.approx(photons, rel=0.15)
+    # the read-noise intercept is the weakly determined part of the fit: absolute tolerance
+    assert est_read == pytest.approx(read_noise, abs=0.006)
