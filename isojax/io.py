@@ -23,11 +23,23 @@ import tifffile
 from isojax.errors import IsojaxInputError
 
 __all__ = [
+    "NGFF_VERSION",
     "IsojaxInputError",
+    "TiffVolume",
+    "ZarrVolume",
+    "check_new_output",
+    "create_volume",
+    "ome_zarr_attributes",
+    "ome_zarr_spacing",
+    "open_volume",
+    "read_ome_zarr",
     "read_tiff",
     "require_spacing",
+    "staged_output",
     "tiff_description",
     "unit_to_um",
+    "volume_format",
+    "write_ome_zarr",
     "write_tiff",
 ]
 
@@ -377,3 +389,511 @@ def write_tiff(
                          metadata=metadata, **options)
 
     return atomic_write(path, write)
+
+
+# ----------------------------------------------------------------------------------------
+# Volumes larger than memory: memory-mapped TIFF and OME-Zarr (v3, OME-NGFF 0.5)
+#
+# A volume is read and written by regions, ``volume.read((zs, ys, xs))`` and
+# ``volume.write((zs, ys, xs), values)`` with three slices, so that no more than a region is
+# ever held in memory. Uncompressed contiguous TIFFs are read through short-lived memory maps
+# of a few planes (a long-lived map of the whole file would count every page it touched in
+# the process's resident memory); Zarr v3 arrays through tensorstore.
+
+#: Bytes of a TIFF that one temporary memory map covers (whole planes, at least one).
+_WINDOW_BYTES = 64 * 2**20
+#: OME-NGFF version written and read.
+NGFF_VERSION = "0.5"
+_ZARR_SUFFIXES = (".zarr",)
+_TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
+_AXES = ("z", "y", "x")
+
+
+def volume_format(path: str | os.PathLike) -> str:
+    """``"zarr"`` or ``"tiff"``: the format a volume path names, from its suffix or content.
+
+    A folder, or a path ending in ``.zarr``, is Zarr; ``.tif``, ``.tiff``, ``.btf`` and
+    ``.tf8`` are TIFF.
+
+    Raises:
+      IsojaxInputError: the suffix is neither.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in _ZARR_SUFFIXES or path.is_dir():
+        return "zarr"
+    if suffix in _TIFF_SUFFIXES:
+        return "tiff"
+    raise IsojaxInputError(
+        f"{path}: unknown volume format {suffix!r}; use .tif/.tiff (TIFF, BigTIFF) or .zarr "
+        "(OME-Zarr)")
+
+
+def _plain_slices(index, shape) -> tuple[slice, ...]:
+    if len(index) != 3 or not all(isinstance(s, slice) for s in index):
+        raise ValueError(f"a region is three slices (z, y, x), got {index!r}")
+    return tuple(slice(*s.indices(n)) for s, n in zip(index, shape, strict=True))
+
+
+class TiffVolume:
+    """A 3D ``(z, y, x)`` uncompressed, contiguous TIFF read and written by regions.
+
+    Attributes:
+      path: the file.
+      shape: ``(z, y, x)`` in voxels.
+      dtype: the stored data type (native byte order when read).
+      spacing: voxel size ``(dz, dy, dx)`` in micrometres, or None when unknown.
+      source: where ``spacing`` came from (``"override"``, ``"ome"``, ``"imagej"``, ``"none"``).
+    """
+
+    def __init__(self, path, *, offset: int, shape, dtype, spacing, source: str, mode: str):
+        self.path = Path(path)
+        self.offset = int(offset)
+        self.shape = tuple(int(n) for n in shape)
+        self._stored = np.dtype(dtype)
+        self.dtype = self._stored.newbyteorder("=")
+        self.spacing = spacing
+        self.source = source
+        self._mode = mode
+        self._plane = self.shape[1] * self.shape[2] * self._stored.itemsize
+
+    def _windows(self, zs: slice):
+        """``(z0, z1, out0)`` runs of planes, each mapped at once; ``out0`` indexes the result."""
+        planes = range(zs.start, zs.stop, zs.step)
+        if zs.step != 1:
+            for k, z in enumerate(planes):
+                yield z, z + 1, k
+            return
+        per = max(1, _WINDOW_BYTES // max(self._plane, 1))
+        for z0 in range(zs.start, zs.stop, per):
+            yield z0, min(zs.stop, z0 + per), z0 - zs.start
+
+    def _map(self, z0: int, z1: int, mode: str) -> np.memmap:
+        return np.memmap(self.path, dtype=self._stored, mode=mode,
+                         offset=self.offset + z0 * self._plane,
+                         shape=(z1 - z0, *self.shape[1:]))
+
+    def read(self, index) -> np.ndarray:
+        """The region ``index`` (three slices, steps allowed) as a new native-order array."""
+        zs, ys, xs = _plain_slices(index, self.shape)
+        n = [len(range(s.start, s.stop, s.step)) for s in (zs, ys, xs)]
+        out = np.empty(n, self.dtype)
+        for z0, z1, k in self._windows(zs):
+            window = self._map(z0, z1, "r")
+            out[k : k + z1 - z0] = window[:, ys, xs]
+            del window
+        return out
+
+    def write(self, index, values) -> None:
+        """Store ``values`` (cast to the stored type) in the region ``index`` (unit steps)."""
+        if self._mode == "r":
+            raise ValueError(f"{self.path} is open for reading only")
+        zs, ys, xs = _plain_slices(index, self.shape)
+        values = np.asarray(values)
+        for z0, z1, k in self._windows(zs):
+            window = self._map(z0, z1, "r+")
+            window[:, ys, xs] = values[k : k + z1 - z0]
+            window.flush()
+            del window
+
+
+class ZarrVolume:
+    """A 3D ``(z, y, x)`` Zarr v3 array (an OME-Zarr image's first level), through tensorstore.
+
+    Attributes are those of :class:`TiffVolume`; ``source`` is ``"ome-zarr"`` when the
+    voxel size came from the OME-NGFF metadata.
+    """
+
+    def __init__(self, path, store, *, spacing, source: str):
+        self.path = Path(path)
+        self.store = store
+        self.shape = tuple(int(n) for n in store.shape)
+        self.dtype = np.dtype(store.dtype.numpy_dtype)
+        self.spacing = spacing
+        self.source = source
+
+    def read(self, index) -> np.ndarray:
+        """The region ``index`` (three slices, steps allowed) as a NumPy array."""
+        return np.asarray(self.store[_plain_slices(index, self.shape)].read().result())
+
+    def write(self, index, values) -> None:
+        """Store ``values`` (cast to the array's type) in the region ``index``."""
+        region = self.store[_plain_slices(index, self.shape)]
+        region.write(np.asarray(values, self.dtype)).result()
+
+
+def _tiff_volume(path: Path, spacing, mode: str = "r") -> TiffVolume:
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape = tuple(series.shape)
+            ndim = len(shape)
+            found_ome = _ome_spacing(tif, 3) if tif.is_ome else None
+            found_ij = _imagej_spacing(tif, 3) if tif.is_imagej else None
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as exc:
+        raise IsojaxInputError(f"{path}: cannot be read as a TIFF ({exc})") from exc
+    if ndim != 3:
+        raise IsojaxInputError(
+            f"{path}: expected a 3D stack (z, y, x), got shape {shape}; select one channel or "
+            "time point first.")
+    try:
+        mapped = tifffile.memmap(path, mode="r")
+    except (ValueError, tifffile.TiffFileError, OSError) as exc:
+        raise IsojaxInputError(
+            f"{path}: its image data cannot be memory-mapped ({exc}): it is compressed, tiled "
+            "or not stored contiguously. Convert it to OME-Zarr, or to an uncompressed TIFF "
+            "(e.g. tifffile.imwrite(out, data, bigtiff=True) or Fiji's Save As > Tiff), to "
+            "predict it without loading it into memory.") from exc
+    offset, dtype = mapped.offset, mapped.dtype
+    del mapped
+    if spacing is not None:
+        sp, source = _positive_spacing(spacing, ndim=3, what="spacing"), "override"
+    elif found_ome is not None:
+        sp, source = found_ome, "ome"
+    elif found_ij is not None:
+        sp, source = found_ij, "imagej"
+    else:
+        sp, source = None, "none"
+    return TiffVolume(path, offset=offset, shape=shape, dtype=dtype, spacing=sp, source=source,
+                      mode=mode)
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise IsojaxInputError(f"{path}: cannot be read as Zarr v3 metadata ({exc})") from exc
+
+
+def ome_zarr_spacing(attributes: dict) -> tuple[str, tuple[float, float, float] | None]:
+    """The first level's path and voxel size from an OME-Zarr image group's attributes.
+
+    Reads OME-NGFF 0.5 ``attributes["ome"]["multiscales"][0]``: its ``axes`` must be three
+    ``space`` axes named z, y, x (in this order); the voxel size is the first dataset's
+    ``scale`` coordinate transformation, times the multiscale's own ``scale`` if any, in the
+    axes' ``unit`` (converted to micrometres).
+
+    Args:
+      attributes: the ``attributes`` of the group's ``zarr.json``.
+
+    Returns:
+      ``(path, spacing)``: the first (full-resolution) dataset's path inside the group, and
+      ``(dz, dy, dx)`` in micrometres, or None when the axes carry no known length unit.
+
+    Raises:
+      IsojaxInputError: no OME ``multiscales``, axes other than (z, y, x) space axes, or a
+        malformed scale.
+    """
+    ome = attributes.get("ome")
+    if not isinstance(ome, dict) or not ome.get("multiscales"):
+        raise IsojaxInputError(
+            "no OME-NGFF 0.5 metadata (attributes.ome.multiscales) in the group's zarr.json")
+    multiscale = ome["multiscales"][0]
+    axes = multiscale.get("axes", [])
+    names = tuple(a.get("name") if isinstance(a, dict) else a for a in axes)
+    if names != _AXES or any(isinstance(a, dict) and a.get("type", "space") != "space"
+                             for a in axes):
+        raise IsojaxInputError(
+            f"isojax reads 3D OME-Zarr images with space axes (z, y, x), got axes {names}; "
+            "select one channel or time point first.")
+    datasets = multiscale.get("datasets") or []
+    if not datasets or "path" not in datasets[0]:
+        raise IsojaxInputError("the OME-Zarr multiscales entry lists no dataset path")
+    scale = np.ones(3)
+    for transforms in (datasets[0].get("coordinateTransformations", []),
+                       multiscale.get("coordinateTransformations", [])):
+        for t in transforms:
+            if t.get("type") == "scale":
+                try:
+                    values = np.array([float(v) for v in t["scale"]])
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise IsojaxInputError(f"malformed OME-Zarr scale {t!r}") from exc
+                if values.shape != (3,) or not np.all(np.isfinite(values) & (values > 0)):
+                    raise IsojaxInputError(f"the OME-Zarr scale must be 3 positive numbers: {t!r}")
+                scale = scale * values
+    factors = [unit_to_um(a.get("unit")) if isinstance(a, dict) else None for a in axes]
+    if any(f is None for f in factors):
+        return str(datasets[0]["path"]), None
+    return str(datasets[0]["path"]), tuple(float(f * v) for f, v in zip(factors, scale, strict=True))
+
+
+def _zarr_spec(path: Path) -> dict:
+    return {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path.absolute())}}
+
+
+def _zarr_volume(path: Path, spacing) -> ZarrVolume:
+    import tensorstore as ts
+
+    meta_file = path / "zarr.json"
+    if not meta_file.is_file():
+        raise IsojaxInputError(
+            f"{path}: not a Zarr v3 store (no zarr.json); isojax reads OME-Zarr 0.5 (Zarr v3)")
+    meta = _read_json(meta_file)
+    found, source, array_path = None, "none", path
+    if meta.get("node_type") == "group":
+        try:
+            level, found = ome_zarr_spacing(meta.get("attributes", {}))
+        except IsojaxInputError as exc:
+            raise IsojaxInputError(f"{path}: {exc}") from None
+        array_path = path / level
+        source = "ome-zarr" if found is not None else "none"
+    try:
+        store = ts.open(_zarr_spec(array_path), open=True, read=True).result()
+    except ValueError as exc:
+        raise IsojaxInputError(f"{array_path}: cannot be opened as a Zarr v3 array ({exc})") from exc
+    if store.rank != 3:
+        raise IsojaxInputError(
+            f"{array_path}: expected a 3D array (z, y, x), got shape {tuple(store.shape)}")
+    if spacing is not None:
+        found, source = _positive_spacing(spacing, ndim=3, what="spacing"), "override"
+    return ZarrVolume(path, store, spacing=found, source=source)
+
+
+def open_volume(path: str | os.PathLike, *, spacing: Sequence[float] | None = None):
+    """Open a 3D stack for reading by regions, without loading it.
+
+    Args:
+      path: an uncompressed, contiguous TIFF (``.tif``; ImageJ, OME or plain, BigTIFF or
+        not) or an OME-Zarr 0.5 image (a Zarr v3 group with ``multiscales`` metadata; its
+        first level is read) or a bare Zarr v3 array.
+      spacing: optional voxel size ``(dz, dy, dx)`` in micrometres that overrides the metadata.
+
+    Returns:
+      A :class:`TiffVolume` or :class:`ZarrVolume` with ``shape``, ``dtype``, ``spacing``
+      (µm or None), ``source`` and ``read(index)``.
+
+    Raises:
+      IsojaxInputError: missing file, unknown format, not 3D, a compressed or non-contiguous
+        TIFF (the message says to convert it to OME-Zarr or an uncompressed TIFF), bad
+        OME-NGFF metadata.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise IsojaxInputError(f"{path}: no such file or folder")
+    if volume_format(path) == "zarr":
+        return _zarr_volume(path, spacing)
+    return _tiff_volume(path, spacing)
+
+
+def ome_zarr_attributes(spacing: Sequence[float] | None, *, name: str = "isojax",
+                        path: str = "0") -> dict:
+    """The group attributes of a one-level OME-Zarr 0.5 image ``(z, y, x)``.
+
+    Args:
+      spacing: voxel size ``(dz, dy, dx)`` in micrometres, written as the dataset's ``scale``
+        with unit ``micrometer``; None writes a scale of 1 and no unit.
+      name: the multiscale's name.
+      path: the level's path inside the group.
+
+    Returns:
+      ``{"ome": {"version": "0.5", "multiscales": [...]}}``.
+    """
+    unit = {} if spacing is None else {"unit": "micrometer"}
+    scale = [1.0, 1.0, 1.0] if spacing is None else [float(v) for v in spacing]
+    return {
+        "ome": {
+            "version": NGFF_VERSION,
+            "multiscales": [{
+                "name": name,
+                "axes": [{"name": a, "type": "space", **unit} for a in _AXES],
+                "datasets": [{
+                    "path": path,
+                    "coordinateTransformations": [{"type": "scale", "scale": scale}],
+                }],
+            }],
+        }
+    }
+
+
+def create_volume(
+    path: str | os.PathLike,
+    shape: Sequence[int],
+    dtype,
+    *,
+    spacing: Sequence[float] | None,
+    format: str,
+    chunks: Sequence[int] = (64, 64, 64),
+):
+    """Create an empty 3D volume to be written by regions (at ``path``, not atomically).
+
+    Args:
+      path: where to create it: a folder that must not exist yet (``format="zarr"``) or a
+        file (``format="tiff"``, replaced if present).
+      shape: ``(z, y, x)`` in voxels.
+      dtype: the stored data type.
+      spacing: voxel size ``(dz, dy, dx)`` in micrometres, or None.
+      format: ``"zarr"``: an OME-Zarr 0.5 image, a Zarr v3 group whose level ``0`` is
+        chunked with ``chunks`` (clipped to the shape) and uncompressed, with
+        ``dimension_names`` z, y, x; ``"tiff"``: an uncompressed BigTIFF with OME-XML
+        (``PhysicalSizeX/Y/Z`` in µm), contiguous so that it can be memory-mapped.
+      chunks: Zarr chunk shape ``(z, y, x)`` in voxels.
+
+    Returns:
+      A :class:`ZarrVolume` or :class:`TiffVolume` open for writing.
+    """
+    import json
+
+    path = Path(path)
+    shape = tuple(int(n) for n in shape)
+    dtype = np.dtype(dtype)
+    if spacing is not None:
+        spacing = _positive_spacing(spacing, ndim=3, what="spacing")
+    if format == "tiff":
+        metadata: dict = {"axes": "ZYX"}
+        if spacing is not None:
+            for axis, v in zip("ZYX", spacing, strict=True):
+                metadata[f"PhysicalSize{axis}"] = v
+                metadata[f"PhysicalSize{axis}Unit"] = "µm"
+        mapped = tifffile.memmap(path, shape=shape, dtype=dtype, bigtiff=True, ome=True,
+                                 photometric="minisblack", metadata=metadata)
+        offset = mapped.offset
+        del mapped
+        return TiffVolume(path, offset=offset, shape=shape, dtype=dtype, spacing=spacing,
+                          source="ome" if spacing is not None else "none", mode="r+")
+    if format != "zarr":
+        raise ValueError(f"format must be 'zarr' or 'tiff', got {format!r}")
+    import tensorstore as ts
+
+    path.mkdir()
+    group = {"zarr_format": 3, "node_type": "group", "attributes": ome_zarr_attributes(spacing)}
+    (path / "zarr.json").write_text(json.dumps(group, indent=2) + "\n")
+    chunk_shape = [max(1, min(int(c), n)) for c, n in zip(chunks, shape, strict=True)]
+    spec = _zarr_spec(path / "0")
+    spec["metadata"] = {
+        "shape": list(shape),
+        "data_type": dtype.name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk_shape}},
+        "dimension_names": list(_AXES),
+    }
+    store = ts.open(spec, create=True).result()
+    return ZarrVolume(path, store, spacing=spacing,
+                      source="ome-zarr" if spacing is not None else "none")
+
+
+def read_ome_zarr(
+    path: str | os.PathLike, *, spacing: Sequence[float] | None = None
+) -> tuple[np.ndarray, tuple[float, ...] | None, str]:
+    """Read a whole OME-Zarr 0.5 image into memory: ``(array, spacing, source)`` as :func:`read_tiff`."""
+    volume = open_volume(path, spacing=spacing)
+    if not isinstance(volume, ZarrVolume):
+        raise IsojaxInputError(f"{path}: not a Zarr store")
+    return volume.read((slice(None),) * 3), volume.spacing, volume.source
+
+
+def write_ome_zarr(
+    path: str | os.PathLike,
+    array,
+    *,
+    spacing: Sequence[float] | None = None,
+    chunks: Sequence[int] = (64, 64, 64),
+    overwrite: bool = False,
+) -> Path:
+    """Write an in-memory 3D array as a one-level OME-Zarr 0.5 image, atomically.
+
+    The store is written into a temporary sibling folder and renamed to ``path`` once
+    complete, so a failure leaves nothing at ``path``.
+
+    Args:
+      path: the destination folder (``.zarr``).
+      array: ``(z, y, x)`` array-like.
+      spacing: voxel size ``(dz, dy, dx)`` in micrometres, or None.
+      chunks: chunk shape in voxels.
+      overwrite: replace an existing ``path``; otherwise it is an error.
+
+    Returns:
+      The path written.
+    """
+    data = np.asarray(array)
+    if data.ndim != 3:
+        raise IsojaxInputError(f"{path}: can write a 3D (z, y, x) array, got shape {data.shape}")
+    with staged_output(path, overwrite=overwrite) as temp:
+        volume = create_volume(temp, data.shape, data.dtype, spacing=spacing, format="zarr",
+                               chunks=chunks)
+        volume.write((slice(None),) * 3, data)
+    return Path(path)
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def check_new_output(path: str | os.PathLike, *, overwrite: bool) -> Path:
+    """Fail early if ``path`` cannot be written or exists (and ``overwrite`` is False).
+
+    Raises:
+      IsojaxInputError: the folder is missing or not writable, or ``path`` exists and
+        ``overwrite`` is False (the message names the ``--overwrite`` option).
+    """
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise IsojaxInputError(f"{path}: cannot write, folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise IsojaxInputError(f"{path}: cannot write, folder {folder} is not writable")
+    if path.exists() and not overwrite:
+        raise IsojaxInputError(
+            f"{path} already exists; pass --overwrite (command line) or overwrite=True "
+            "(Python) to replace it, or choose another output")
+    return path
+
+
+class staged_output:  # lower case: used as a context manager, like open
+    """Write a file or folder under a temporary sibling name, then rename it into place.
+
+    ``with staged_output(path, overwrite=...) as temp:`` yields ``temp``, a path next to
+    ``path`` named ``<name>.partial-XXXXXXXX`` that does not exist yet. When the block ends
+    normally, ``temp`` is renamed to ``path`` (an existing ``path`` is replaced only with
+    ``overwrite=True``, after the new one is complete); when it raises, ``temp`` is removed
+    and ``path`` is untouched.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False):
+        self.path = check_new_output(path, overwrite=overwrite)
+        self.overwrite = overwrite
+
+    def __enter__(self) -> Path:
+        holder = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f"{self.path.name}.partial-"))
+        holder.rmdir()  # reserve a unique name; the writer creates the file or folder
+        self.temp = holder
+        return holder
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            _remove(self.temp)
+            return False
+        try:
+            self._commit()
+        except BaseException:
+            _remove(self.temp)
+            raise
+        return False
+
+    def _commit(self) -> None:
+        path, temp = self.path, self.temp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, (0o777 if temp.is_dir() else 0o666) & ~umask)
+        if not (path.exists() or path.is_symlink()):
+            os.rename(temp, path)
+            return
+        if not self.overwrite:
+            raise IsojaxInputError(f"{path} appeared while it was being written; not replaced")
+        if temp.is_file() and not path.is_dir():
+            os.replace(temp, path)
+            return
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{path.name}.old-"))
+        old.rmdir()
+        os.rename(path, old)
+        try:
+            os.rename(temp, path)
+        except BaseException:
+            os.rename(old, path)
+            raise
+        _remove(old)
