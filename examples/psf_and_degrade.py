@@ -35,8 +35,10 @@ def main():
     pixel = 0.104
 
     bead, spacing, _ = read_tiff(BEAD, spacing=(0.1, 0.101, 0.101))
-    psf3d, spacing, info = process_bead(bead, spacing)
+    psf3d, spacing, bead_info = process_bead(bead, spacing)
+    print(f"bead: background {bead_info['background']:.4g}, peak SNR {bead_info['peak_snr']:.3g}")
     psf2d, info = axial_psf(psf3d, spacing, pixel)
+    print(f"axial PSF: {info['method']}, FWHM axial {info['fwhm_um'][1]:.3g} um")
     psf2d, report = check_psf(psf2d, pixel_size=pixel)
     print(report)
     write_tiff(args.out / "axial.tif", psf2d, pixel_size=pixel)

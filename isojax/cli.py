@@ -258,9 +258,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
             val_every=args.checkpoint_every,
             resume=args.resume,
             progress=not args.quiet,
+            calibrate_psf=args.calibrate_psf,
+            family=args.family,
+            init_fwhm=args.init_fwhm,
         )
     except TrainingDiverged as exc:
         raise IsojaxInputError(str(exc)) from None
+    return EXIT_OK
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from isojax.pipeline import calibrate_file
+
+    calibrate_file(
+        args.stack,
+        output=args.output,
+        family=args.family,
+        init_fwhm=args.init_fwhm,
+        subsample=args.subsample,
+        spacing=args.spacing,
+        steps=args.steps,
+    )
     return EXIT_OK
 
 
@@ -277,6 +295,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         tile=args.tile,
         keep_dtype=args.keep_dtype,
+        memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9),
+        overwrite=args.overwrite,
         progress=not args.quiet,
     )
     return EXIT_OK
@@ -345,16 +365,27 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint-every", type=_positive_int, default=100, metavar="STEPS")
     t.add_argument("--resume", action="store_true", help="continue the model folder's training")
+    cal = t.add_argument_group("PSF self-calibration")
+    cal.add_argument("--calibrate-psf", action="store_true",
+                     help="learn the PSF from the stack jointly with the network; a PSF source "
+                     "is then only the initial guess and may be omitted")
+    cal.add_argument("--family", choices=("gaussian", "multi-gaussian", "free"),
+                     default="gaussian", help="PSF parameterisation (default gaussian)")
+    cal.add_argument("--init-fwhm", type=_positive_float, metavar="UM",
+                     help="initial axial FWHM in micrometres without a PSF source "
+                     "(default: one axial step)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
 
     p = commands.add_parser(
         "predict", help="restore a stack with a trained model",
         description="Upsample STACK along Z on the physical grid, restore its XZ and YZ slices "
-        "with the model, fuse the views and write an isotropic float32 TIFF.")
-    p.add_argument("stack", type=Path, metavar="STACK.tif")
+        "with the model, fuse the views and write an isotropic float32 TIFF or OME-Zarr. "
+        "OME-Zarr inputs or outputs, and stacks larger than the memory budget, are streamed "
+        "slab by slab (an uncompressed TIFF input is memory-mapped).")
+    p.add_argument("stack", type=Path, metavar="STACK.tif|STACK.zarr")
     p.add_argument("--model", type=Path, required=True, metavar="DIR")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.tif")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.tif|OUT.zarr")
     _add_stack_geometry(p)
     p.add_argument("--fuse", choices=("mean", "geometric", "xz", "yz"), default="mean",
                    help="how the XZ and YZ views are combined")
@@ -364,8 +395,28 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
                    help="tile slices larger than this (pixels), with overlap")
     p.add_argument("--keep-dtype", action="store_true",
                    help="write the input's dtype (rounded, clipped) instead of float32")
+    p.add_argument("--memory-budget", type=_positive_float, default=None, metavar="GB",
+                   help="host memory for prediction in GB (10^9 bytes); a stack that needs "
+                   "more in memory is streamed slab by slab (default: half the RAM to decide, "
+                   "1 GB per slab when streaming)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing streamed output (OME-Zarr or BigTIFF)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_predict)
+
+    c = commands.add_parser(
+        "calibrate", help="learn the axial PSF from the stack itself",
+        description="Self-calibrate the additional axial PSF from STACK: degraded XY lines "
+        "must match the spectrum of the observed Z lines. Writes the PSF TIFF, a JSON report "
+        "and a PNG of the spectra and the profile.")
+    c.add_argument("stack", type=Path, metavar="STACK.tif")
+    c.add_argument("-o", "--output", type=Path, required=True, metavar="AXIAL.tif")
+    c.add_argument("--family", choices=("gaussian", "multi-gaussian", "free"), default="gaussian")
+    c.add_argument("--init-fwhm", type=_positive_float, metavar="UM",
+                   help="initial axial FWHM in micrometres (default: one axial step)")
+    _add_stack_geometry(c)
+    c.add_argument("--steps", type=_positive_int, default=40, help="L-BFGS iterations")
+    c.set_defaults(func=_cmd_calibrate)
 
     d = commands.add_parser(
         "demo", help="simulate, derive the PSF, train, predict and score",

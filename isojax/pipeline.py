@@ -38,9 +38,17 @@ def _warn_to(log: Log, caught) -> None:
 
 
 def stack_geometry(
-    path, *, spacing: Sequence[float] | None = None, subsample: float | None = None
+    path,
+    *,
+    spacing: Sequence[float] | None = None,
+    subsample: float | None = None,
+    on_conflict: str = "warn",
 ) -> tuple[np.ndarray, tuple[float, float, float] | None, float, str]:
     """Read a 3D stack and work out its anisotropy factor.
+
+    ``on_conflict="error"`` refuses a ``subsample`` that differs from the voxel size's
+    ``dz / dx`` by more than 2% (PSF calibration, where a wrong factor gives a wrong PSF);
+    the default warns and uses ``subsample``.
 
     Returns:
       ``(stack, spacing, subsample, how)``: the array ``(z, y, x)``, its voxel size in µm
@@ -70,6 +78,10 @@ def stack_geometry(
         )
     if subsample is not None:
         s, how = float(subsample), "--subsample"
+        if sp is not None and abs(sp[0] / sp[2] / s - 1) > 0.02 and on_conflict == "error":
+            from isojax.calibrate import check_subsample_against_spacing
+
+            check_subsample_against_spacing(s, sp)
         if sp is not None and abs(sp[0] / sp[2] / s - 1) > 0.02:
             _stderr(
                 f"warning: --subsample {s:g} overrides the factor {sp[0] / sp[2]:.4g} from the "
@@ -192,8 +204,15 @@ def train_file(
     resume: bool = False,
     progress: bool = True,
     log: Log = _stderr,
+    calibrate_psf: bool = False,
+    family: str = "gaussian",
+    init_fwhm: float | None = None,
 ) -> dict:
     """``isojax train``: train a model folder from a stack and a PSF.
+
+    With ``calibrate_psf`` the PSF is learned jointly (:mod:`isojax.calibrate`): a PSF
+    source is then only the initial guess, and may be omitted (start from ``init_fwhm``
+    micrometres, default one axial step); ``family`` picks the parameterisation.
 
     The anisotropy factor comes from ``subsample`` or the voxel size (metadata or
     ``spacing``); the PSF from a file, a bead stack, or a theoretical model, at the stack's
@@ -206,9 +225,21 @@ def train_file(
     stack, sp, s, how = stack_geometry(stack_path, spacing=spacing, subsample=subsample)
     log(f"stack {stack_path}: shape {stack.shape} (z, y, x), subsample {s:.4g} from {how}")
     pixel = None if sp is None else float(sp[2])
-    axial = resolve_psf(
-        pixel_size=pixel, psf=psf, bead=bead, bead_spacing=bead_spacing, theory=theory, log=log
-    )
+    calibration = None
+    if calibrate_psf:
+        from isojax.calibrate import CalibrationConfig
+
+        calibration = CalibrationConfig(
+            family=family, init_fwhm=_um_to_px(init_fwhm, pixel, "--init-fwhm")
+        )
+    if calibrate_psf and not (psf or bead or theory):
+        axial = None
+        log("no PSF source: the PSF is learned from the stack (--calibrate-psf)")
+    else:
+        axial = resolve_psf(
+            pixel_size=pixel, psf=psf, bead=bead, bead_spacing=bead_spacing, theory=theory,
+            log=log,
+        )
     synth_config = SynthConfig(
         subsample=s,
         patch_size=patch_size,
@@ -239,11 +270,126 @@ def train_file(
         resume=resume,
         progress=progress,
         log=log,
+        calibrate_psf=calibrate_psf,
+        calibration=calibration,
     )
     log(
         f"trained {summary['step']} steps: loss {summary['loss']:.4g}, best validation loss "
         f"{summary['best_val_loss']:.4g} at step {summary['best_step']}; model in {model}"
     )
+    return summary
+
+
+def _um_to_px(value_um: float | None, pixel: float | None, name: str) -> float | None:
+    if value_um is None:
+        return None
+    if pixel is None:
+        raise IsojaxInputError(
+            f"{name} is in micrometres but the stack's pixel size is unknown; pass --spacing Z Y X."
+        )
+    return float(value_um) / pixel
+
+
+def _save_calibration_png(path: Path, report, pixel_size: float | None) -> None:
+    from isojax.io import atomic_write, check_writable
+
+    path = check_writable(path)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_s, ax_p = fig.subplots(1, 2)
+    f = report.frequencies
+    ax_s.semilogy(f, report.observed, "o-", ms=3, label="observed Z lines (laterally blurred)")
+    ax_s.semilogy(f, report.synthetic, "s-", ms=3, label="XY lines through measure (fitted)")
+    ax_s.semilogy(f, report.initial, ":", label="XY lines at the initial PSF")
+    ax_s.set_xlabel("frequency (cycles per axial sample)")
+    ax_s.set_ylabel("power")
+    ax_s.legend(fontsize=8)
+    ax_s.grid(alpha=0.3)
+    axial = np.asarray(report.psf().axial[0])
+    scale, unit = (pixel_size, "um") if pixel_size is not None else (1.0, "px")
+    x = (np.arange(axial.size) - axial.size // 2) * scale
+    ax_p.plot(x, axial, "o-", ms=3)
+    ax_p.set_xlabel(f"axial offset ({unit})")
+    ax_p.set_ylabel("PSF (sums to 1)")
+    ax_p.set_title(f"{report.family}: FWHM {report.fwhm_px:.3g} px")
+    ax_p.grid(alpha=0.3)
+    fig.suptitle(f"PSF self-calibration, objective {report.loss:.3g}")
+    atomic_write(path, lambda temp: fig.savefig(temp, format="png", dpi=100))
+
+
+def calibrate_file(
+    stack_path: str | os.PathLike,
+    *,
+    output: str | os.PathLike,
+    family: str = "gaussian",
+    init_fwhm: float | None = None,
+    subsample: float | None = None,
+    spacing: Sequence[float] | None = None,
+    steps: int = 40,
+    log: Log = _stderr,
+) -> dict:
+    """``isojax calibrate``: learn the additional axial PSF from a stack and write it.
+
+    Writes ``output`` (the 2D ``(lateral, axial)`` PSF, float32, pixel size in the
+    metadata), ``output`` with ``.json`` (widths in pixels and micrometres, the objective's
+    final value, the fit's trajectory) and ``.png`` (observed and synthetic spectra, the
+    PSF profile). Nothing is written if anything fails.
+
+    Args:
+      stack_path: the anisotropic stack TIFF.
+      output: the PSF TIFF to write.
+      family: ``"gaussian"``, ``"multi-gaussian"`` or ``"free"``.
+      init_fwhm: initial axial FWHM in micrometres (default: one axial step).
+      subsample: anisotropy factor; refused if it contradicts the voxel size by > 2%.
+      spacing: voxel size ``(dz, dy, dx)`` in micrometres, overriding the metadata.
+      steps: L-BFGS iterations.
+
+    Returns:
+      The JSON report as a dict.
+    """
+    import json
+
+    from isojax.calibrate import fit_psf
+    from isojax.io import atomic_write, check_writable, write_tiff
+
+    output = check_writable(output)
+    json_path, png_path = output.with_suffix(".json"), output.with_suffix(".png")
+    check_writable(json_path)
+    check_writable(png_path)
+    stack, sp, s, how = stack_geometry(
+        stack_path, spacing=spacing, subsample=subsample, on_conflict="error"
+    )
+    pixel = None if sp is None else float(sp[2])
+    init_px = _um_to_px(init_fwhm, pixel, "--init-fwhm")
+    log(f"stack {stack_path}: shape {stack.shape} (z, y, x), subsample {s:.4g} from {how}")
+    import jax
+
+    psf, report = fit_psf(
+        jax.random.key(0), stack, subsample=s, family=family, init_fwhm=init_px, steps=steps,
+        spacing=None if sp is None else (s * pixel, pixel, pixel),
+    )
+    summary = report.to_json()
+    summary.update(stack=str(stack_path), subsample_from=how, psf_file=output.name)
+    written = []
+    try:
+        atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+        written.append(json_path)
+        _save_calibration_png(png_path, report, pixel)
+        written.append(png_path)
+        write_tiff(output, np.asarray(psf.dense(), np.float32), pixel_size=pixel)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    um = "" if pixel is None else f" = {report.fwhm_px * pixel:.4g} um"
+    log(f"axial PSF ({family}): FWHM {report.fwhm_px:.3g} px{um}, sigma {report.sigma_px:.3g} "
+        f"px; objective {report.loss:.4g}; {report.seconds:.1f} s")
+    for w in report.warnings:
+        log(f"warning: {w}")
+    log(f"wrote {output}, {json_path.name} and {png_path.name}")
     return summary
 
 
@@ -266,32 +412,42 @@ def predict_file(
     batch_size: int | None = None,
     tile: int | None = None,
     keep_dtype: bool = False,
+    memory_budget: int | None = None,
+    overwrite: bool = False,
     progress: bool = True,
     log: Log = _stderr,
-) -> np.ndarray:
-    """``isojax predict``: restore a stack with a trained model and write an isotropic TIFF.
+):
+    """``isojax predict``: restore a stack with a trained model and write an isotropic volume.
 
     The output's slice ``k`` sits at ``z0 + k * dz / subsample`` (the physical grid), its
     voxel size is ``(dz / subsample, dy, dx)`` in the metadata, and it is float32 unless
-    ``keep_dtype`` (then rounded and clipped to the input's integer range). The file is
+    ``keep_dtype`` (then rounded and clipped to the input's integer range). The output is
     written atomically: nothing is left at ``output`` if anything fails.
+
+    Small stacks are restored in memory (:func:`isojax.predict_stack`) into an ImageJ TIFF
+    and the restored array is returned. The stack is instead streamed slab by slab
+    (:func:`isojax.predict_large.predict_large`) when the input or the output is an
+    OME-Zarr (``.zarr``), or when the in-memory prediction would need more than
+    ``memory_budget`` bytes (default: half the physical memory); the output is then an
+    OME-Zarr or a BigTIFF, an existing output is replaced only with ``overwrite``, and a
+    :class:`isojax.predict_large.LargePrediction` summary is returned.
     """
     from isojax.io import check_writable, write_tiff
     from isojax.predict import predict_stack
     from isojax.train import load_model
 
-    output = check_writable(output)
+    if memory_budget is not None and memory_budget < 1:
+        raise IsojaxInputError(f"the memory budget must be positive, got {memory_budget} bytes")
+    output = Path(output)
     apply_fn, meta = load_model(model)
+    if _stream_prediction(stack_path, output, float(meta["subsample"]), memory_budget):
+        return _predict_file_large(
+            stack_path, apply_fn, meta, model=model, output=output, subsample=subsample,
+            spacing=spacing, fuse=fuse, batch_size=batch_size, tile=tile, keep_dtype=keep_dtype,
+            memory_budget=memory_budget, overwrite=overwrite, progress=progress, log=log)
+    output = check_writable(output)
     stack, sp, s, how = stack_geometry(stack_path, spacing=spacing, subsample=subsample)
-    trained = float(meta["subsample"])
-    if abs(s / trained - 1) > 0.1:
-        raise IsojaxInputError(
-            f"the model in {model} was trained for subsample {trained:.4g}, but this stack has "
-            f"{s:.4g} ({how}); train a model for this stack, or pass --subsample if the voxel "
-            "size in the file is wrong."
-        )
-    if abs(s / trained - 1) > 0.01:
-        log(f"warning: stack subsample {s:.4g} differs from the model's {trained:.4g}")
+    _check_model_subsample(s, meta, model, how, log)
     log(f"stack {stack_path}: shape {stack.shape}, subsample {s:.4g} from {how}")
     depth = int(meta["unet"]["depth"])
     norm = meta["normalization"]
@@ -334,6 +490,115 @@ def predict_file(
         f"{volume.size / elapsed / 1e6:.2f} Mvoxel/s"
     )
     return volume
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def _stream_prediction(stack_path, output: Path, subsample: float, budget: int | None) -> bool:
+    """Whether ``predict_file`` streams: Zarr in or out, or too large for ``budget`` bytes."""
+    import tifffile
+
+    def is_zarr(path) -> bool:
+        return Path(path).suffix.lower() == ".zarr" or Path(path).is_dir()
+
+    if is_zarr(stack_path) or is_zarr(output):
+        return True
+    try:
+        with tifffile.TiffFile(stack_path) as tif:
+            shape, dtype = tif.series[0].shape, np.dtype(tif.series[0].dtype)
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError):
+        return False  # the in-memory path reports the problem
+    voxels = math.prod(shape)
+    # in memory: the stack, its float32 copy, then the upsampled copy and the result
+    need = voxels * (dtype.itemsize + 4) + 2 * 4 * voxels * max(1.0, subsample)
+    return need > (budget if budget is not None else _physical_memory() // 2)
+
+
+def _check_model_subsample(s: float, meta: dict, model, how: str, log: Log) -> None:
+    trained = float(meta["subsample"])
+    if abs(s / trained - 1) > 0.1:
+        raise IsojaxInputError(
+            f"the model in {model} was trained for subsample {trained:.4g}, but this stack has "
+            f"{s:.4g} ({how}); train a model for this stack, or pass --subsample if the voxel "
+            "size in the file is wrong."
+        )
+    if abs(s / trained - 1) > 0.01:
+        log(f"warning: stack subsample {s:.4g} differs from the model's {trained:.4g}")
+
+
+def _predict_file_large(
+    stack_path, apply_fn, meta, *, model, output: Path, subsample, spacing, fuse, batch_size,
+    tile, keep_dtype, memory_budget, overwrite, progress, log,
+):
+    """The streaming branch of :func:`predict_file` (see there)."""
+    from isojax.io import check_new_output, open_volume
+    from isojax.predict_large import predict_large
+
+    check_new_output(output, overwrite=overwrite)
+    volume = open_volume(stack_path, spacing=spacing)
+    sp = volume.spacing
+    if volume.shape[0] < 2:
+        raise IsojaxInputError(f"{stack_path}: the stack has {volume.shape[0]} plane; it needs at least 2.")
+    if sp is not None and abs(sp[1] / sp[2] - 1) > 0.01:
+        raise IsojaxInputError(
+            f"{stack_path}: pixels are not square ({sp[1]:g} x {sp[2]:g} um); resample the "
+            "stack so that y and x have the same pixel size."
+        )
+    if subsample is not None:
+        s, how = float(subsample), "--subsample"
+    elif sp is not None:
+        s, how = sp[0] / sp[2], f"voxel size {sp[0]:g} / {sp[2]:g} um ({volume.source})"
+    else:
+        raise IsojaxInputError(
+            f"{stack_path}: no voxel size in the metadata; pass --spacing Z Y X (micrometres) "
+            "or --subsample F."
+        )
+    _check_model_subsample(s, meta, model, how, log)
+    budget = memory_budget if memory_budget is not None else 2**30
+    log(f"stack {stack_path}: shape {volume.shape}, subsample {s:.4g} from {how}; streaming "
+        f"with a memory budget of {budget / 1e9:.3g} GB")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="predict", unit="slab", file=sys.stderr, disable=None)
+
+    def report(p):
+        if bar is not None:
+            bar.total = p.total
+            bar.n = p.done
+            bar.refresh()
+
+    norm = meta["normalization"]
+    dtype = volume.dtype if keep_dtype else np.dtype(np.float32)
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = predict_large(
+                stack_path, output, apply_fn, subsample=s, spacing=spacing,
+                interpolation=meta["interpolation"], fuse=fuse, memory_budget=budget,
+                batch_size=batch_size, tile=tile, multiple=2 ** int(meta["unet"]["depth"]),
+                normalization=(norm["pmin"], norm["pmax"]), output_dtype=dtype,
+                overwrite=overwrite, progress=report,
+            )
+    finally:
+        if bar is not None:
+            bar.close()
+    _warn_to(log, caught)
+    elapsed = time.perf_counter() - t0
+    sp_out = result.spacing
+    log(
+        f"wrote {output}: shape {result.shape}, {result.dtype}, voxel size "
+        f"{'unknown' if sp_out is None else ', '.join(f'{v:.4g}' for v in sp_out)} um; "
+        f"{math.prod(result.shape) / elapsed / 1e6:.2f} Mvoxel/s"
+    )
+    return result
 
 
 def _simulated_bead(key, *, sigma_lateral_px, sigma_axial_px, pixel_size, z_step, photons=3000.0):

@@ -17,7 +17,9 @@ The model folder holds everything prediction needs:
 * ``config.json``: human-readable network, training and synthesis settings, the
   subsample factor, the normalisation, voxel sizes and the isojax version;
 * ``psf.tif``: the additional axial PSF used to synthesise training pairs;
-* ``checkpoints/last`` and ``checkpoints/best`` (orbax), ``metrics.jsonl``, ``loss.png``.
+* ``checkpoints/last`` and ``checkpoints/best`` (orbax), ``metrics.jsonl``, ``loss.png``;
+* with ``calibrate_psf=True``, ``psf_trajectory.json``: the spectral pre-calibration and
+  the PSF's path during joint refinement (``psf.tif`` then holds the final PSF).
 """
 
 from __future__ import annotations
@@ -354,7 +356,7 @@ def _metrics_lines(path: Path, upto: int) -> None:
 
 def train(
     stack,
-    psf,
+    psf=None,
     *,
     workdir: str | os.PathLike,
     synth_config: synth.SynthConfig,
@@ -366,8 +368,21 @@ def train(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    calibrate_psf: bool = False,
+    calibration=None,
 ) -> dict:
     """Train a restoration network on pairs synthesised from the stack's XY planes.
+
+    With ``calibrate_psf=True`` the PSF is learned from the stack (:mod:`isojax.calibrate`):
+    ``psf`` (or, if None, ``calibration.init_fwhm``) is only the initial guess; the
+    spectral objective calibrates it before training, then every
+    ``calibration.joint_every`` steps one Adam step refines it with the spectral term plus
+    the consistency term (re-degrading the network's restorations of real axial patches
+    must reproduce the observed samples). The supervised loss on synthesised pairs sends
+    no gradient to the PSF. Pairs are synthesised with the current PSF. The PSF's
+    parameters are not part of the orbax checkpoint: a resumed run restarts the PSF's
+    optimiser from the last recorded PSF (``psf_trajectory.json``), so resume is exact for
+    the network only.
 
     Args:
       stack: anisotropic stack ``(z, y, x)`` (raw intensities; normalised here with
@@ -384,6 +399,9 @@ def train(
       resume: continue from the folder's last checkpoint (same settings required).
       progress: show a progress bar on stderr.
       log: where to send one-line messages (default: stderr).
+      calibrate_psf: learn the PSF jointly (see above); ``psf`` may then be None.
+      calibration: a :class:`isojax.calibrate.CalibrationConfig` (family, initial width,
+        weights); default ``CalibrationConfig()``.
 
     Returns:
       A summary: final step, last training loss, best validation loss and its step.
@@ -420,6 +438,15 @@ def train(
             f"{net.depth}."
         )
     train_z, val_z = synth.split_slices(stack.shape[0], val_fraction=synth_config.val_fraction)
+    joint = None
+    if calibrate_psf:
+        joint = _start_calibration(stack, psf, synth_config, calibration, psf_pixel_size, log)
+        psf = joint["psf"]
+    elif psf is None:
+        raise IsojaxInputError(
+            "no PSF given: pass one (--psf, --bead or the theory options), or learn it from "
+            "the stack with calibrate_psf=True (--calibrate-psf)."
+        )
 
     normed, (lo, hi) = synth.normalize_percentile(
         jnp.asarray(stack, jnp.float32), pmin=percentiles[0], pmax=percentiles[1]
@@ -441,6 +468,7 @@ def train(
         },
         "spacing": None if spacing is None else [float(v) for v in spacing],
         "psf": {"file": "psf.tif", "pixel_size": psf_pixel_size, "shape": list(psf_dense.shape)},
+        "calibrate_psf": bool(calibrate_psf),
         "stack_shape": list(stack.shape),
         "train_planes": [int(train_z[0]), int(train_z[-1])],
         "val_planes": [int(val_z[0]), int(val_z[-1])],
@@ -525,6 +553,9 @@ def train(
                     z_indices=train_z_dev,
                 )
                 new_state, m = train_step(state, batch)
+                if joint is not None and (step + 1) % joint["config"].joint_every == 0:
+                    psf_dev, psf_metrics = _refine_psf(joint, state, step, stack_dev, graphdef)
+                    m = {**m, **psf_metrics}
                 loss = float(m["loss"])
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
@@ -536,6 +567,7 @@ def train(
                 state = new_state
                 last_loss = loss
                 record = {"step": step + 1, "loss": loss, "grad_norm": float(m["grad_norm"])}
+                record.update({k: float(v) for k, v in m.items() if k.startswith("psf_")})
                 done = step + 1
                 if done % config.val_every == 0 or done == config.steps:
                     v = validate(state.params)
@@ -559,6 +591,8 @@ def train(
         best.close()
     records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
     save_loss_png(workdir / "loss.png", records)
+    if joint is not None:
+        summary["psf"] = _finish_calibration(joint, records, workdir, psf_pixel_size)
     summary.update(step=int(state.step), loss=last_loss)
     if summary["best_step"] is None and records:
         vals = [r for r in records if "val_loss" in r]
@@ -566,3 +600,97 @@ def train(
             b = min(vals, key=lambda r: r["val_loss"])
             summary.update(best_val_loss=b["val_loss"], best_step=b["step"])
     return summary
+
+
+# ----------------------------------------------------------------------------------------
+# Joint PSF refinement (calibrate_psf=True)
+
+
+def _start_calibration(stack, psf, synth_config, calibration, pixel_size, log) -> dict:
+    """Spectral pre-calibration from the initial guess; returns the joint-refinement state."""
+    from isojax import calibrate
+    from isojax.psf import fwhm
+
+    config = calibration or calibrate.CalibrationConfig()
+    s = float(synth_config.subsample)
+    if psf is not None:
+        dense = np.asarray(psf.dense() if hasattr(psf, "dense") else psf, np.float64)
+        if dense.ndim != 2:
+            raise IsojaxInputError(f"the initial PSF must be 2D (lateral, axial), got {dense.shape}")
+        init = fwhm(dense[dense.shape[0] // 2])
+        how = "the given PSF"
+    else:
+        init = config.init_fwhm if config.init_fwhm is not None else s
+        how = "--init-fwhm" if config.init_fwhm is not None else "the subsample factor"
+    spacing = None if pixel_size is None else (s * pixel_size, pixel_size, pixel_size)
+    key = jax.random.key(0)
+    _, report = calibrate.fit_psf(
+        key, stack, subsample=s, family=config.family, init_fwhm=float(init),
+        steps=config.steps, n_lobes=config.n_lobes, smoothness=config.smoothness,
+        max_lines=config.max_lines, spacing=spacing,
+    )
+    log(f"PSF self-calibration ({config.family}) from FWHM {init:.3g} px ({how}): axial FWHM "
+        f"{report.fwhm_px:.3g} px, sigma {report.sigma_px:.3g} px, objective {report.loss:.3g} "
+        f"in {report.seconds:.1f} s")
+    for w in report.warnings:
+        log(f"warning: {w}")
+    target, segment = calibrate.prepare_spectra(key, stack, subsample=s,
+                                                max_lines=config.max_lines)
+    return {"config": config, "report": report, "target": target, "segment": segment,
+            "psf": report.psf(), "synth": synth_config, "theta": None, "opt": None,
+            "step_fn": None, "trajectory": []}
+
+
+def _refine_psf(joint, state, step, stack_dev, graphdef):
+    """One joint PSF step; returns the new PSF (for pair synthesis) and its metrics."""
+    from isojax import calibrate
+
+    cfg, synth_config = joint["config"], joint["synth"]
+    if joint["step_fn"] is None:
+
+        def apply_fn(params, images):
+            return apply_unet(graphdef, params, images[..., None])[..., 0]
+
+        joint["step_fn"], joint["theta"], joint["opt"] = calibrate.make_joint_psf_step(
+            apply_fn, joint["report"], joint["target"], segment=joint["segment"], config=cfg
+        )
+    p = synth_config.patch_size
+    batch = calibrate.axial_patches(
+        jax.random.fold_in(jax.random.key(1), step), stack_dev,
+        subsample=synth_config.subsample, patch_size=p, batch_size=4,
+        interpolation=synth_config.interpolation,
+    )
+    joint["theta"], joint["opt"], metrics = joint["step_fn"](
+        joint["theta"], joint["opt"], state.params, batch
+    )
+    report = joint["report"]
+    psf = calibrate.psf_from_params(report.family, joint["theta"]["psf"], taps=report.taps)
+    joint["psf"] = psf
+    return psf, metrics
+
+
+def _finish_calibration(joint, records, workdir: Path, pixel_size) -> dict:
+    """Write the final PSF (psf.tif) and psf_trajectory.json; return a summary."""
+    from isojax.io import write_tiff
+    from isojax.psf import fwhm
+
+    report = joint["report"]
+    dense = np.asarray(joint["psf"].dense(), np.float32)
+    write_tiff(workdir / "psf.tif", dense, pixel_size=pixel_size)
+    final_fwhm = float(fwhm(dense[dense.shape[0] // 2].astype(np.float64)))
+    joint_path = [
+        {k: r[k] for k in ("step", "psf_sigma_px", "psf_spectral_loss", "psf_consistency")}
+        for r in records if "psf_sigma_px" in r
+    ]
+    out = {
+        "calibration": report.to_json(),
+        "joint": joint_path,
+        "final": {"fwhm_px": final_fwhm,
+                  "fwhm_um": None if pixel_size is None else final_fwhm * pixel_size,
+                  "shape": list(dense.shape)},
+    }
+    path = workdir / "psf_trajectory.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(out, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+    return out["final"]

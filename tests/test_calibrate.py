@@ -1,0 +1,232 @@
+"""PSF self-calibration: parameterisations, the spectral objective, fit_psf, CLI, joint training."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from isojax import calibrate
+from isojax.cli import main
+from isojax.errors import IsojaxInputError
+from isojax.forward import measure
+from isojax.io import read_tiff, write_tiff
+from isojax.simulate import simulate_stack
+
+S, W = 4.0, 2.0  # subsample, true additional axial sigma (px)
+FWHM = math.sqrt(8 * math.log(2))
+
+
+@pytest.fixture(scope="module")
+def sim():
+    stack, _, acq = simulate_stack(
+        jax.random.key(0), shape_zyx=(96, 96, 96), subsample=S,
+        sigma_axial=math.sqrt(W * W + 1.0), photons=500.0, read_noise=0.005,
+    )
+    return np.asarray(stack), acq
+
+
+@pytest.mark.parametrize("family", calibrate.FAMILIES)
+def test_parameterisations_are_normalised_nonnegative_with_finite_gradients(family):
+    params = calibrate.init_params(family, fwhm_px=4.0, taps=21, n_lobes=2)
+    # perturb away from the initial point so that the check is not at a symmetric spot
+    params = jax.tree.map(lambda v: v + 0.1 * jnp.arange(v.size).reshape(v.shape) / (v.size + 1),
+                          params)
+    psf = calibrate.psf_from_params(family, params, taps=21)
+    dense = np.asarray(psf.dense())
+    assert dense.shape == (1, 21)
+    assert dense.min() >= 0
+    assert dense.sum() == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(dense[0], dense[0, ::-1], atol=1e-6)  # symmetric
+
+    def f(p):
+        a = calibrate.psf_from_params(family, p, taps=21).axial[0]
+        return jnp.sum(a * jnp.arange(21.0) ** 2)
+
+    grads = jax.grad(f)(params)
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
+    if family != "multi-gaussian":  # (its finite differences are slow to compile)
+        check_grads(f, (params,), order=1, modes=("rev",), atol=2e-2, rtol=2e-2, eps=1e-2)
+
+
+def test_gaussian_family_matches_closed_form():
+    psf = calibrate.psf_from_params(
+        "gaussian", calibrate.init_params("gaussian", fwhm_px=FWHM * 2.0, taps=17), taps=17)
+    x = np.arange(17) - 8
+    g = np.exp(-0.5 * (x / 2.0) ** 2)
+    np.testing.assert_allclose(np.asarray(psf.axial[0]), g / g.sum(), rtol=1e-4)
+    assert float(calibrate.psf_sigma(psf)) == pytest.approx(2.0, rel=0.01)
+
+
+def test_smoothness_penalty_prefers_smooth_kernels():
+    smooth = np.exp(-0.5 * (np.arange(-10, 11) / 3.0) ** 2)
+    comb = smooth * (1 + 0.5 * (-1) ** np.arange(21))
+    assert float(calibrate.smoothness_penalty(smooth)) < 0.1 * float(
+        calibrate.smoothness_penalty(comb))
+
+
+def test_synthetic_spectrum_uses_measure(sim):
+    stack, _ = sim
+    target, segment = calibrate.prepare_spectra(jax.random.key(0), stack, subsample=S,
+                                                max_lines=64)
+    psf = calibrate.psf_from_params("gaussian", {"log_sigma": jnp.float32(math.log(W))}, taps=17)
+    y = measure(target.lines, psf, S)
+    ref = calibrate._welch(y, segment)
+    np.testing.assert_allclose(
+        np.asarray(calibrate.synthetic_spectrum(psf, target, subsample=S, segment=segment)),
+        np.asarray(ref), rtol=1e-5)
+
+
+def test_spectral_objective_is_smallest_at_the_true_width(sim):
+    stack, _ = sim
+    target, segment = calibrate.prepare_spectra(jax.random.key(0), stack, subsample=S)
+    taps = 33
+
+    def profile(sigma):
+        psf = calibrate.psf_from_params("gaussian", {"log_sigma": jnp.float32(math.log(sigma))},
+                                        taps=taps)
+        nuis = calibrate._init_nuisance(psf, target, S, segment)
+        # profile out the nuisance constants with a few gradient steps
+        loss = lambda n: calibrate.spectral_loss(psf, n, target, subsample=S, segment=segment)  # noqa: E731
+        g = jax.jit(jax.grad(loss))
+        for _ in range(200):
+            nuis = jax.tree.map(lambda a, b: a - 0.5 * b, nuis, g(nuis))
+        return float(loss(nuis))
+
+    at = {f: profile(f * W) for f in (0.5, 1.0, 2.0)}
+    assert at[1.0] < at[0.5]
+    assert at[1.0] < at[2.0]
+
+
+def test_fit_psf_recovers_a_gaussian_width_from_wrong_starts(sim):
+    stack, _ = sim
+    for start in (0.5, 2.0):
+        psf, report = calibrate.fit_psf(jax.random.key(1), stack, subsample=S,
+                                        init_fwhm=start * W * FWHM, steps=30)
+        assert report.sigma_px == pytest.approx(W, rel=0.10), start
+        dense = np.asarray(psf.dense())
+        assert dense.min() >= 0
+        assert dense.sum() == pytest.approx(1.0, abs=1e-5)
+        assert math.isfinite(report.loss)
+        assert report.trajectory
+
+
+def test_free_form_with_smoothness_stays_smooth(sim):
+    stack, _ = sim
+    psf, _report = calibrate.fit_psf(jax.random.key(1), stack, subsample=S, family="free",
+                                    init_fwhm=W * FWHM, steps=15, smoothness=1.0)
+    axial = np.asarray(psf.axial[0])
+    assert axial.min() >= 0
+    assert axial.sum() == pytest.approx(1.0, abs=1e-5)
+    assert float(calibrate.smoothness_penalty(axial)) < 0.05
+    # one peak: increasing to the centre, decreasing after
+    c = axial.size // 2
+    assert np.all(np.diff(axial[: c + 1]) >= -1e-4)
+    assert np.all(np.diff(axial[c:]) <= 1e-4)
+
+
+@pytest.mark.parametrize(
+    ("shape", "subsample", "match"),
+    [((8, 64, 64), 4.0, "planes"), ((32, 40, 40), 4.0, "too small"), ((32, 64, 64), 0.5, ">= 1")],
+)
+def test_too_small_or_invalid_stacks_are_refused(shape, subsample, match):
+    stack = np.random.default_rng(0).random(shape).astype(np.float32)
+    with pytest.raises(IsojaxInputError, match=match):
+        calibrate.fit_psf(jax.random.key(0), stack, subsample=subsample)
+
+
+def test_flat_stack_and_bad_options_are_refused():
+    flat = np.ones((32, 64, 64), np.float32)
+    with pytest.raises(IsojaxInputError, match="constant"):
+        calibrate.fit_psf(jax.random.key(0), flat, subsample=4.0)
+    stack = np.random.default_rng(0).random((32, 64, 64)).astype(np.float32)
+    with pytest.raises(IsojaxInputError, match="family"):
+        calibrate.fit_psf(jax.random.key(0), stack, subsample=4.0, family="lorentz")
+    with pytest.raises(IsojaxInputError, match="valid range"):
+        calibrate.fit_psf(jax.random.key(0), stack, subsample=4.0, init_fwhm=30.0)
+    with pytest.raises(IsojaxInputError, match="init_fwhm"):
+        calibrate.fit_psf(jax.random.key(0), stack, subsample=4.0, init_fwhm=-1.0)
+    with pytest.raises(IsojaxInputError, match="contradicts"):
+        calibrate.fit_psf(jax.random.key(0), stack, subsample=4.0, spacing=(0.5, 0.1, 0.1))
+
+
+def test_cli_calibrate_writes_outputs(sim, tmp_path, capsys):
+    stack, _ = sim
+    path = tmp_path / "stack.tif"
+    write_tiff(path, stack, spacing=(0.4, 0.1, 0.1))
+    out = tmp_path / "axial.tif"
+    code = main(["calibrate", str(path), "-o", str(out), "--steps", "20", "--init-fwhm", "0.3"])
+    assert code == 0, capsys.readouterr().err
+    psf, spacing, _ = read_tiff(out)
+    assert psf.dtype == np.float32
+    assert psf.sum() == pytest.approx(1.0, abs=1e-5)
+    assert spacing == pytest.approx((0.1, 0.1))
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["sigma_px"] == pytest.approx(W, rel=0.10)
+    assert report["fwhm_um"] == pytest.approx(report["fwhm_px"] * 0.1)
+    assert "objective" in report
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [(["--subsample", "6"], "contradicts"), (["--family", "lorentz"], "invalid choice"),
+     (["--init-fwhm", "5"], "valid range")],
+)
+def test_cli_calibrate_fails_cleanly(tmp_path, capsys, extra, match):
+    stack = np.random.default_rng(0).random((32, 64, 64)).astype(np.float32)
+    path = tmp_path / "stack.tif"
+    write_tiff(path, stack, spacing=(0.4, 0.1, 0.1))
+    out = tmp_path / "axial.tif"
+    code = main(["calibrate", str(path), "-o", str(out), *extra])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert match in err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_cli_calibrate_refuses_a_thin_stack(tmp_path, capsys):
+    path = tmp_path / "stack.tif"
+    write_tiff(path, np.random.default_rng(0).random((6, 64, 64)).astype(np.float32),
+               spacing=(0.4, 0.1, 0.1))
+    assert main(["calibrate", str(path), "-o", str(tmp_path / "a.tif")]) == 1
+    assert "planes" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_joint_training_runs_and_stores_the_psf(sim, tmp_path):
+    from isojax.synth import SynthConfig
+    from isojax.train import TrainConfig, train
+    from isojax.unet import UNetConfig
+
+    stack, _ = sim
+    summary = train(
+        stack, None, workdir=tmp_path / "m", synth_config=SynthConfig(subsample=S, patch_size=32),
+        config=TrainConfig(steps=4, batch_size=2, warmup_steps=1, checkpoint_every=4,
+                           val_every=4, val_batches=1),
+        net=UNetConfig(first_filters=4), progress=False, psf_pixel_size=0.1,
+        calibrate_psf=True,
+        calibration=calibrate.CalibrationConfig(joint_every=2, steps=15, init_fwhm=2 * W * FWHM),
+        log=lambda m: None,
+    )
+    assert summary["step"] == 4
+    psf, _spacing, _ = read_tiff(tmp_path / "m" / "psf.tif")
+    assert psf.sum() == pytest.approx(1.0, abs=1e-5)
+    traj = json.loads((tmp_path / "m" / "psf_trajectory.json").read_text())
+    assert [r["step"] for r in traj["joint"]] == [2, 4]
+    assert traj["calibration"]["sigma_px"] == pytest.approx(W, rel=0.15)
+    assert summary["psf"]["fwhm_px"] == pytest.approx(traj["final"]["fwhm_px"])
+
+
+def test_training_without_psf_needs_calibration(tmp_path):
+    from isojax.synth import SynthConfig
+    from isojax.train import TrainConfig, train
+
+    with pytest.raises(IsojaxInputError, match="calibrate"):
+        train(np.ones((12, 40, 40), np.float32), None, workdir=tmp_path / "m",
+              synth_config=SynthConfig(subsample=3.0, patch_size=16),
+              config=TrainConfig(steps=1), progress=False)
