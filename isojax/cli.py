@@ -261,6 +261,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             calibrate_psf=args.calibrate_psf,
             family=args.family,
             init_fwhm=args.init_fwhm,
+            match_noise=not args.no_match_noise,
         )
     except TrainingDiverged as exc:
         raise IsojaxInputError(str(exc)) from None
@@ -357,9 +358,13 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
     t.add_argument("--interpolation", choices=("linear", "cubic"), default="linear",
                    help="how samples are brought back to the fine grid (training and prediction)")
     t.add_argument("--photons", type=_positive_float, default=None,
-                   help="simulated photons per unit of normalised intensity (shot noise)")
+                   help="simulated photons per unit of normalised intensity (shot noise; "
+                   "default: estimated from the stack)")
     t.add_argument("--read-noise", type=float, default=0.0,
-                   help="simulated read noise, in units of normalised intensity")
+                   help="simulated read noise, in units of normalised intensity (default: "
+                   "estimated from the stack)")
+    t.add_argument("--no-match-noise", action="store_true",
+                   help="do not add the stack's estimated noise to the synthetic inputs")
     t.add_argument("--first-filters", type=_positive_int, default=32,
                    help="U-Net filters at the first level (CARE: 32)")
     t.add_argument("--seed", type=int, default=0)

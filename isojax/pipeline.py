@@ -207,8 +207,12 @@ def train_file(
     calibrate_psf: bool = False,
     family: str = "gaussian",
     init_fwhm: float | None = None,
+    match_noise: bool = True,
 ) -> dict:
     """``isojax train``: train a model folder from a stack and a PSF.
+
+    Unless ``photons``/``read_noise`` are given or ``match_noise`` is False, the stack's
+    noise is estimated and added to the synthetic inputs (:func:`isojax.train.train`).
 
     With ``calibrate_psf`` the PSF is learned jointly (:mod:`isojax.calibrate`): a PSF
     source is then only the initial guess, and may be omitted (start from ``init_fwhm``
@@ -272,6 +276,7 @@ def train_file(
         log=log,
         calibrate_psf=calibrate_psf,
         calibration=calibration,
+        match_noise=match_noise,
     )
     log(
         f"trained {summary['step']} steps: loss {summary['loss']:.4g}, best validation loss "
