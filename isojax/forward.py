@@ -821,6 +821,12 @@ def degrade(
 
 @jax.custom_jvp
 def _poisson_counts(key, lam):
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        impl = str(jax.random.key_impl(key))
+        if "threefry" not in impl:
+            # jax.random.poisson is implemented for threefry keys only: derive one
+            bits = jax.random.bits(key, (2,), jnp.uint32)
+            key = jax.random.wrap_key_data(bits, impl="threefry2x32")
     return jax.random.poisson(key, lam).astype(lam.dtype)
 
 

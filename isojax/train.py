@@ -573,7 +573,7 @@ def train(
                 )
                 new_state, m = train_step(state, batch)
                 if joint is not None and (step + 1) % joint["config"].joint_every == 0:
-                    psf_dev, psf_metrics = _refine_psf(joint, state, step, stack_dev, graphdef)
+                    psf_dev, psf_metrics = _refine_psf(joint, new_state, step, stack_dev, graphdef)
                     m = {**m, **psf_metrics}
                 loss = float(m["loss"])
                 if not math.isfinite(loss):

@@ -325,3 +325,14 @@ def test_poisson_noise_gradient_is_straight_through():
     key = jax.random.key(3)
     g = jax.grad(lambda a: jnp.sum(isojax.poisson_noise(key, a, photons=5.0)))(jnp.full((10,), 2.0))
     np.testing.assert_allclose(g, 1.0)
+
+
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg", "unsafe_rbg"])
+def test_poisson_noise_accepts_any_key_implementation(impl):
+    # jax.random.poisson itself supports threefry keys only; training uses faster rbg keys
+    key = jax.random.key(5, impl=impl)
+    y = jax.jit(lambda k: isojax.poisson_noise(k, jnp.full((50_000,), 2.0), photons=4.0))(key)
+    assert abs(float(y.mean()) - 2.0) < 6 * np.sqrt(0.5 / 50_000)
+    np.testing.assert_array_equal(
+        y, isojax.poisson_noise(key, jnp.full((50_000,), 2.0), photons=4.0)
+    )
