@@ -67,6 +67,7 @@ _INTERPOLATIONS = ("linear", "cubic")
 # 512 B, doubled for XLA's temporaries.
 _BYTES_PER_PIXEL = 1024
 _DEFAULT_BUDGET = 2**30  # 1 GiB
+_CPU_MAX_BATCH = 8
 
 
 # ----------------------------------------------------------------------------------------
@@ -323,6 +324,11 @@ def _run_view(
     n_items = n_slices * len(per_slice)
     if batch_size is None:
         batch_size = max(1, budget // (bytes_per_pixel * th * tw))
+        if jax.default_backend() == "cpu":
+            # on CPU large batches only add cache misses: batches of 8 slices ran about
+            # 1.2x faster than the 128 a 1 GiB budget allows (bench/README_quality.md,
+            # prediction throughput)
+            batch_size = min(batch_size, _CPU_MAX_BATCH)
     batch_size = min(batch_size, n_items)
 
     padded: dict[int, np.ndarray] = {}
