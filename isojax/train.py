@@ -339,6 +339,35 @@ def load_model(workdir: str | os.PathLike, *, which: Literal["best", "last"] = "
 
 
 # ----------------------------------------------------------------------------------------
+# Data parallelism over the local devices
+
+
+def _data_parallel(batch_size: int):
+    """``(place_state, place_batch)``: replicate the state and shard batches over devices.
+
+    With one device both are the identity. With several (GPUs of one node, or CPU devices
+    forced with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) the state is
+    replicated and each batch is split over a 1D ``data`` mesh; the jitted step then runs
+    data-parallel (XLA inserts the gradient all-reduce), with the same global batch and so
+    the same loss trajectory as on one device, to float tolerance. Single host only.
+    """
+    n = jax.device_count()
+    if n == 1:
+        return (lambda tree: tree), (lambda tree: tree)
+    if batch_size % n:
+        raise IsojaxInputError(
+            f"the batch size ({batch_size}) must be a multiple of the number of devices ({n}) "
+            "to split it evenly; change --batch-size."
+        )
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    mesh = jax.make_mesh((n,), ("data",), (AxisType.Auto,))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    data = NamedSharding(mesh, PartitionSpec("data"))
+    return (lambda tree: jax.device_put(tree, replicated)), (lambda tree: jax.device_put(tree, data))
+
+
+# ----------------------------------------------------------------------------------------
 # The loop
 
 
@@ -524,6 +553,8 @@ def train(
         start = int(state.step)
         log(f"resuming {workdir} at step {start}")
     _metrics_lines(metrics_path, start)
+    place_state, place_batch = _data_parallel(config.batch_size)
+    state = place_state(state)
 
     stack_dev = jnp.asarray(normed)
     train_z_dev, val_z_dev = jnp.asarray(train_z), jnp.asarray(val_z)
@@ -531,13 +562,15 @@ def train(
     bs = config.batch_size
     val_key = _new_key(config.seed + 1)
     val_set = [
-        synth.make_pairs(
-            jax.random.fold_in(val_key, i),
-            stack_dev,
-            psf_dev,
-            synth_config,
-            batch_size=bs,
-            z_indices=val_z_dev,
+        place_batch(
+            synth.make_pairs(
+                jax.random.fold_in(val_key, i),
+                stack_dev,
+                psf_dev,
+                synth_config,
+                batch_size=bs,
+                z_indices=val_z_dev,
+            )
         )
         for i in range(config.val_batches)
     ]
@@ -571,7 +604,7 @@ def train(
                     batch_size=bs,
                     z_indices=train_z_dev,
                 )
-                new_state, m = train_step(state, batch)
+                new_state, m = train_step(state, place_batch(batch))
                 if joint is not None and (step + 1) % joint["config"].joint_every == 0:
                     psf_dev, psf_metrics = _refine_psf(joint, new_state, step, stack_dev, graphdef)
                     m = {**m, **psf_metrics}

@@ -196,3 +196,37 @@ def test_exact_resume_after_sigkill(tmp_path):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
     steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
     assert steps == list(range(1, 25))
+
+
+DP_WORKER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    import jax
+    from test_train import run_train
+    assert jax.device_count() == int(sys.argv[2]), jax.device_count()
+    run_train(sys.argv[1], 6)
+    """
+)
+
+
+@pytest.mark.slow
+def test_data_parallel_training_on_two_devices_matches_one(tmp_path):
+    """Same global batch on 1 and on 2 (forced CPU) devices: the same loss trajectory."""
+    import os
+
+    script = tmp_path / "dp.py"
+    script.write_text(DP_WORKER.format(tests=str(__import__("pathlib").Path(__file__).parent)))
+    losses = {}
+    for n in (1, 2):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+        subprocess.run(
+            [sys.executable, str(script), str(tmp_path / f"m{n}"), str(n)],
+            check=True,
+            env=env,
+            timeout=300,
+        )
+        lines = (tmp_path / f"m{n}" / "metrics.jsonl").read_text().splitlines()
+        losses[n] = [json.loads(x)["loss"] for x in lines]
+    assert len(losses[2]) == 6
+    np.testing.assert_allclose(losses[2], losses[1], rtol=2e-4)
