@@ -848,7 +848,7 @@ class staged_output:  # lower case: used as a context manager, like open
     """Write a file or folder under a temporary sibling name, then rename it into place.
 
     ``with staged_output(path, overwrite=...) as temp:`` yields ``temp``, a path next to
-    ``path`` named ``<name>.partial-XXXXXXXX`` that does not exist yet. When the block ends
+    ``path`` named ``<name>.partial-<random>`` that does not exist yet. When the block ends
     normally, ``temp`` is renamed to ``path`` (an existing ``path`` is replaced only with
     ``overwrite=True``, after the new one is complete); when it raises, ``temp`` is removed
     and ``path`` is untouched.

@@ -23,7 +23,7 @@ normalised, upsampled, result, read-back; see :func:`slab_lines`).
 
 Outputs are OME-Zarr 0.5 (Zarr v3 through tensorstore) or an uncompressed BigTIFF with
 OME-XML, both with the isotropic voxel size ``(dz / subsample, dy, dx)``. They are written
-under a temporary sibling name (``OUT.partial-XXXXXXXX``) and renamed into place only when
+under a temporary sibling name (``OUT.partial-<random>``) and renamed into place only when
 complete; an existing output is replaced only with ``overwrite=True``.
 
 With several devices (``jax.devices()``), each batch of slices is split over a 1D mesh
