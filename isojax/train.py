@@ -213,19 +213,13 @@ def make_eval_step(graphdef, net: UNetConfig, config: TrainConfig):
 # Checkpoints: the state as a flat dict of arrays, so orbax sees plain pytrees.
 
 
-def _flat(state: TrainState) -> dict[str, Any]:
-    leaves = jax.tree.leaves(state._replace(key=jax.random.key_data(state.key)))
-    return {f"{i:05d}": leaf for i, leaf in enumerate(leaves)}
+def _keyless(state: TrainState) -> TrainState:
+    """The state with its PRNG key as raw data, as checkpoints hold it."""
+    return state._replace(key=jax.random.key_data(state.key))
 
 
-def _unflat(flat: dict[str, Any], net: UNetConfig, config: TrainConfig) -> TrainState:
-    template = jax.eval_shape(
-        lambda: (s := _init_state(_new_key(0), net, config))._replace(
-            key=jax.random.key_data(s.key)
-        )
-    )
-    state = jax.tree.unflatten(jax.tree.structure(template), [flat[k] for k in sorted(flat)])
-    return state._replace(key=jax.random.wrap_key_data(state.key, impl=_PRNG_IMPL))
+def _flat(tree) -> dict[str, Any]:
+    return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
 
 
 def _managers(workdir: Path):
@@ -247,15 +241,18 @@ def _managers(workdir: Path):
 def _save(manager, state: TrainState, metrics=None):
     import orbax.checkpoint as ocp
 
-    manager.save(int(state.step), args=ocp.args.StandardSave(_flat(state)), metrics=metrics)
+    manager.save(int(state.step), args=ocp.args.StandardSave(_flat(_keyless(state))), metrics=metrics)
 
 
 def _restore(manager, net: UNetConfig, config: TrainConfig, step=None) -> TrainState:
     import orbax.checkpoint as ocp
 
     step = manager.latest_step() if step is None else step
-    abstract = jax.eval_shape(lambda: _flat(_init_state(_new_key(0), net, config)))
-    return _unflat(manager.restore(step, args=ocp.args.StandardRestore(abstract)), net, config)
+    # one abstract evaluation gives both the shapes to restore and the tree to rebuild
+    template = jax.eval_shape(lambda: _keyless(_init_state(_new_key(0), net, config)))
+    flat = manager.restore(step, args=ocp.args.StandardRestore(_flat(template)))
+    state = jax.tree.unflatten(jax.tree.structure(template), [flat[k] for k in sorted(flat)])
+    return state._replace(key=jax.random.wrap_key_data(state.key, impl=_PRNG_IMPL))
 
 
 # ----------------------------------------------------------------------------------------
