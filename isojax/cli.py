@@ -231,9 +231,18 @@ def _theory(args: argparse.Namespace) -> dict | None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    from isojax import distributed
     from isojax.pipeline import train_file
     from isojax.train import TrainingDiverged
 
+    multihost = (args.distributed or args.coordinator or args.num_processes is not None
+                 or args.process_id is not None or os.environ.get(distributed.ENV_ADDRESS))
+    if multihost:
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                               host_timeout=args.host_timeout)
+    quiet = {} if distributed.is_main_process() else {"log": lambda msg: None}
     try:
         train_file(
             args.stack,
@@ -262,6 +271,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             family=args.family,
             init_fwhm=args.init_fwhm,
             match_noise=not args.no_match_noise,
+            **quiet,
         )
     except TrainingDiverged as exc:
         raise IsojaxInputError(str(exc)) from None
@@ -379,6 +389,17 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
     cal.add_argument("--init-fwhm", type=_positive_float, metavar="UM",
                      help="initial axial FWHM in micrometres without a PSF source "
                      "(default: one axial step)")
+    mh = t.add_argument_group(
+        "multi-host training (every host runs the same command; see isojax.distributed)")
+    mh.add_argument("--distributed", action="store_true",
+                    help="join a multi-host job described by JAX_COORDINATOR_ADDRESS, "
+                    "JAX_NUM_PROCESSES, JAX_PROCESS_ID or detected by JAX (SLURM, Open MPI...)")
+    mh.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
+    mh.add_argument("--num-processes", type=_positive_int, metavar="N")
+    mh.add_argument("--process-id", type=int, metavar="I", help="this host's rank, 0..N-1")
+    mh.add_argument("--host-timeout", type=_positive_int, default=60, metavar="S",
+                    help="seconds without a heartbeat before a host counts as dead and the "
+                    "others stop (default 60)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
 

@@ -244,12 +244,17 @@ def _save(manager, state: TrainState, metrics=None):
     manager.save(int(state.step), args=ocp.args.StandardSave(_flat(_keyless(state))), metrics=metrics)
 
 
-def _restore(manager, net: UNetConfig, config: TrainConfig, step=None) -> TrainState:
+def _restore(manager, net: UNetConfig, config: TrainConfig, step=None, sharding=None) -> TrainState:
+    """Read a checkpoint; ``sharding`` places every leaf (default: the first local device)."""
     import orbax.checkpoint as ocp
 
     step = manager.latest_step() if step is None else step
     # one abstract evaluation gives both the shapes to restore and the tree to rebuild
     template = jax.eval_shape(lambda: _keyless(_init_state(_new_key(0), net, config)))
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    template = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), template
+    )
     flat = manager.restore(step, args=ocp.args.StandardRestore(_flat(template)))
     state = jax.tree.unflatten(jax.tree.structure(template), [flat[k] for k in sorted(flat)])
     return state._replace(key=jax.random.wrap_key_data(state.key, impl=_PRNG_IMPL))
@@ -339,29 +344,70 @@ def load_model(workdir: str | os.PathLike, *, which: Literal["best", "last"] = "
 # Data parallelism over the local devices
 
 
-def _data_parallel(batch_size: int):
-    """``(place_state, place_batch)``: replicate the state and shard batches over devices.
+class _Placement(NamedTuple):
+    """How the state and the batches are laid out over the devices of all processes."""
 
-    With one device both are the identity. With several (GPUs of one node, or CPU devices
-    forced with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) the state is
-    replicated and each batch is split over a 1D ``data`` mesh; the jitted step then runs
-    data-parallel (XLA inserts the gradient all-reduce), with the same global batch and so
-    the same loss trajectory as on one device, to float tolerance. Single host only.
+    place_state: Callable  # local state -> state replicated on every device
+    place_batch: Callable  # this process's share of a batch -> the global, sharded batch
+    local_batch_size: int  # patches this process synthesises per step
+    process_index: int
+    process_count: int
+    sharding: Any  # sharding of the state (None on one device)
+
+
+def _data_parallel(batch_size: int) -> _Placement:
+    """Replicate the state and shard batches over the devices of every process.
+
+    With one device nothing moves. With several (GPUs of one node, or CPU devices forced
+    with ``JAX_NUM_CPU_DEVICES=N``) the state is replicated and each batch split over a 1D
+    ``data`` mesh (:func:`jax.make_mesh`); the jitted step then runs data-parallel (XLA
+    inserts the gradient all-reduce), with the same global batch and so the same loss
+    trajectory as on one device, to float tolerance. With several processes
+    (:mod:`isojax.distributed`) the mesh spans the devices of all hosts and each process
+    synthesises only its share of the batch, which
+    :func:`jax.make_array_from_process_local_data` assembles into the global batch.
     """
-    n = jax.device_count()
+    n, nproc, rank = jax.device_count(), jax.process_count(), jax.process_index()
     if n == 1:
-        return (lambda tree: tree), (lambda tree: tree)
+        same = lambda tree: tree  # noqa: E731
+        return _Placement(same, same, batch_size, 0, 1, None)
     if batch_size % n:
         raise IsojaxInputError(
-            f"the batch size ({batch_size}) must be a multiple of the number of devices ({n}) "
-            "to split it evenly; change --batch-size."
+            f"the batch size ({batch_size}) must be a multiple of the number of devices ({n}"
+            + (f" over {nproc} processes" if nproc > 1 else "")
+            + ") to split it evenly; change --batch-size."
         )
     from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
     mesh = jax.make_mesh((n,), ("data",), (AxisType.Auto,))
     replicated = NamedSharding(mesh, PartitionSpec())
     data = NamedSharding(mesh, PartitionSpec("data"))
-    return (lambda tree: jax.device_put(tree, replicated)), (lambda tree: jax.device_put(tree, data))
+
+    def place_state(tree):
+        if nproc == 1:
+            return jax.device_put(tree, replicated)
+        # every process holds the same local values: assemble them as one replicated array
+        # (device_put cannot target devices of other processes)
+        def one(x):
+            if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+                return jax.random.wrap_key_data(one(jax.random.key_data(x)), impl=_PRNG_IMPL)
+            return jax.make_array_from_process_local_data(replicated, x)
+
+        return jax.tree.map(one, tree)
+
+    if nproc == 1:
+
+        def place_batch(tree):
+            return jax.device_put(tree, data)
+
+    else:
+
+        def place_batch(tree):
+            return jax.tree.map(
+                lambda x: jax.make_array_from_process_local_data(data, x), tree
+            )
+
+    return _Placement(place_state, place_batch, batch_size // nproc, rank, nproc, replicated)
 
 
 # ----------------------------------------------------------------------------------------
@@ -448,11 +494,14 @@ def train(
         or settings that differ from the folder's on resume.
       TrainingDiverged: the loss became NaN or inf; the last good checkpoint is kept.
     """
-    from isojax import __version__
+    from isojax import __version__, distributed
     from isojax.io import write_tiff
     from isojax.plot import save_loss_png
 
+    main = distributed.is_main_process()  # only process 0 writes files and messages
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    if not main:
+        log, progress = (lambda msg: None), False
     net = net or UNetConfig()
     workdir = Path(workdir).absolute()
     stack = np.asarray(stack)
@@ -476,6 +525,12 @@ def train(
         )
     train_z, val_z = synth.split_slices(stack.shape[0], val_fraction=synth_config.val_fraction)
     joint = None
+    if calibrate_psf and jax.process_count() > 1:
+        raise IsojaxInputError(
+            "PSF self-calibration is not available in multi-host training yet: calibrate on "
+            "one host first (`isojax calibrate STACK -o AXIAL.tif`), then train on all hosts "
+            "with --psf AXIAL.tif."
+        )
     if calibrate_psf:
         joint = _start_calibration(stack, psf, synth_config, calibration, psf_pixel_size, log)
         psf = joint["psf"]
@@ -535,9 +590,12 @@ def train(
                     f"cannot resume {workdir}: its {k} settings differ from this run's; use the "
                     "same stack and options, or train into a new folder."
                 )
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_tiff(workdir / "psf.tif", psf_dense, pixel_size=psf_pixel_size)
-    write_model_config(workdir, meta)
+    distributed.barrier("isojax-train-checked")  # every process checked before anyone writes
+    if main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_tiff(workdir / "psf.tif", psf_dense, pixel_size=psf_pixel_size)
+        write_model_config(workdir, meta)
+    distributed.barrier("isojax-model-folder")
 
     graphdef, state = create_train_state(_new_key(config.seed), net, config)
     train_step = make_train_step(graphdef, net, config)
@@ -549,28 +607,36 @@ def train(
         state = _restore(last, net, config)
         start = int(state.step)
         log(f"resuming {workdir} at step {start}")
-    _metrics_lines(metrics_path, start)
-    place_state, place_batch = _data_parallel(config.batch_size)
-    state = place_state(state)
+    if main:
+        _metrics_lines(metrics_path, start)
+    placement = _data_parallel(config.batch_size)
+    if placement.process_count > 1:
+        log(f"data-parallel over {jax.device_count()} devices of {placement.process_count} "
+            f"processes; {placement.local_batch_size} patches per process and step")
+    elif jax.device_count() > 1:
+        log(f"data-parallel over {jax.device_count()} devices")
+    # the data key is the same on every process; a local copy (the state is donated) feeds
+    # the pair synthesis
+    data_key = jax.random.wrap_key_data(
+        np.asarray(jax.random.key_data(state.key)), impl=_PRNG_IMPL
+    )
+    state = placement.place_state(state)
 
     stack_dev = jnp.asarray(normed)
     train_z_dev, val_z_dev = jnp.asarray(train_z), jnp.asarray(val_z)
     psf_dev = jax.tree.map(jnp.asarray, psf)
-    bs = config.batch_size
-    val_key = _new_key(config.seed + 1)
-    val_set = [
-        place_batch(
-            synth.make_pairs(
-                jax.random.fold_in(val_key, i),
-                stack_dev,
-                psf_dev,
-                synth_config,
-                batch_size=bs,
-                z_indices=val_z_dev,
-            )
+
+    def draw(key, z_indices):
+        """This process's share of a batch, placed as the global batch."""
+        if placement.process_count > 1:
+            key = jax.random.fold_in(key, placement.process_index)
+        return placement.place_batch(
+            synth.make_pairs(key, stack_dev, psf_dev, synth_config,
+                             batch_size=placement.local_batch_size, z_indices=z_indices)
         )
-        for i in range(config.val_batches)
-    ]
+
+    val_key = _new_key(config.seed + 1)
+    val_set = [draw(jax.random.fold_in(val_key, i), val_z_dev) for i in range(config.val_batches)]
 
     def validate(params):
         vals = [eval_step(params, b) for b in val_set]
@@ -591,17 +657,10 @@ def train(
     summary: dict[str, Any] = {"best_val_loss": None, "best_step": None}
     last_loss = float("nan")
     try:
-        with metrics_path.open("a") as mf:
+        with metrics_path.open("a") if main else open(os.devnull, "w") as mf:
             for step in range(start, config.steps):
-                batch = synth.make_pairs(
-                    jax.random.fold_in(state.key, step),
-                    stack_dev,
-                    psf_dev,
-                    synth_config,
-                    batch_size=bs,
-                    z_indices=train_z_dev,
-                )
-                new_state, m = train_step(state, place_batch(batch))
+                batch = draw(jax.random.fold_in(data_key, step), train_z_dev)
+                new_state, m = train_step(state, batch)
                 if joint is not None and (step + 1) % joint["config"].joint_every == 0:
                     psf_dev, psf_metrics = _refine_psf(joint, new_state, step, stack_dev, graphdef)
                     m = {**m, **psf_metrics}
@@ -638,11 +697,13 @@ def train(
         best.wait_until_finished()
         last.close()
         best.close()
+    summary.update(step=int(state.step), loss=last_loss)
+    if not main:
+        return summary
     records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
     save_loss_png(workdir / "loss.png", records)
     if joint is not None:
         summary["psf"] = _finish_calibration(joint, records, workdir, psf_pixel_size)
-    summary.update(step=int(state.step), loss=last_loss)
     if summary["best_step"] is None and records:
         vals = [r for r in records if "val_loss" in r]
         if vals:
