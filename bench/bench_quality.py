@@ -60,7 +60,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 import numpy as np
 from _env import describe, maybe_reexec
 
-METHODS = ("linear", "isojax", "csbdeep")
+METHODS = ("linear", "isojax", "isojax-bf16", "csbdeep")
 
 
 def _parse() -> argparse.Namespace:
@@ -364,7 +364,9 @@ def grid_check(subsample: float, seed: int) -> dict:
 # isojax
 
 
-def isojax_train_predict(stack, psf, acq, subsample, args, workdir: Path, log: Path) -> dict:
+def isojax_train_predict(
+    stack, psf, acq, subsample, args, workdir: Path, log: Path, compute_dtype="float32"
+) -> dict:
     import jax
 
     from isojax.predict import predict_stack
@@ -383,6 +385,7 @@ def isojax_train_predict(stack, psf, acq, subsample, args, workdir: Path, log: P
         warmup_steps=min(100, args.steps // 10),  # as isojax.pipeline.train_file
         val_every=args.steps // epochs,
         checkpoint_every=args.steps,
+        compute_dtype=compute_dtype,
     )
     synth_config = SynthConfig(subsample=subsample, patch_size=args.patch_size)
     lines = []
@@ -548,6 +551,12 @@ def main() -> int:
                     stack, psf, acq, s, args, args.workdir / f"isojax_{i}", log
                 )
                 add("isojax", r["pred"], r)
+            if "isojax-bf16" in args.methods:  # mixed precision, same seed and budget
+                r = isojax_train_predict(
+                    stack, psf, acq, s, args, args.workdir / f"isojax_bf16_{i}", log,
+                    compute_dtype="bfloat16",
+                )
+                add("isojax-bf16", r["pred"], r)
             if "csbdeep" in args.methods:
                 r = csbdeep_train_predict(stack, psf, s, args, args.workdir / f"csbdeep_{i}", log)
                 own = r["pred"]

@@ -271,6 +271,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             family=args.family,
             init_fwhm=args.init_fwhm,
             match_noise=not args.no_match_noise,
+            compute_dtype=args.compute_dtype,
             **quiet,
         )
     except TrainingDiverged as exc:
@@ -377,6 +378,9 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
                    help="do not add the stack's estimated noise to the synthetic inputs")
     t.add_argument("--first-filters", type=_positive_int, default=32,
                    help="U-Net filters at the first level (CARE: 32)")
+    t.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="bfloat16: mixed precision (bfloat16 network, float32 weights; for "
+                   "GPUs and TPUs)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint-every", type=_positive_int, default=100, metavar="STEPS")
     t.add_argument("--resume", action="store_true", help="continue the model folder's training")

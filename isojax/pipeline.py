@@ -208,6 +208,7 @@ def train_file(
     family: str = "gaussian",
     init_fwhm: float | None = None,
     match_noise: bool = True,
+    compute_dtype: str = "float32",
 ) -> dict:
     """``isojax train``: train a model folder from a stack and a PSF.
 
@@ -217,6 +218,9 @@ def train_file(
     With ``calibrate_psf`` the PSF is learned jointly (:mod:`isojax.calibrate`): a PSF
     source is then only the initial guess, and may be omitted (start from ``init_fwhm``
     micrometres, default one axial step); ``family`` picks the parameterisation.
+
+    ``compute_dtype="bfloat16"`` trains with mixed precision (bfloat16 network, float32
+    weights; :class:`isojax.train.TrainConfig`).
 
     The anisotropy factor comes from ``subsample`` or the voxel size (metadata or
     ``spacing``); the PSF from a file, a bead stack, or a theoretical model, at the stack's
@@ -260,6 +264,7 @@ def train_file(
         checkpoint_every=checkpoint_every,
         val_every=val_every,
         warmup_steps=min(100, steps // 10),
+        compute_dtype=compute_dtype,
     )
     net = UNetConfig(first_filters=first_filters, depth=depth, prob_out=loss == "laplace")
     summary = train(

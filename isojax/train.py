@@ -69,6 +69,11 @@ class TrainConfig:
       val_every: evaluate on the validation planes (and keep the ``best`` checkpoint)
         every this many steps.
       val_batches: fixed validation batches per evaluation.
+      compute_dtype: ``"float32"``, or ``"bfloat16"`` for mixed precision: the network
+        computes in bfloat16 while the weights, the optimiser state, the loss and the
+        gradients stay float32 (:func:`isojax.unet.apply_unet`). About 2x faster and half
+        the activation memory on GPUs and TPUs; on CPUs without native bfloat16
+        convolutions it is slower. Prediction uses the float32 weights.
     """
 
     steps: int
@@ -81,6 +86,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     val_every: int = 100
     val_batches: int = 4
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "val_every", "val_batches"):
@@ -101,6 +107,10 @@ class TrainConfig:
             )
         if self.loss not in ("mae", "mse", "laplace"):
             raise ValueError(f"loss must be 'mae', 'mse' or 'laplace', got {self.loss!r}.")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}."
+            )
 
 
 class TrainState(NamedTuple):
@@ -166,6 +176,10 @@ def loss_fn(pred: Array, target: Array, kind: str) -> Array:
     return jnp.mean(jnp.abs(pred - target))
 
 
+def _compute_dtype(config: TrainConfig):
+    return None if config.compute_dtype == "float32" else jnp.dtype(config.compute_dtype)
+
+
 def make_train_step(graphdef, net: UNetConfig, config: TrainConfig):
     """``train_step(state, batch) -> (state, metrics)``, pure and jitted.
 
@@ -174,9 +188,10 @@ def make_train_step(graphdef, net: UNetConfig, config: TrainConfig):
     if config.loss == "laplace" and not net.prob_out:
         raise ValueError("loss='laplace' needs a probabilistic network: set prob_out=True.")
     tx = make_optimizer(config)
+    dtype = _compute_dtype(config)
 
     def objective(params, source, target):
-        pred = apply_unet(graphdef, params, source[..., None])
+        pred = apply_unet(graphdef, params, source[..., None], compute_dtype=dtype)
         return loss_fn(pred, target[..., None], config.loss)
 
     def train_step(state: TrainState, batch):
@@ -196,10 +211,12 @@ def make_train_step(graphdef, net: UNetConfig, config: TrainConfig):
 def make_eval_step(graphdef, net: UNetConfig, config: TrainConfig):
     """``eval_step(params, batch) -> metrics`` (jitted): the training loss and MAE."""
 
+    dtype = _compute_dtype(config)
+
     @jax.jit
     def eval_step(params, batch):
         source, target = batch
-        pred = apply_unet(graphdef, params, source[..., None])
+        pred = apply_unet(graphdef, params, source[..., None], compute_dtype=dtype)
         t = target[..., None]
         return {
             "loss": loss_fn(pred, t, config.loss),

@@ -25,7 +25,8 @@ divisible by ``2**depth``. Kernels are ``(ky, kx, in_channel, out_channel)``.
 Speed: all convolutions go through :func:`conv2d`, a ``jax.custom_vjp`` whose forward pass and
 input gradient are forward "same" convolutions (which XLA's CPU backend hands to its fast
 YNNPACK convolution) and whose weight gradient is computed by :func:`conv2d_weight_grad`.
-The numerics are plain float32 throughout; see ``bench/README_train.md`` for measurements.
+The numerics are float32 unless :func:`apply_unet` is given a ``compute_dtype`` (mixed
+precision); see ``bench/README_train.md`` for measurements.
 """
 
 from __future__ import annotations
@@ -262,14 +263,15 @@ class Conv(nnx.Module):
         self.conv_impl = conv_impl
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.kernel[...]
+        # weights are cast to the activations' dtype (mixed precision keeps float32 masters)
+        kernel = self.kernel[...].astype(x.dtype)
         if kernel.shape[0] == 1:  # 1x1 conv: a matmul over channels
             y = jnp.einsum("byxc,co->byxo", x, kernel[0, 0])
         elif self.conv_impl == "custom":
             y = conv2d(x, kernel)
         else:
             y = conv2d_reference(x, kernel)
-        return y + self.bias[...]
+        return y + self.bias[...].astype(y.dtype)
 
 
 def _max_pool2(x: jax.Array) -> jax.Array:
@@ -336,7 +338,7 @@ class UNet(nnx.Module):
         self.head = conv(cin, c.out_channels, 1)
         self.scale_head = conv(cin, c.out_channels, 1) if c.prob_out else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, compute_dtype=None) -> jax.Array:
         c = self.config
         if x.ndim != 4 or x.shape[-1] != c.in_channels:
             raise ValueError(
@@ -349,7 +351,7 @@ class UNet(nnx.Module):
                 f"{x.shape[1:3]}; crop or pad the patch (e.g. to "
                 f"{(-(-x.shape[1] // c.divisor) * c.divisor, -(-x.shape[2] // c.divisor) * c.divisor)})."
             )
-        h, skips = x, []
+        h, skips = x if compute_dtype is None else x.astype(compute_dtype), []
         for level in self.down:
             for layer in level:
                 h = jax.nn.relu(layer(h))
@@ -361,11 +363,12 @@ class UNet(nnx.Module):
             h = jnp.concatenate([_upsample2(h), skip], axis=-1)
             for layer in level:
                 h = jax.nn.relu(layer(h))
-        out = self.head(h)
+        # the head's output, the residual and the scale are in the input's precision
+        out = self.head(h).astype(x.dtype)
         if c.residual:
             out = out + x
         if self.scale_head is not None:
-            scale = jax.nn.softplus(self.scale_head(h)) + c.eps_scale
+            scale = jax.nn.softplus(self.scale_head(h).astype(x.dtype)) + c.eps_scale
             out = jnp.concatenate([out, scale], axis=-1)
         return out
 
@@ -391,16 +394,26 @@ def init_unet(key: jax.Array, config: UNetConfig) -> tuple[nnx.GraphDef, nnx.Sta
     return nnx.split(model)
 
 
-def apply_unet(graphdef: nnx.GraphDef, params: nnx.State, x: jax.Array) -> jax.Array:
+def apply_unet(
+    graphdef: nnx.GraphDef, params: nnx.State, x: jax.Array, *, compute_dtype=None
+) -> jax.Array:
     """Pure forward pass, for use inside ``jax.jit`` / ``jax.grad``.
+
+    Mixed precision (Micikevicius et al. 2018, "Mixed precision training", ICLR; bfloat16
+    needs no loss scaling, having float32's exponent range): with ``compute_dtype`` set to
+    ``jnp.bfloat16`` the convolutions and activations run in bfloat16 while ``params``
+    stay float32 (each layer casts its weights, so gradients arrive in float32 for the
+    optimiser); the head's output, the residual input and the Laplace scale are computed
+    in the input's precision.
 
     Args:
       graphdef: structure from :func:`init_unet`.
       params: weights from :func:`init_unet` (or updated by an optimiser).
       x: input, shape (batch, y, x, in_channels), y and x multiples of ``2**depth``.
+      compute_dtype: dtype of the network's internal computation (default: ``x``'s).
 
     Returns:
       Prediction of shape (batch, y, x, out_channels), or (batch, y, x, 2 * out_channels)
       with ``prob_out`` (means, then scales).
     """
-    return nnx.merge(graphdef, params)(x)
+    return nnx.merge(graphdef, params)(x, compute_dtype)

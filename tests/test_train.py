@@ -230,3 +230,32 @@ def test_data_parallel_training_on_two_devices_matches_one(tmp_path):
         losses[n] = [json.loads(x)["loss"] for x in lines]
     assert len(losses[2]) == 6
     np.testing.assert_allclose(losses[2], losses[1], rtol=2e-4)
+
+
+def test_mixed_precision_training_keeps_float32_weights_and_learns(tmp_path):
+    """compute_dtype='bfloat16': float32 weights and optimiser state, and it learns as float32."""
+    from isojax.train import _compute_dtype, create_train_state, make_train_step
+
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 16, 16)).astype(np.float32)
+    batch = (x, 0.5 * x + 0.25)
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = TrainConfig(steps=40, batch_size=4, learning_rate=3e-3, warmup_steps=0,
+                          compute_dtype=dtype)
+        graphdef, state = create_train_state(jax.random.key(0), NET, cfg)
+        step = make_train_step(graphdef, NET, cfg)
+        losses[dtype] = []
+        for _ in range(40):
+            state, m = step(state, batch)
+            losses[dtype].append(float(m["loss"]))
+    assert _compute_dtype(cfg) == jax.numpy.bfloat16
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(state.params))
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(state.opt_state)
+               if np.issubdtype(leaf.dtype, np.floating))
+    f32, b16 = np.array(losses["float32"]), np.array(losses["bfloat16"])
+    assert b16[-1] < 0.8 * b16[0]
+    assert b16 != pytest.approx(f32, rel=1e-6)  # bfloat16 really computed
+    np.testing.assert_allclose(b16[-10:].mean(), f32[-10:].mean(), rtol=0.25)
+    with pytest.raises(ValueError, match="compute_dtype"):
+        TrainConfig(steps=1, compute_dtype="float16")

@@ -185,3 +185,31 @@ def test_adam_step_decreases_loss(compiler_options):
     assert after < before
     state, _ = step(state, (x, y))  # same shapes: no recompilation
     assert step._cache_size() == 1
+
+
+# ------------------------------------------------------------------------- mixed precision
+
+
+@pytest.mark.parametrize("prob_out", [False, True])
+def test_bfloat16_compute_matches_float32_and_keeps_float32_gradients(prob_out):
+    """bf16 activations, f32 master weights: close outputs, f32 gradients in the same direction."""
+    cfg = UNetConfig(**TINY, prob_out=prob_out)
+    graphdef, params = init_unet(jax.random.key(0), cfg)
+    x = _x((2, 16, 16, 1))
+    f32 = jax.jit(lambda p: apply_unet(graphdef, p, x))
+    b16 = jax.jit(lambda p: apply_unet(graphdef, p, x, compute_dtype=jnp.bfloat16))
+    y32, y16 = f32(params), b16(params)
+    assert y16.dtype == jnp.float32  # the head, residual and scale come back in float32
+    err = np.abs(np.asarray(y16) - np.asarray(y32)).max() / np.abs(np.asarray(y32)).max()
+    assert 0 < err < 3e-2  # bfloat16 really was used, and only rounds
+
+    def loss(p, dtype):
+        return jnp.mean(jnp.abs(apply_unet(graphdef, p, x, compute_dtype=dtype) - 0.5 * x))
+
+    g32 = jax.jit(jax.grad(lambda p: loss(p, None)))(params)
+    g16 = jax.jit(jax.grad(lambda p: loss(p, jnp.bfloat16)))(params)
+    a = np.concatenate([np.ravel(v) for v in jax.tree.leaves(g32)])
+    b = np.concatenate([np.ravel(v) for v in jax.tree.leaves(g16)])
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(g16))
+    cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+    assert cosine > 0.99, cosine
