@@ -243,38 +243,71 @@ def _managers(workdir: Path):
     import orbax.checkpoint as ocp
 
     root = (workdir / "checkpoints").absolute()
+    handler = ocp.StandardCheckpointHandler  # named, so that item_metadata can read it
     last = ocp.CheckpointManager(
-        root / "last", options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+        root / "last",
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+        item_handlers=handler(),
     )
     best = ocp.CheckpointManager(
         root / "best",
         options=ocp.CheckpointManagerOptions(
             max_to_keep=1, create=True, best_fn=lambda m: m["val_loss"], best_mode="min"
         ),
+        item_handlers=handler(),
     )
     return last, best
 
 
-def _save(manager, state: TrainState, metrics=None):
+_EXTRA = "psf_"  # prefix of the joint PSF refinement's leaves in a checkpoint
+
+
+def _save(manager, state: TrainState, metrics=None, extra=None):
+    """Save the state, and ``extra`` (the joint PSF parameters and their optimiser) if given."""
     import orbax.checkpoint as ocp
 
-    manager.save(int(state.step), args=ocp.args.StandardSave(_flat(_keyless(state))), metrics=metrics)
+    items = _flat(_keyless(state))
+    if extra is not None:
+        items.update({_EXTRA + k: v for k, v in _flat(extra).items()})
+    manager.save(int(state.step), args=ocp.args.StandardSave(items), metrics=metrics)
 
 
-def _restore(manager, net: UNetConfig, config: TrainConfig, step=None, sharding=None) -> TrainState:
-    """Read a checkpoint; ``sharding`` places every leaf (default: the first local device)."""
+def _restore(manager, net: UNetConfig, config: TrainConfig, step=None, sharding=None,
+             extra_template=None):
+    """Read a checkpoint; ``sharding`` places every leaf (default: the first local device).
+
+    Returns the :class:`TrainState`; with ``extra_template`` (a pytree like the ``extra``
+    given to :func:`_save`), ``(state, extra)``, ``extra`` None if the checkpoint has none.
+    """
     import orbax.checkpoint as ocp
 
     step = manager.latest_step() if step is None else step
-    # one abstract evaluation gives both the shapes to restore and the tree to rebuild
+    # one abstract evaluation gives both the tree to rebuild and the leaves to expect
     template = jax.eval_shape(lambda: _keyless(_init_state(_new_key(0), net, config)))
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    template = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), template
-    )
-    flat = manager.restore(step, args=ocp.args.StandardRestore(_flat(template)))
-    state = jax.tree.unflatten(jax.tree.structure(template), [flat[k] for k in sorted(flat)])
-    return state._replace(key=jax.random.wrap_key_data(state.key, impl=_PRNG_IMPL))
+    # restore every leaf the checkpoint holds (the joint PSF state may be among them)
+    on_disk = manager.item_metadata(step)
+    flat = manager.restore(step, args=ocp.args.StandardRestore({
+        k: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding) for k, m in on_disk.items()
+    }))
+    names = sorted(k for k in flat if not k.startswith(_EXTRA))
+    treedef = jax.tree.structure(template)
+    if len(names) != treedef.num_leaves:
+        raise IsojaxInputError(
+            f"checkpoint {step} in {manager.directory} holds {len(names)} arrays where this "
+            f"network and optimiser need {treedef.num_leaves}; it was written with other "
+            "settings. Train into a new folder."
+        )
+    state = jax.tree.unflatten(treedef, [flat[k] for k in names])
+    state = state._replace(key=jax.random.wrap_key_data(state.key, impl=_PRNG_IMPL))
+    if extra_template is None:
+        return state
+    extra_names = sorted(k for k in flat if k.startswith(_EXTRA))
+    extra_def = jax.tree.structure(extra_template)
+    extra = None
+    if len(extra_names) == extra_def.num_leaves:
+        extra = jax.tree.unflatten(extra_def, [flat[k] for k in extra_names])
+    return state, extra
 
 
 # ----------------------------------------------------------------------------------------
@@ -472,8 +505,9 @@ def train(
     the consistency term (re-degrading the network's restorations of real axial patches
     must reproduce the observed samples). The supervised loss on synthesised pairs sends
     no gradient to the PSF. Pairs are synthesised with the current PSF. The PSF's
-    parameters are not part of the orbax checkpoint: a resumed run restarts the PSF from
-    its spectral pre-calibration, so resume is exact for the network only.
+    parameters and their optimiser state are saved in every checkpoint with the network,
+    so a resumed run repeats the (deterministic) pre-calibration and then continues the
+    PSF's path exactly where it stopped.
 
     Noise. Real axial slices carry the detector's noise on every measured plane, while a
     blurred XY patch has lost most of its own; a network trained on clean-looking inputs
@@ -620,8 +654,17 @@ def train(
     last, best = _managers(workdir)
     metrics_path = workdir / "metrics.jsonl"
     start = 0
+    if joint is not None:
+        _init_joint(joint, graphdef)
     if resume and last.latest_step() is not None:
-        state = _restore(last, net, config)
+        if joint is None:
+            state = _restore(last, net, config)
+        else:  # the PSF's parameters and optimiser resume too
+            state, extra = _restore(last, net, config, extra_template=_joint_extra(joint))
+            if extra is None:
+                log("the checkpoint holds no PSF state: the PSF restarts from its calibration")
+            else:
+                psf = _set_joint(joint, extra)
         start = int(state.step)
         log(f"resuming {workdir} at step {start}")
     if main:
@@ -697,11 +740,11 @@ def train(
                 if done % config.val_every == 0 or done == config.steps:
                     v = validate(state.params)
                     record.update({f"val_{k}": val for k, val in v.items()})
-                    _save(best, state, metrics={"val_loss": v["loss"]})
+                    _save(best, state, metrics={"val_loss": v["loss"]}, extra=_joint_extra(joint))
                     if summary["best_val_loss"] is None or v["loss"] < summary["best_val_loss"]:
                         summary.update(best_val_loss=v["loss"], best_step=done)
                 if done % config.checkpoint_every == 0 or done == config.steps:
-                    _save(last, state)
+                    _save(last, state, extra=_joint_extra(joint))
                 mf.write(json.dumps(record) + "\n")
                 mf.flush()
                 if bar is not None:
@@ -768,19 +811,39 @@ def _start_calibration(stack, psf, synth_config, calibration, pixel_size, log) -
             "step_fn": None, "trajectory": []}
 
 
+def _init_joint(joint, graphdef) -> None:
+    """Compile the joint PSF step and set its starting parameters and optimiser state."""
+    from isojax import calibrate
+
+    def apply_fn(params, images):
+        return apply_unet(graphdef, params, images[..., None])[..., 0]
+
+    joint["step_fn"], joint["theta"], joint["opt"] = calibrate.make_joint_psf_step(
+        apply_fn, joint["report"], joint["target"], segment=joint["segment"],
+        config=joint["config"],
+    )
+
+
+def _joint_extra(joint):
+    """What a checkpoint keeps of the joint refinement (None without one)."""
+    return None if joint is None else {"theta": joint["theta"], "opt": joint["opt"]}
+
+
+def _set_joint(joint, extra):
+    """Resume the joint refinement from a checkpoint's ``extra``; returns the PSF."""
+    from isojax import calibrate
+
+    joint["theta"], joint["opt"] = extra["theta"], extra["opt"]
+    report = joint["report"]
+    joint["psf"] = calibrate.psf_from_params(report.family, joint["theta"]["psf"], taps=report.taps)
+    return joint["psf"]
+
+
 def _refine_psf(joint, state, step, stack_dev, graphdef):
     """One joint PSF step; returns the new PSF (for pair synthesis) and its metrics."""
     from isojax import calibrate
 
-    cfg, synth_config = joint["config"], joint["synth"]
-    if joint["step_fn"] is None:
-
-        def apply_fn(params, images):
-            return apply_unet(graphdef, params, images[..., None])[..., 0]
-
-        joint["step_fn"], joint["theta"], joint["opt"] = calibrate.make_joint_psf_step(
-            apply_fn, joint["report"], joint["target"], segment=joint["segment"], config=cfg
-        )
+    synth_config = joint["synth"]
     p = synth_config.patch_size
     batch = calibrate.axial_patches(
         jax.random.fold_in(jax.random.key(1), step), stack_dev,

@@ -104,7 +104,9 @@ def test_two_processes_train_the_same_parameters(tmp_path):
         stop(procs)
     results = []
     for rank, p in enumerate(procs):
-        assert p.returncode == 0, (tmp_path / f"err{rank}").read_text()[-3000:]
+        assert p.returncode == 0, "\n".join(
+            f"--- process {r} (exit {q.returncode}):\n" + (tmp_path / f"err{r}").read_text()[-2000:]
+            for r, q in enumerate(procs))
         out = (tmp_path / f"out{rank}").read_text()
         line = [ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1]
         results.append(json.loads(line[len("RESULT "):]))

@@ -259,3 +259,48 @@ def test_mixed_precision_training_keeps_float32_weights_and_learns(tmp_path):
     np.testing.assert_allclose(b16[-10:].mean(), f32[-10:].mean(), rtol=0.25)
     with pytest.raises(ValueError, match="compute_dtype"):
         TrainConfig(steps=1, compute_dtype="float16")
+
+
+@pytest.mark.slow  # two short joint-calibration runs
+def test_resume_with_psf_calibration_continues_the_psf_exactly(tmp_path):
+    """The joint PSF state is checkpointed: resuming from step 4 ends where the clean run did."""
+    import math
+    import shutil
+
+    from isojax import calibrate
+    from isojax.io import read_tiff
+    from isojax.simulate import simulate_stack
+
+    stack, _, _ = simulate_stack(jax.random.key(0), shape_zyx=(96, 96, 96), subsample=4.0,
+                                 sigma_axial=math.sqrt(5.0), photons=500.0, read_noise=0.005)
+    stack = np.asarray(stack)
+    net = UNetConfig(depth=1, first_filters=4, kernel_size=3, n_conv_per_depth=1)
+    cfg = TrainConfig(steps=8, batch_size=2, warmup_steps=1, checkpoint_every=4, val_every=4,
+                      val_batches=1, learning_rate=1e-2)
+    # a wide start and a fast PSF learning rate, so the PSF really moves between checkpoints
+    cal = calibrate.CalibrationConfig(joint_every=1, steps=15, init_fwhm=9.4,
+                                      joint_learning_rate=5e-2)
+    folder = tmp_path / "m"
+
+    def run(resume):
+        return train(stack, None, workdir=folder, synth_config=SynthConfig(subsample=4.0, patch_size=16),
+                     config=cfg, net=net, progress=False, calibrate_psf=True, calibration=cal,
+                     resume=resume, log=lambda m: None)
+
+    run(False)
+    clean_psf = read_tiff(folder / "psf.tif")[0]
+    clean = final_params_of(folder, net, cfg)
+    traj = [json.loads(x)["psf_sigma_px"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert abs(traj[-1] - traj[3]) > 1e-4  # the PSF moved after the step-4 checkpoint
+    shutil.rmtree(folder / "checkpoints" / "last" / "8")  # as if killed after step 4's save
+    run(True)
+    resumed_psf = read_tiff(folder / "psf.tif")[0]
+    np.testing.assert_allclose(resumed_psf, clean_psf, rtol=1e-5, atol=1e-7)
+    for x, y in zip(jax.tree.leaves(clean), jax.tree.leaves(final_params_of(folder, net, cfg)),
+                    strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def final_params_of(folder, net, cfg):
+    last, _ = _managers(folder)
+    return _restore(last, net, cfg).params
