@@ -190,3 +190,19 @@ def test_initialize_rejects_bad_settings(monkeypatch):
         distributed.initialize("localhost:1234", 2, 0, host_timeout=0)
     # none of these joined a job
     assert not jax.distributed.is_initialized()
+
+
+def test_cli_distributed_without_a_job_says_what_to_pass(tmp_path, monkeypatch, capsys):
+    from isojax.cli import main
+
+    for name in (distributed.ENV_ADDRESS, distributed.ENV_COUNT, distributed.ENV_ID,
+                 "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    args = ["train", str(tmp_path / "s.tif"), "--psf", str(tmp_path / "p.tif"), "--steps", "1",
+            "--model", str(tmp_path / "m")]
+    assert main([*args, "--distributed"]) == 1
+    assert "--coordinator HOST:PORT" in capsys.readouterr().err
+    assert main([*args, "--coordinator", "nohost"]) == 1
+    assert "host:port" in capsys.readouterr().err
+    assert not jax.distributed.is_initialized()
+    assert list(tmp_path.iterdir()) == []
