@@ -244,15 +244,25 @@ def _managers(workdir: Path):
 
     root = (workdir / "checkpoints").absolute()
     handler = ocp.StandardCheckpointHandler  # named, so that item_metadata can read it
+
+    def sync(name):
+        # Both managers may save the same step at once; in a multi-host job orbax's barriers
+        # are named after the step, so each manager needs its own prefix (without it the
+        # two saves collide on "_async_write_complete.<step>" and the job fails).
+        return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+
     last = ocp.CheckpointManager(
         root / "last",
-        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=2, create=True, multiprocessing_options=sync("last")
+        ),
         item_handlers=handler(),
     )
     best = ocp.CheckpointManager(
         root / "best",
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, best_fn=lambda m: m["val_loss"], best_mode="min"
+            max_to_keep=1, create=True, best_fn=lambda m: m["val_loss"], best_mode="min",
+            multiprocessing_options=sync("best"),
         ),
         item_handlers=handler(),
     )
