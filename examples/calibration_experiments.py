@@ -152,7 +152,9 @@ def main(argv=None):
              f"Simulated stacks (isojax.simulate, lateral sigma {SIGMA_LATERAL:g} px); the "
              "additional axial PSF is a Gaussian of sigma w; noise 'low' = none, 'moderate' = "
              "200 photons per unit intensity + read noise 0.01. Family 'gaussian', default "
-             "settings (40 L-BFGS iterations).\n"]
+             "settings (40 L-BFGS iterations). The specimens' smooth background is an "
+             "isotropic band-limited random field (before, 8 plane waves: see "
+             "docs/calibration.md, 'Where it fails').\n"]
     if not args.no_grid:
         if args.quick:
             rows = grid((4.0, 10.0), (1.5, 5.0), ("moderate",), 32, 256, log)

@@ -21,11 +21,14 @@ so the stack can tell us its own additional axial PSF ``h``. Three pieces live h
   through :func:`isojax.forward.measure` with a candidate ``h`` (blur and sampling at the
   real axial step, so aliasing is reproduced by the operator itself), must then have the
   same spectrum as the Z lines only when the candidate is right. Spectra are Welch
-  estimates (Hann window, 50% overlap) averaged over many lines and both lateral
-  directions, compared as logarithms, with two fitted nuisance constants: a white noise
-  floor (detector noise is white on the recorded planes but blurred on the synthetic
-  lines) and a gain (the XY planes are themselves blurred by ``h`` along z, which lowers
-  the power of their lateral lines roughly uniformly across frequency). The *lateral*
+  estimates (Hann window, segments covering each line with at least 50% overlap)
+  averaged over many lines, both lateral directions and every sampling phase (lateral
+  lines start at random offsets), and over the Z lines of all XZ and YZ planes (up to
+  :data:`_MAX_PLANES` of each), compared as logarithms, with two fitted nuisance
+  constants: a white noise floor and a gain. Detector noise of variance ``v`` reaches the
+  two sides through different filters and is added to each from the other (``v`` is
+  bounded by both the lateral lines' highest frequencies and the Z lines' spectrum, so
+  a noise-free stack gets none). The *lateral*
   PSF blurs XY lines and Z lines alike, so it cancels: what the comparison identifies is
   the *additional* axial PSF, the one :func:`isojax.degrade` needs.
 
@@ -49,7 +52,12 @@ when its premise fails or its signal vanishes:
   information about ``h``;
 * PSFs narrower than the axial sampling can resolve: when ``sigma << subsample / pi``,
   ``|H(f)|^2`` is nearly 1 below the axial Nyquist frequency, and only aliasing carries
-  the width;
+  the width. The sampled spectra then depend on ``h`` only through the small correlation
+  of adjacent planes (the covariance of the specimen at lags of one axial step), and the
+  difference between that correlation along z and along x in one finite specimen can
+  exceed what ``h`` changes (e.g. subsample 10, sigma 1.5 px, lateral sigma 1 px: adjacent
+  planes correlate by ~0.05 and the fit is not determined; ``fit_psf`` warns when it ends
+  at a near-delta);
 * power spectra are blind to phase, so only the symmetric part of ``h`` is identified;
   all parameterisations here are symmetric by construction. The lateral extent of the
   additional PSF is not identified by line spectra and is kept fixed.
@@ -104,6 +112,8 @@ FAMILIES = ("gaussian", "multi-gaussian", "free")
 MIN_SAMPLES = 16
 _FWHM_PER_SIGMA = math.sqrt(8.0 * math.log(2.0))
 _MAX_SEGMENT = 64
+# observed XZ (and YZ) planes whose Z lines enter the observed spectrum, per direction
+_MAX_PLANES = 256
 # multiply-accumulates of one evaluation of measure over the lateral lines (bounds time)
 _MAC_BUDGET = 1 << 25
 
@@ -234,30 +244,45 @@ class SpectralTarget(NamedTuple):
 
     Attributes:
       lines: ``(n_lines, n)`` lateral lines from the XY planes (both directions), each
-        ``n`` pixels long, normalised like the stack.
-      planes: ``(n_planes, z, n)`` observed XZ and YZ planes (lateral axis last) whose Z
-        lines are compared; they are blurred laterally by the candidate PSF first (see
-        :func:`observed_spectrum`).
+        ``n`` pixels long, normalised like the stack. Each starts at a random offset of 0
+        to ``ceil(subsample) - 1`` pixels (as far as the line's length allows) in the
+        plane, so that the synthetic axial samples fall on every sampling phase rather
+        than always on pixels ``0, subsample, 2 subsample, ...``.
+      z_power: ``(n_q, n_freq)`` the observed Z lines' power, resolved by lateral
+        frequency: for each lateral frequency ``q / (2 (n - 1))`` (``q = 0 .. n - 1``) and
+        each axial frequency, the Welch power of the Z lines of the XZ and YZ planes
+        (mirrored laterally). Blurring the planes laterally by a kernel ``h`` multiplies
+        row ``q`` by ``|H(q)|^2``, so :func:`observed_spectrum` is one product per
+        candidate, whatever the number of planes.
       frequencies: ``(n_freq,)`` frequencies in cycles per axial sample.
-      noise_var: white noise variance of the stack (normalised units), estimated from the
-        highest lateral frequencies (0.4 to 0.5 cycles per pixel), where the lateral PSF
-        leaves almost no signal.
+      noise_var: white noise variance of the stack (normalised units): the smaller of
+        two upper bounds, the lateral lines' power at 0.4 to 0.5 cycles per pixel (where
+        the lateral PSF leaves little signal) and the raw Z lines' smallest power (white
+        noise adds its variance to every axial frequency).
     """
 
     lines: Array
-    planes: Array
+    z_power: Array
     frequencies: Array
     noise_var: Array
 
 
-def _welch(lines: Array, segment: int) -> Array:
-    """Welch power spectrum averaged over lines: Hann window, 50% overlap, mean removed.
+def _segment_starts(n: int, segment: int) -> np.ndarray:
+    """Welch segment starts: evenly spaced from 0 to ``n - segment`` (the last segment ends
+    at the last sample), at most ``segment // 2`` apart (at least 50% overlap)."""
+    hop = max(1, segment // 2)
+    count = -(-(n - segment) // hop) + 1
+    return np.round(np.linspace(0, n - segment, count)).astype(int)
 
-    Returns the ``segment // 2`` non-zero frequencies ``k / segment``, ``k = 1 ..``.
+
+def _welch(lines: Array, segment: int) -> Array:
+    """Welch power spectrum averaged over lines: Hann window, >= 50% overlap, mean removed.
+
+    Segments cover the whole line (see :func:`_segment_starts`). Returns the ``segment //
+    2`` non-zero frequencies ``k / segment``, ``k = 1 ..``.
     """
     n = lines.shape[-1]
-    hop = segment // 2
-    starts = np.arange(0, n - segment + 1, hop)
+    starts = _segment_starts(n, segment)
     # static slices rather than a gather: the same values, and a gradient that is a pad
     # rather than a scatter (compiles faster)
     seg = jnp.stack([lines[:, i : i + segment] for i in starts], axis=1)
@@ -352,27 +377,41 @@ def prepare_spectra(
     segment = _segment_length(nz, n_low)
     lines_x = a[:, :, :n].reshape(-1, n)
     lines_y = np.swapaxes(a[:, :n, :], 1, 2).reshape(-1, n)
+    # sampling phase: a line of n px holds n_low samples at k * s from any start up to
+    # `slack` px; starts 0 .. ceil(s) - 1 cover every phase of the axial grid
+    slack = (n - 1) - (n_low - 1) * s
+    max_shift = int(min(math.ceil(s) - 1, math.floor(slack + 1e-9)))
+    length = n - max_shift
     if max_lines is None:
-        max_lines = max(512, _MAC_BUDGET // (n * n_low))
+        max_lines = max(512, _MAC_BUDGET // (length * n_low))
     half = max(1, int(max_lines) // 2)
-    k_x, k_y, _k_p = jax.random.split(key, 3)
+    k_x, k_y, k_p = jax.random.split(key, 3)
     pick = []
     for k, lines in ((k_x, lines_x), (k_y, lines_y)):
         if lines.shape[0] > half:
             idx = np.sort(np.asarray(jax.random.choice(k, lines.shape[0], (half,), replace=False)))
             lines = lines[idx]
         pick.append(lines)
-    lines = np.concatenate(pick)
-    # observed planes: XZ planes at some rows, YZ planes at some columns (lateral axis last)
-    n_planes = max(2, min(ny + nx, 64))
-    rows = np.linspace(0, ny - 1, max(1, n_planes // 2)).round().astype(int)
-    cols = np.linspace(0, nx - 1, max(1, n_planes // 2)).round().astype(int)
-    planes = np.concatenate([a[:, rows, :n].transpose(1, 0, 2), a[:, :n, cols].transpose(2, 0, 1)])
+    fine_lines = np.concatenate(pick)
+    shifts = np.asarray(jax.random.randint(k_p, (fine_lines.shape[0],), 0, max_shift + 1))
+    lines = fine_lines[np.arange(fine_lines.shape[0])[:, None], shifts[:, None] + np.arange(length)]
+    # observed Z lines: those of up to _MAX_PLANES XZ planes (rows) and YZ planes (columns)
+    rows = np.unique(np.linspace(0, ny - 1, min(ny, _MAX_PLANES)).round().astype(int))
+    cols = np.unique(np.linspace(0, nx - 1, min(nx, _MAX_PLANES)).round().astype(int))
+    z_power = _z_power([a[:, rows, :n].transpose(1, 0, 2), a[:, :n, cols].transpose(2, 0, 1)],
+                       segment)
     freqs = jnp.arange(1, segment // 2 + 1, dtype=jnp.float32) / segment
-    fine = np.asarray(_welch(jnp.asarray(lines), min(n, _MAX_SEGMENT) - min(n, _MAX_SEGMENT) % 2))
+    fine = np.asarray(_welch(jnp.asarray(fine_lines), min(n, _MAX_SEGMENT) - min(n, _MAX_SEGMENT) % 2))
     f_fine = np.arange(1, len(fine) + 1) / (2 * len(fine))
-    noise_var = float(np.min(fine[f_fine >= 0.4]))
-    target = SpectralTarget(jnp.asarray(lines), jnp.asarray(planes), freqs, jnp.float32(noise_var))
+    # Both spectra are signal plus noise, so each bounds the white noise variance from
+    # above: the lateral lines' power at 0.4 to 0.5 cycles/px (where the lateral PSF leaves
+    # little signal), and the raw Z lines' power at every axial frequency (white noise
+    # along z adds v to each). In a nearly noise-free stack the first is the tail of the
+    # lateral PSF, not noise, and adding it to both sides would invent a floor.
+    z_raw = z_power.sum(axis=0)  # |H|^2 = 1: the unblurred Z lines' Welch spectrum
+    noise_var = float(min(np.min(fine[f_fine >= 0.4]), np.min(z_raw)))
+    target = SpectralTarget(jnp.asarray(lines), jnp.asarray(z_power, jnp.float32), freqs,
+                            jnp.float32(noise_var))
     return target, segment
 
 
@@ -394,6 +433,38 @@ def _blur_last(x: Array, kernel: Array) -> Array:
     return full[..., 2 * r : 2 * r + n]
 
 
+def _z_power(plane_sets, segment: int, chunk: int = 32) -> np.ndarray:
+    """Welch power of Z lines resolved by lateral frequency (see :class:`SpectralTarget`).
+
+    ``plane_sets``: arrays ``(n_planes, z, n)`` (lateral axis last). Each plane's Z lines
+    are cut into Welch segments (:func:`_segment_starts`), mean-removed, Hann-windowed and
+    transformed along z; each axial frequency's values along the lateral axis are then
+    mirrored (whole-sample, period ``M = 2 (n - 1)``: the boundary of
+    :func:`_blur_last`) and transformed along it. By Parseval, the mean over one period of
+    ``|h * row|^2`` is ``sum_q |H(q)|^2 |row^(q)|^2 / M^2``; rows ``q`` and ``M - q`` share
+    ``|H|^2`` (a real kernel) and are added. Returns ``(M // 2 + 1, segment // 2)``, float64.
+    """
+    win = np.hanning(segment + 2)[1:-1]
+    total, count = 0.0, 0
+    for planes in plane_sets:
+        nz, n = planes.shape[1], planes.shape[2]
+        starts = _segment_starts(nz, segment)
+        m = 2 * (n - 1)
+        for i in range(0, planes.shape[0], chunk):
+            p = np.asarray(planes[i : i + chunk], np.float64)
+            seg = np.stack([p[:, j : j + segment] for j in starts], axis=1)  # (b, s, seg, n)
+            seg = seg - seg.mean(axis=2, keepdims=True)
+            f = np.fft.rfft(seg * win[:, None], axis=2)[:, :, 1 : segment // 2 + 1]
+            f = np.concatenate([f, f[..., -2:0:-1]], axis=-1)  # mirror laterally
+            q = np.abs(np.fft.fft(f, axis=-1)) ** 2
+            folded = q[..., : m // 2 + 1].copy()
+            folded[..., 1 : m // 2] += q[..., m - 1 : m // 2 : -1]
+            total = total + folded.sum(axis=(0, 1))
+            count += f.shape[0] * f.shape[1]
+    power = total / (count * float(m) ** 2 * float(np.sum(win**2)))
+    return power.T
+
+
 def observed_spectrum(psf, target: SpectralTarget, *, segment: int) -> Array:
     """Welch spectrum of the observed Z lines after blurring them laterally by the PSF.
 
@@ -401,10 +472,16 @@ def observed_spectrum(psf, target: SpectralTarget, *, segment: int) -> Array:
     has blurred (z); Z lines integrate over two unblurred lateral axes. Blurring the
     observed planes along one lateral axis with the same axial profile makes the two
     comparable for any isotropic specimen (a rotation maps one onto the other).
+
+    Computed from ``target.z_power`` as ``sum_q |H(q)|^2 z_power[q]``: the spectrum of the
+    planes blurred with mirrored edges (as :func:`_blur_last`), averaged over one mirror
+    period, for all the planes at the cost of one small product.
     """
-    blurred = _blur_last(target.planes, _axial_profile(psf))
-    z_lines = jnp.swapaxes(blurred, 1, 2).reshape(-1, blurred.shape[1])
-    return _welch(z_lines, segment)
+    del segment  # fixed by target.z_power
+    h = _axial_profile(psf)
+    m = 2 * (target.z_power.shape[0] - 1)
+    gain = jnp.abs(jnp.fft.rfft(h, m)) ** 2  # |H(q)|^2, q = 0 .. m / 2
+    return gain @ target.z_power
 
 
 def synthetic_spectrum(psf, target: SpectralTarget, *, subsample: float, segment: int) -> Array:
@@ -681,6 +758,17 @@ def _fit(theta, target, *, family, taps, smoothness, subsample, segment, steps):
     return theta, hist, final, spec, sigma
 
 
+# below this fitted sigma (px) the sampled Gaussian is nearly a delta: fit_psf warns
+_MIN_RESOLVED_SIGMA = 0.5
+
+
+def _adjacent_plane_correlation(a: np.ndarray) -> float:
+    """Correlation of adjacent planes (each pixel's mean over z removed): how much the Z
+    lines, and hence the spectra, still depend on the axial blur."""
+    d = a - a.mean(axis=0, keepdims=True)
+    return float(np.mean(d[1:] * d[:-1]) / max(float(np.mean(d * d)), 1e-30))
+
+
 def _axial_fwhm(axial: np.ndarray) -> float:
     from isojax.psf import fwhm
 
@@ -808,6 +896,14 @@ def fit_psf(
         )
     if not np.isfinite(float(final)):
         problems.append("the objective is not finite: the stack may be noise-dominated")
+    if sigma_px < _MIN_RESOLVED_SIGMA:
+        problems.append(
+            f"the fitted axial PSF is a near-delta (sigma {sigma_px:.2g} px): the stack shows "
+            f"no additional axial blur that sampling every {s:g} px resolves. Adjacent planes "
+            f"correlate by only {_adjacent_plane_correlation(a):.2f}, so widths well below "
+            "the axial step are weakly identified or not at all; give a measured or "
+            "theoretical PSF if it matters"
+        )
     report = CalibrationReport(
         family=family, params=theta["psf"], nuisance=theta["nuisance"], taps=taps,
         sigma_px=sigma_px, fwhm_px=fwhm_px,
@@ -816,7 +912,7 @@ def fit_psf(
         trajectory=trajectory, frequencies=np.asarray(target.frequencies),
         observed=np.exp(np.asarray(obs_log)), synthetic=model, initial=initial,
         seconds=time.perf_counter() - t0, n_lines=int(target.lines.shape[0]),
-        n_z_lines=int(a.shape[1] * a.shape[2]), segment=segment, warnings=tuple(problems),
+        n_z_lines=int((min(a.shape[1], _MAX_PLANES) + min(a.shape[2], _MAX_PLANES)) * n_lat), segment=segment, warnings=tuple(problems),
     )
     return psf, report
 

@@ -5,8 +5,10 @@ Three steps, each a pure function of a PRNG key and arrays:
 1. :func:`simulate_specimen` draws an isotropic fluorescent specimen on a fine grid of cubic
    voxels (one lateral pixel on every side): smooth random filaments rendered as thin tubes,
    small vesicles (filled balls and hollow shells) and a weak smooth background. Nothing in
-   it has a preferred direction: filament directions and background wave vectors are drawn
-   uniformly on the sphere and every object is rendered with an isotropic profile.
+   it has a preferred direction: filament directions are drawn uniformly on the sphere,
+   every object is rendered with an isotropic profile, and the background is an isotropic
+   band-limited random field with many Fourier modes, so that even a single specimen has
+   the same power spectrum along z, y and x (what PSF self-calibration relies on).
 2. :func:`acquire` images it the way a microscope does: a 3D Gaussian PSF (``sigma_lateral``
    pixels in y and x, ``sigma_axial`` in z), axial planes every ``subsample`` pixels (plane
    ``k`` at ``z = k * subsample``), then shot and read noise on the recorded planes. It also
@@ -280,29 +282,54 @@ def _vesicle_profile(d2, p):
     return b * jnp.where(hollow > 0.5, shell, ball)
 
 
-_N_WAVES = 8
+_BG_WAVELENGTH = (24.0, 96.0)  # pixels
+_BG_SPREAD = 0.25  # standard deviation of the background field in units of its [0, 1] range
 
 
-def _background(draws: _Draws, shape, wavelength=(24.0, 96.0)) -> Array:
-    """A smooth random field in [0, 1]: plane waves with directions uniform on the sphere."""
-    n = _N_WAVES
-    direction = _unit_vectors(draws, "bg_dir", n)
-    lam = draws.uniform("bg_len", (n,), *wavelength)
-    kvec = 2 * math.pi * direction / lam[:, None]
-    phase = draws.uniform("bg_phase", (n,), 0.0, 2 * math.pi)
-    amp = draws.uniform("bg_amp", (n,), 0.5, 1.0)
-    z, y, x = (jnp.arange(m, dtype=jnp.float32) for m in shape)
-    field = sum(
-        amp[i]
-        * jnp.cos(
-            kvec[i, 0] * z[:, None, None]
-            + kvec[i, 1] * y[None, :, None]
-            + kvec[i, 2] * x
-            + phase[i]
-        )
-        for i in range(n)
-    )
-    return 0.5 + 0.5 * field / jnp.sum(amp)
+def _background_grid(shape, wavelength=_BG_WAVELENGTH) -> tuple[int, tuple[int, int, int]]:
+    """Coarsening factor and coarse grid on which the background's white noise is drawn.
+
+    The band stops at ``1 / wavelength[0]`` cycles per pixel, at most half the coarse
+    grid's Nyquist frequency, so the coarse noise holds every mode the band needs.
+    """
+    c = max(1, int(wavelength[0] // 4))
+    return c, tuple(-(-n // c) for n in shape)
+
+
+def _background(draws: _Draws, shape, wavelength=_BG_WAVELENGTH) -> Array:
+    """A smooth random field in [0, 1]: a band-limited, isotropic Gaussian random field.
+
+    White noise is filtered to the spatial frequencies ``1 / wavelength[1] <= |f| <= 1 /
+    wavelength[0]`` (an isotropic band), mean ``0.5``, standard deviation
+    ``_BG_SPREAD``, clipped to [0, 1]. It holds every Fourier mode of that band the
+    volume supports (thousands in a ``(320, 256, 256)`` volume), so a single specimen is
+    already isotropic: its power along z, y and x agrees to a few percent. (A sum of a few
+    plane waves in random directions, the earlier background, is isotropic only on average
+    over specimens; each one had a handful of preferred directions, and its power in the
+    band differed between z and x by factors of 0.3 to 1.3.)
+
+    The noise is drawn on a grid ``c`` times coarser (see :func:`_background_grid`), and
+    its in-band Fourier coefficients are placed in the spectrum of the full grid: an
+    exact band-limited interpolation, at the cost of one inverse FFT of the volume.
+    """
+    c, coarse = _background_grid(shape, wavelength)
+    full = tuple(c * m for m in coarse)
+    spec = jnp.fft.rfftn(draws.normal("bg_noise", coarse))
+    freqs = [np.fft.fftfreq(coarse[0]) / c, np.fft.fftfreq(coarse[1]) / c,
+             np.fft.rfftfreq(coarse[2]) / c]  # cycles per fine pixel
+    k = np.sqrt(freqs[0][:, None, None] ** 2 + freqs[1][None, :, None] ** 2
+                + freqs[2][None, None, :] ** 2)
+    iz, iy, ix = np.nonzero((k >= 1.0 / wavelength[1]) & (k <= 1.0 / wavelength[0]))
+    # coarse bin -> fine bin: the same frequency (negative ones sit at the end of an axis)
+    fz = np.where(iz < (coarse[0] + 1) // 2, iz, iz + full[0] - coarse[0])
+    fy = np.where(iy < (coarse[1] + 1) // 2, iy, iy + full[1] - coarse[1])
+    fine = jnp.zeros((full[0], full[1], full[2] // 2 + 1), spec.dtype)
+    fine = fine.at[fz, fy, ix].set(spec[iz, iy, ix])
+    field = jnp.fft.irfftn(fine, full)[: shape[0], : shape[1], : shape[2]]
+    field = field - jnp.mean(field)
+    sd = jnp.std(field)
+    field = jnp.where(sd > 0, field / jnp.maximum(sd, 1e-30), 0.0)
+    return jnp.clip(0.5 + _BG_SPREAD * field, 0.0, 1.0)
 
 
 @functools.partial(jax.jit, static_argnums=tuple(range(1, 12)))
@@ -322,8 +349,7 @@ def _specimen(
 ):
     sizes = _filament_draws(n_fil, n_steps) if n_fil else []
     sizes += [("ves_" + name, n_ves) for name in ("z", "y", "x", "radius", "bright", "hollow")]
-    sizes += [("bg_dir", _Draws.normal_size(3 * _N_WAVES))]
-    sizes += [(name, _N_WAVES) for name in ("bg_len", "bg_phase", "bg_amp")]
+    sizes += [("bg_noise", _Draws.normal_size(math.prod(_background_grid(shape)[1])))]
     draws = _Draws(key, sizes)
     vol = jnp.zeros(shape, jnp.float32)
     if n_fil > 0:
@@ -371,8 +397,9 @@ def simulate_specimen(
       ``filament_radius`` (drawn per filament), peak brightness 0.3 to 1;
     * vesicles: balls with a soft edge or, with probability ``hollow_fraction``, hollow
       shells, radius ``vesicle_radius``, brightness 0.3 to 1;
-    * a weak smooth background: a sum of plane waves of wavelength 24 to 96 pixels with
-      directions uniform on the sphere, between 0 and ``background``.
+    * a weak smooth background between 0 and ``background``: a Gaussian random field of
+      wavelengths 24 to 96 pixels (an isotropic band of spatial frequencies), mean half of
+      ``background``, clipped to that range.
 
     The sum is divided by its maximum. Rendering scatters each object onto the voxels
     around it and runs under :func:`jax.jit`; a ``(64, 128, 128)`` volume takes well under
