@@ -27,15 +27,18 @@ MICCAI; Weigert et al. 2018, Nature Methods 15, 1090-1097), with these differenc
 * the fusion is selectable; CSBDeep always takes the geometric mean.
 
 The numerical work is pure: arrays in, arrays out. The driver loops over batches on the host
-so that volumes larger than the accelerator's memory can be restored; the result is a NumPy
-array.
+so that volumes larger than the accelerator's memory can be restored (on CPU with two batches
+in flight at once, from two host threads); the result is a NumPy array.
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import itertools
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, NamedTuple
 
 import jax
@@ -68,6 +71,13 @@ _INTERPOLATIONS = ("linear", "cubic")
 _BYTES_PER_PIXEL = 1024
 _DEFAULT_BUDGET = 2**30  # 1 GiB
 _CPU_MAX_BATCH = 8
+# Network calls run at once on CPU, each from its own host thread (see _run_batches).
+_CPU_IN_FLIGHT = 2
+
+
+def _in_flight() -> int:
+    """Network calls :func:`predict_stack` keeps running at once on the default backend."""
+    return _CPU_IN_FLIGHT if jax.default_backend() == "cpu" else 1
 
 
 # ----------------------------------------------------------------------------------------
@@ -306,14 +316,16 @@ def _geometry(shape, axis: int, tile, margin: int, multiple: int) -> _Geometry:
     return _Geometry(pad_lat, pad_ax, (th, tw), r_starts, r_kept, c_starts, c_kept)
 
 
-def _run_view(
-    vol, out, *, axis, fuse, run, geometry, batch_size, budget, bytes_per_pixel, on_batch
+def _view_batches(
+    vol, out, *, axis, fuse, geometry, batch_size, budget, bytes_per_pixel, on_batch, in_flight
 ):
-    """Restore the slices of ``vol`` across ``axis`` (1: XZ slices, 2: YZ) into ``out``.
+    """The batches of one view: yields ``(batch, store)``; ``store(result)`` writes it back.
 
-    The slice at index ``i`` of ``axis`` is the image ``(lateral, z)``, ``lateral`` being the
+    Restores the slices of ``vol`` across ``axis`` (1: XZ slices, 2: YZ) into ``out``: the
+    slice at index ``i`` of ``axis`` is the image ``(lateral, z)``, ``lateral`` being the
     other of y and x. ``fuse`` is None to store the result in ``out``, else how to fuse it
-    with what ``out`` holds.
+    with what ``out`` holds. Each ``store`` must be called in the order the batches come.
+    The default batch size shares ``budget`` between the ``in_flight`` batches run at once.
     """
     lat = 3 - axis
     n_slices, n_lat, n_ax = vol.shape[axis], vol.shape[lat], vol.shape[0]
@@ -323,7 +335,7 @@ def _run_view(
     per_slice = g.tiles
     n_items = n_slices * len(per_slice)
     if batch_size is None:
-        batch_size = max(1, budget // (bytes_per_pixel * th * tw))
+        batch_size = max(1, budget // (bytes_per_pixel * th * tw * in_flight))
         if jax.default_backend() == "cpu":
             # on CPU large batches only add cache misses: batches of 8 slices ran about
             # 1.2x faster than the 128 a 1 GiB budget allows (bench/README_quality.md,
@@ -341,16 +353,7 @@ def _run_view(
             padded[i] = np.pad(image, (pad_lat, pad_ax), mode="reflect")
         return padded[i]
 
-    for k0 in range(0, n_items, batch_size):
-        items = [divmod(k, len(per_slice)) for k in range(k0, min(k0 + batch_size, n_items))]
-        for i in [i for i in padded if i < items[0][0]]:
-            del padded[i]
-        batch = np.zeros((batch_size, th, tw), np.float32)  # last batch: zeros fill it up
-        for b, (i, t) in enumerate(items):
-            r, c = per_slice[t]
-            rs, cs = g.r_starts[r], g.c_starts[c]
-            batch[b] = padded_slice(i)[rs : rs + th, cs : cs + tw]
-        result = run(batch)
+    def store(items, result):
         for b, (i, t) in enumerate(items):
             r, c = per_slice[t]
             # kept part of the tile, in unpadded slice coordinates, clipped to the slice
@@ -372,6 +375,51 @@ def _run_view(
             # out[index] is (z, lateral)
             out[index] = values.T if fuse is None else _fuse_into(out[index], values.T, fuse)
         on_batch(len(items))
+
+    for k0 in range(0, n_items, batch_size):
+        items = [divmod(k, len(per_slice)) for k in range(k0, min(k0 + batch_size, n_items))]
+        for i in [i for i in padded if i < items[0][0]]:
+            del padded[i]
+        batch = np.zeros((batch_size, th, tw), np.float32)  # last batch: zeros fill it up
+        for b, (i, t) in enumerate(items):
+            r, c = per_slice[t]
+            rs, cs = g.r_starts[r], g.c_starts[c]
+            batch[b] = padded_slice(i)[rs : rs + th, cs : cs + tw]
+        yield batch, functools.partial(store, items)
+
+
+def _run_batches(batches, run, in_flight: int) -> None:
+    """``store(run(batch))`` for each ``(batch, store)``, up to ``in_flight`` runs at once.
+
+    The runs go to as many host threads (``run`` must be thread-safe then); the stores
+    happen on this thread in the order of ``batches``, so the result does not depend on
+    ``in_flight``. XLA's CPU program for the U-Net keeps about 1.2 of 2 cores busy; two runs
+    at once keep both, 1.6x the images per second (bench/RESULTS.md, whole-stack prediction
+    throughput). One batch more
+    than the workers waits in the queue, so that none idles while this thread stores.
+    """
+    if in_flight <= 1:
+        for batch, store in batches:
+            store(run(batch))
+        return
+    pending: collections.deque = collections.deque()
+    pool = ThreadPoolExecutor(in_flight, thread_name_prefix="isojax-predict")
+    try:
+        for batch, store in batches:
+            pending.append((store, pool.submit(run, batch)))
+            if len(pending) > in_flight:
+                store, future = pending.popleft()
+                store(future.result())
+        while pending:
+            store, future = pending.popleft()
+            store(future.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on an error, run no more batches
+
+
+def _run_view(vol, out, *, run, in_flight=1, **view):
+    """Restore one view of ``vol`` into ``out`` (see :func:`_view_batches` for ``view``)."""
+    _run_batches(_view_batches(vol, out, in_flight=in_flight, **view), run, in_flight)
 
 
 def predict_stack(
@@ -406,11 +454,16 @@ def predict_stack(
 
     ``apply_fn`` is compiled once per batch shape with :func:`jax.jit` (the last batch is
     filled with zeros to the same shape): at most one compilation per view, one in all when
-    ``y == x``, and none on a later call with the same function and shapes.
+    ``y == x``, and none on a later call with the same function and shapes. On CPU two
+    batches run at once, each called from its own host thread, because one call of a
+    U-Net keeps only part of the cores busy; ``apply_fn`` must then be thread-safe (a pure
+    function is). The result does not depend on it: every batch is computed alone and
+    written back in order.
 
     Memory: the host holds the normalised stack, its Z-upsampled copy and the result (two
     volumes of the output size, float32). Without ``batch_size``, a batch holds
-    ``memory_budget // (bytes_per_pixel * tile pixels)`` images (at least 1). The default
+    ``memory_budget // (bytes_per_pixel * tile pixels * batches at once)`` images (at least
+    1; at most 8 on CPU, where larger batches ran slower). The default
     ``bytes_per_pixel`` (1 KiB) estimates CSBDeep's default U-Net (depth 2, 32 filters,
     float32): 128 channels of 4 bytes live at full resolution at its peak, doubled for
     XLA's temporaries; raise it for larger networks. Z upsampling on the device is done in
@@ -520,6 +573,7 @@ def predict_stack(
     views = {"xz": [1], "yz": [2]}.get(fuse, [1, 2])  # batch axis: 1 = y (XZ), 2 = x (YZ)
     geometries = {a: _geometry(vol.shape, a, tile, overlap // 2, multiple) for a in views}
     total = sum(vol.shape[a] * len(geometries[a].tiles) for a in views)
+    in_flight = _in_flight()
     done = 0
 
     def on_batch(n: int) -> None:
@@ -528,19 +582,25 @@ def predict_stack(
         if progress is not None:
             progress(done, total)
 
-    for v, axis in enumerate(views):
-        _run_view(
+    # one stream of batches over both views, so that the second view's first batches run
+    # while the first view's last ones finish; the stores keep their order, so the second
+    # view fuses into the finished first one
+    batches = itertools.chain.from_iterable(
+        _view_batches(
             vol,
             out,
             axis=axis,
             fuse=None if v == 0 else fuse,
-            run=run,
             geometry=geometries[axis],
             batch_size=batch_size,
             budget=memory_budget,
             bytes_per_pixel=bytes_per_pixel,
             on_batch=on_batch,
+            in_flight=in_flight,
         )
+        for v, axis in enumerate(views)
+    )
+    _run_batches(batches, run, in_flight)
 
     if percentiles is not None:
         out *= np.float32(hi - lo)

@@ -9,6 +9,7 @@ from scipy import ndimage
 from scipy.signal import correlate2d
 
 import isojax
+import isojax.predict as predict_mod
 from isojax.predict import predict_stack, upsample_z, upsampled_length
 
 
@@ -226,11 +227,42 @@ def test_batches_compile_once_and_match_any_batch_size():
     predict_stack(x, counted, batch_size=3, **kw)
     assert len(traces) == 1  # a second call reuses the compilation
     np.testing.assert_allclose(out, ref, rtol=1e-6)
-    # batch size from the memory budget: 8 x 8 images at 1 KiB per pixel, 2 images per batch
+    # batch size from the memory budget, shared by the batches in flight: 8 x 8 images at
+    # 1 KiB per pixel, 2 images per batch
     traces.clear()
-    out = predict_stack(x, counted, memory_budget=2 * 64 * 1024 + 1, **kw)
+    budget = predict_mod._in_flight() * 2 * 64 * 1024 + 1
+    out = predict_stack(x, counted, memory_budget=budget, **kw)
     assert traces == [(2, 8, 8)]
     np.testing.assert_allclose(out, ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fuse", ["mean", "geometric", "xz"])
+@pytest.mark.parametrize("tile", [None, (8, 12)])
+def test_batches_in_flight_do_not_change_results(monkeypatch, fuse, tile):
+    # 9 XZ and 10 YZ slices (times the tiles) in batches of 4: the last batch of each view is
+    # partial, and with 2 or 3 batches in flight they finish out of order
+    x = np.random.default_rng(4).random((5, 9, 10)).astype(np.float32)
+    kw = {"subsample": 3.0, "fuse": fuse, "tile": tile, "overlap": 4, "batch_size": 4}
+    outs, progress = [], []
+    for n in (1, 2, 3):
+        monkeypatch.setattr(predict_mod, "_CPU_IN_FLIGHT", n)
+        seen: list[tuple[int, int]] = []
+        outs.append(predict_stack(x, blur5, progress=lambda d, t, s=seen: s.append((d, t)), **kw))
+        progress.append(seen)
+    for out, seen in zip(outs[1:], progress[1:], strict=True):
+        np.testing.assert_array_equal(out, outs[0])
+        assert seen == progress[0]  # batches are stored in order
+    # full batches of one image give the same result as the zero-filled partial batches
+    np.testing.assert_allclose(
+        predict_stack(x, blur5, **{**kw, "batch_size": 1}), outs[0], rtol=1e-6, atol=1e-7
+    )
+
+
+def test_an_error_in_a_batch_in_flight_is_raised(monkeypatch):
+    monkeypatch.setattr(predict_mod, "_CPU_IN_FLIGHT", 2)
+    x = np.random.default_rng(5).random((3, 8, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="shape it was given"):
+        predict_stack(x, lambda b: b[:, :4], subsample=2.0, batch_size=1, normalization=None)
 
 
 def test_progress_counts_slices_of_both_views(stack):
