@@ -402,6 +402,8 @@ def write_tiff(
 
 #: Bytes of a TIFF that one temporary memory map covers (whole planes, at least one).
 _WINDOW_BYTES = 64 * 2**20
+#: Bytes of Zarr chunks that one tensorstore read or write may touch (at least one chunk).
+_ZARR_PIECE_BYTES = 64 * 2**20
 #: OME-NGFF version written and read.
 NGFF_VERSION = "0.5"
 _ZARR_SUFFIXES = (".zarr",)
@@ -512,14 +514,79 @@ class ZarrVolume:
         self.spacing = spacing
         self.source = source
 
+        chunk = store.chunk_layout.write_chunk.shape or store.chunk_layout.read_chunk.shape
+        self.chunks = tuple(int(c) if c else int(n) for c, n in zip(chunk, self.shape, strict=True))
+
+    def _pieces(self, index):
+        """Split a region into pieces that each touch at most ``_ZARR_PIECE_BYTES`` of chunks.
+
+        tensorstore decodes (and, for a write that covers chunks partially, reads, merges and
+        re-encodes) every chunk a read or write touches, all at once: a slab of a few x lines
+        across a whole ``(z, y)`` cross-section holds every chunk of that cross-section in
+        memory, several times the slab itself. Pieces of whole chunk rows along z (then y)
+        keep that to a constant. Yields ``(store_slices, out_slices)``.
+        """
+        sl = _plain_slices(index, self.shape)
+        groups = []  # per axis: runs of the region's indices that share a chunk
+        for s, c in zip(sl, self.chunks, strict=True):
+            runs: list[list[int]] = []
+            for k, i in enumerate(range(s.start, s.stop, s.step)):
+                if runs and runs[-1][2] == i // c:
+                    runs[-1][1] = k + 1
+                else:
+                    runs.append([k, k + 1, i // c])
+            groups.append(runs)
+        chunk_bytes = math.prod(self.chunks) * self.dtype.itemsize
+        limit = max(1, _ZARR_PIECE_BYTES // chunk_bytes)  # chunks per piece
+
+        def block(axis, runs):
+            s = sl[axis]
+            k0, k1 = runs[0][0], runs[-1][1]
+            start = s.start + k0 * s.step
+            return slice(start, s.start + (k1 - 1) * s.step + 1, s.step), slice(k0, k1)
+
+        def split(axis, fixed_store, fixed_out):
+            if axis == 3:
+                yield tuple(fixed_store), tuple(fixed_out)
+                return
+            rest = math.prod(len(g) for g in groups[axis + 1:])
+            per = max(1, limit // max(1, rest))
+            runs = groups[axis]
+            for r0 in range(0, len(runs), per):
+                st, out = block(axis, runs[r0 : r0 + per])
+                if rest <= limit:
+                    yield (*fixed_store, st, *sl[axis + 1:]), (*fixed_out, out,
+                                                                *(slice(None),) * (2 - axis))
+                else:
+                    yield from split(axis + 1, [*fixed_store, st], [*fixed_out, out])
+
+        if not all(groups):
+            return
+        yield from split(0, [], [])
+
     def read(self, index) -> np.ndarray:
-        """The region ``index`` (three slices, steps allowed) as a NumPy array."""
-        return np.asarray(self.store[_plain_slices(index, self.shape)].read().result())
+        """The region ``index`` (three slices, steps allowed) as a NumPy array.
+
+        Read in pieces of at most ``_ZARR_PIECE_BYTES`` of chunks (see :meth:`_pieces`).
+        """
+        sl = _plain_slices(index, self.shape)
+        out = np.empty([len(range(s.start, s.stop, s.step)) for s in sl], self.dtype)
+        for store_index, out_index in self._pieces(sl):
+            out[out_index] = self.store[store_index].read().result()
+        return out
 
     def write(self, index, values) -> None:
-        """Store ``values`` (cast to the array's type) in the region ``index``."""
-        region = self.store[_plain_slices(index, self.shape)]
-        region.write(np.asarray(values, self.dtype)).result()
+        """Store ``values`` (cast to the array's type) in the region ``index``.
+
+        Written in pieces of at most ``_ZARR_PIECE_BYTES`` of chunks (see :meth:`_pieces`),
+        each awaited before the next.
+        """
+        sl = _plain_slices(index, self.shape)
+        shape = tuple(len(range(s.start, s.stop, s.step)) for s in sl)
+        values = np.broadcast_to(np.asarray(values), shape)
+        for store_index, out_index in self._pieces(sl):
+            piece = np.ascontiguousarray(values[out_index], dtype=self.dtype)
+            self.store[store_index].write(piece).result()
 
 
 def _tiff_volume(path: Path, spacing, mode: str = "r") -> TiffVolume:

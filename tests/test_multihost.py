@@ -200,8 +200,16 @@ def test_cli_distributed_without_a_job_says_what_to_pass(tmp_path, monkeypatch, 
         monkeypatch.delenv(name, raising=False)
     args = ["train", str(tmp_path / "s.tif"), "--psf", str(tmp_path / "p.tif"), "--steps", "1",
             "--model", str(tmp_path / "m")]
-    assert main([*args, "--distributed"]) == 1
-    assert "--coordinator HOST:PORT" in capsys.readouterr().err
+    # a fresh process: this one has run JAX computations, which rules out joining a job
+    done = subprocess.run([sys.executable, "-m", "isojax", *args, "--distributed"],
+                          capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items()
+                               if k not in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")})
+    assert done.returncode == 1
+    assert "--coordinator HOST:PORT" in done.stderr
+    jax.numpy.zeros(1).block_until_ready()  # in this process JAX has computed:
+    assert main([*args, "--distributed"]) == 1  # too late to join, and it says so
+    assert "before any other JAX work" in capsys.readouterr().err
     assert main([*args, "--coordinator", "nohost"]) == 1
     assert "host:port" in capsys.readouterr().err
     assert not jax.distributed.is_initialized()
