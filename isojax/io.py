@@ -260,6 +260,16 @@ def require_spacing(
     raise IsojaxInputError(message)
 
 
+def _check_folder_writable(path: Path) -> Path:
+    """Raise unless the folder that will hold ``path`` exists and is writable."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise IsojaxInputError(f"{path}: cannot write, folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise IsojaxInputError(f"{path}: cannot write, folder {folder} is not writable")
+    return path
+
+
 def check_writable(path: str | os.PathLike) -> Path:
     """Fail early, before any work, if ``path`` cannot be written.
 
@@ -272,12 +282,7 @@ def check_writable(path: str | os.PathLike) -> Path:
     Raises:
       IsojaxInputError: its folder does not exist or is not writable, or ``path`` is a folder.
     """
-    path = Path(path)
-    folder = path.parent
-    if not folder.is_dir():
-        raise IsojaxInputError(f"{path}: cannot write, folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise IsojaxInputError(f"{path}: cannot write, folder {folder} is not writable")
+    path = _check_folder_writable(Path(path))
     if path.is_dir():
         raise IsojaxInputError(f"{path}: cannot write, it is a folder")
     return path
@@ -898,12 +903,7 @@ def check_new_output(path: str | os.PathLike, *, overwrite: bool) -> Path:
       IsojaxInputError: the folder is missing or not writable, or ``path`` exists and
         ``overwrite`` is False (the message names the ``--overwrite`` option).
     """
-    path = Path(path)
-    folder = path.parent
-    if not folder.is_dir():
-        raise IsojaxInputError(f"{path}: cannot write, folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise IsojaxInputError(f"{path}: cannot write, folder {folder} is not writable")
+    path = _check_folder_writable(Path(path))
     if path.exists() and not overwrite:
         raise IsojaxInputError(
             f"{path} already exists; pass --overwrite (command line) or overwrite=True "

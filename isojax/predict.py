@@ -316,6 +316,22 @@ def _geometry(shape, axis: int, tile, margin: int, multiple: int) -> _Geometry:
     return _Geometry(pad_lat, pad_ax, (th, tw), r_starts, r_kept, c_starts, c_kept)
 
 
+def _batch_result(result, shape) -> np.ndarray:
+    """The network's output for a batch of ``shape`` as float32 NumPy, checked.
+
+    A probabilistic model's ``(mean, scale)`` gives its mean.
+    """
+    if isinstance(result, (tuple, list)):
+        result = result[0]
+    result = np.asarray(result, dtype=np.float32)
+    if result.shape != tuple(shape):
+        raise ValueError(
+            f"apply_fn must return a batch of the shape it was given, {tuple(shape)} "
+            f"(b, lateral, axial), got {result.shape}; drop a channel axis inside it."
+        )
+    return result
+
+
 def _view_batches(
     vol, out, *, axis, fuse, geometry, batch_size, budget, bytes_per_pixel, on_batch, in_flight
 ):
@@ -559,16 +575,7 @@ def predict_stack(
     jitted = jax.jit(apply_fn)  # jax caches compilations per (function, shape) across calls
 
     def run(batch: np.ndarray) -> np.ndarray:
-        result = jitted(jnp.asarray(batch))
-        if isinstance(result, (tuple, list)):
-            result = result[0]  # probabilistic model: (mean, scale), keep the mean
-        result = np.asarray(result, dtype=np.float32)
-        if result.shape != batch.shape:
-            raise ValueError(
-                f"apply_fn must return a batch of the shape it was given, {batch.shape} "
-                f"(b, lateral, axial), got {result.shape}; drop a channel axis inside it."
-            )
-        return result
+        return _batch_result(jitted(jnp.asarray(batch)), batch.shape)
 
     views = {"xz": [1], "yz": [2]}.get(fuse, [1, 2])  # batch axis: 1 = y (XZ), 2 = x (YZ)
     geometries = {a: _geometry(vol.shape, a, tile, overlap // 2, multiple) for a in views}

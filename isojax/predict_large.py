@@ -59,6 +59,7 @@ from isojax.predict import (
     _FUSES,
     DEFAULT_PERCENTILES,
     Fuse,
+    _batch_result,
     _check_interpolation,
     _check_normalization,
     _check_subsample,
@@ -264,16 +265,7 @@ def _runner(apply_fn, devices) -> tuple[Callable[[np.ndarray], np.ndarray], int]
             if pad:
                 batch = np.concatenate([batch, np.zeros((pad, *batch.shape[1:]), batch.dtype)])
             x = jax.device_put(batch, sharding)
-        result = jitted(x)
-        if isinstance(result, (tuple, list)):
-            result = result[0]  # probabilistic model: (mean, scale), keep the mean
-        result = np.asarray(result, dtype=np.float32)
-        if result.shape != x.shape:
-            raise ValueError(
-                f"apply_fn must return a batch of the shape it was given, {x.shape} "
-                f"(b, lateral, axial), got {result.shape}; drop a channel axis inside it."
-            )
-        return result[:b]
+        return _batch_result(jitted(x), x.shape)[:b]
 
     return run, n
 
