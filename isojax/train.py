@@ -282,9 +282,8 @@ def _save(manager, state: TrainState, metrics=None, extra=None):
     manager.save(int(state.step), args=ocp.args.StandardSave(items), metrics=metrics)
 
 
-def _restore(manager, net: UNetConfig, config: TrainConfig, step=None, sharding=None,
-             extra_template=None):
-    """Read a checkpoint; ``sharding`` places every leaf (default: the first local device).
+def _restore(manager, net: UNetConfig, config: TrainConfig, step=None, extra_template=None):
+    """Read a checkpoint onto this process's first local device (placed later if needed).
 
     Returns the :class:`TrainState`; with ``extra_template`` (a pytree like the ``extra``
     given to :func:`_save`), ``(state, extra)``, ``extra`` None if the checkpoint has none.
@@ -294,7 +293,7 @@ def _restore(manager, net: UNetConfig, config: TrainConfig, step=None, sharding=
     step = manager.latest_step() if step is None else step
     # one abstract evaluation gives both the tree to rebuild and the leaves to expect
     template = jax.eval_shape(lambda: _keyless(_init_state(_new_key(0), net, config)))
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     # restore every leaf the checkpoint holds (the joint PSF state may be among them)
     on_disk = manager.item_metadata(step)
     flat = manager.restore(step, args=ocp.args.StandardRestore({
@@ -412,7 +411,6 @@ class _Placement(NamedTuple):
     local_batch_size: int  # patches this process synthesises per step
     process_index: int
     process_count: int
-    sharding: Any  # sharding of the state (None on one device)
 
 
 def _data_parallel(batch_size: int) -> _Placement:
@@ -430,7 +428,7 @@ def _data_parallel(batch_size: int) -> _Placement:
     n, nproc, rank = jax.device_count(), jax.process_count(), jax.process_index()
     if n == 1:
         same = lambda tree: tree  # noqa: E731
-        return _Placement(same, same, batch_size, 0, 1, None)
+        return _Placement(same, same, batch_size, 0, 1)
     if batch_size % n:
         raise IsojaxInputError(
             f"the batch size ({batch_size}) must be a multiple of the number of devices ({n}"
@@ -467,7 +465,7 @@ def _data_parallel(batch_size: int) -> _Placement:
                 lambda x: jax.make_array_from_process_local_data(data, x), tree
             )
 
-    return _Placement(place_state, place_batch, batch_size // nproc, rank, nproc, replicated)
+    return _Placement(place_state, place_batch, batch_size // nproc, rank, nproc)
 
 
 # ----------------------------------------------------------------------------------------
