@@ -10,6 +10,9 @@ Candidates:
   isojax xla-grad      ``conv_impl="xla"``: lax.conv with XLA's own gradient, default compiler.
   isojax custom-vjp    ``conv_impl="custom"``: :func:`isojax.unet.conv2d`, default compiler.
   isojax +cpu-options  custom conv, step compiled with ``isojax.unet.CPU_COMPILER_OPTIONS``.
+  isojax train_step    the step ``isojax.train.train`` runs (``make_train_step``: custom conv,
+                       CPU options, its warm-up/cosine Adam schedule and MAE loss), float32.
+  isojax train_step bf16  the same with ``TrainConfig(compute_dtype="bfloat16")``.
   csbdeep (tf)         ``CARE(Config('YX')).keras_model.train_on_batch``.
 
 Unless ``--no-hugepages``, the script restarts itself once with
@@ -81,7 +84,26 @@ def _isojax_candidates(args, x, y):
 
         return run
 
+    def make_real(compute_dtype: str):
+        from isojax.train import TrainConfig, create_train_state, make_train_step
+
+        net = UNetConfig()
+        config = TrainConfig(steps=1000, batch_size=x.shape[0], compute_dtype=compute_dtype)
+        graphdef, state = create_train_state(jax.random.key(0), net, config)
+        step = make_train_step(graphdef, net, config)
+        holder = {"state": state}
+        batch = (jnp.asarray(x[..., 0]), jnp.asarray(y[..., 0]))
+
+        def run() -> float:
+            holder["state"], metrics = step(holder["state"], batch)
+            jax.block_until_ready(holder["state"])
+            return float(metrics["loss"])
+
+        return run
+
     return {
+        "isojax train_step": lambda: make_real("float32"),
+        "isojax train_step bf16": lambda: make_real("bfloat16"),
         "isojax xla-grad": lambda: make("xla", None),
         "isojax custom-vjp": lambda: make("custom", None),
         "isojax +cpu-options": lambda: make("custom", CPU_COMPILER_OPTIONS),
