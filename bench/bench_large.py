@@ -14,10 +14,12 @@ parent process held when it started the child, here the pages of the 4 GB stack 
 just written. That is how an earlier version of this benchmark reported 4.52 GB for a child
 whose own peak was 1.13 GB.
 
-The network is deliberately cheap: a fixed 3x3 convolution (``--net conv3``, default) or the
-identity. A full U-Net over 4 GB would take hours on a 2-core CPU; this benchmark measures
-the memory bound of the streaming machinery (slabs, Z upsampling, stores, fusion), not the
-network. A real network adds its batch of activations, bounded by a quarter of the budget.
+The network is by default deliberately cheap: a fixed 3x3 convolution (``--net conv3``) or
+the identity. A full U-Net over 4 GB would take hours on a 2-core CPU; these measure the
+memory bound of the streaming machinery (slabs, Z upsampling, stores, fusion). ``--net
+unet`` runs CARE's default U-Net (random weights) on a smaller stack, to check that the
+network's activations stay within their quarter of the budget (slices that would not fit
+are tiled).
 
 Both views are fused (``fuse="mean"``), subsample 2 by default (output ~2x the input's
 voxels); the output is an OME-Zarr (uint16, so the XZ view waits in a float32 scratch
@@ -72,21 +74,32 @@ def child(args) -> None:
         out = lax.conv_general_dilated(b[:, None], k[None, None], (1, 1), "SAME")
         return out[:, 0]
 
-    net = conv3 if args.net == "conv3" else (lambda b: b)
+    if args.net == "unet":  # CARE's default U-Net, random weights (cost does not depend on them)
+        import jax
+
+        from isojax.unet import UNetConfig, apply_unet, init_unet
+
+        graphdef, params = init_unet(jax.random.key(0), UNetConfig())
+
+        def net(b):
+            return apply_unet(graphdef, params, b[..., None])[..., 0]
+    else:
+        net = conv3 if args.net == "conv3" else (lambda b: b)
     slabs = []
     t0 = time.perf_counter()
     result = predict_large(
         args.input, args.output_path, net, subsample=args.subsample,
         memory_budget=int(args.budget * 1e9), output_dtype=np.dtype(args.dtype),
-        bytes_per_pixel=args.bytes_per_pixel,
+        bytes_per_pixel=args.bytes_per_pixel, multiple=4,
         progress=slabs.append)
     elapsed = time.perf_counter() - t0
     biggest = max(s.nbytes for s in slabs)
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines()
                   if ":" in line)
     peak_kib = int(status["VmHWM"].split()[0])
+    tile = "whole" if result.tile is None else "x".join(str(t) for t in result.tile)
     print(f"RESULT {elapsed:.1f} {peak_kib} {result.shape} {result.slab_lines} {len(slabs)} "
-          f"{biggest}", flush=True)
+          f"{biggest} tiles:{tile}", flush=True)
 
 
 def main() -> None:
@@ -95,10 +108,11 @@ def main() -> None:
                         metavar=("Z", "Y", "X"))
     parser.add_argument("--subsample", type=float, default=2.0)
     parser.add_argument("--budget", type=float, default=1.0, help="memory budget in GB")
-    parser.add_argument("--net", choices=("conv3", "identity"), default="conv3")
-    parser.add_argument("--bytes-per-pixel", type=int, default=64,
-                        help="network memory per input pixel for the batch size (default 64, "
-                        "ample for a 3x3 conv; predict_large's default 1024 is for a U-Net)")
+    parser.add_argument("--net", choices=("conv3", "identity", "unet"), default="conv3")
+    parser.add_argument("--bytes-per-pixel", type=int, default=None,
+                        help="network memory per input pixel for the batch size and tiles "
+                        "(default 64 for conv3 and identity, ample for a 3x3 conv; "
+                        "predict_large's own default, 1024, for unet)")
     parser.add_argument("--output", choices=("zarr", "tif"), default="zarr")
     parser.add_argument("--dtype", default="uint16", help="output dtype")
     parser.add_argument("--workdir", type=Path, default=None,
@@ -108,6 +122,8 @@ def main() -> None:
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--output-path", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bytes_per_pixel is None:
+        args.bytes_per_pixel = 1024 if args.net == "unet" else 64
     if args.child:
         child(args)
         return
@@ -140,7 +156,7 @@ def main() -> None:
         print(f"| {tuple(args.shape)} | {in_bytes / 1e9:.2f} GB | {args.subsample:g} | "
               f"{args.net} ({args.bytes_per_pixel} B/px) | {args.output} {args.dtype}, {out_bytes / 1e9:.2f} GB | "
               f"{args.budget:g} GB | **{peak_kib * 1024 / 1e9:.2f} GB** | {float(seconds):.0f} s "
-              f"| shape, slab lines (y, x), slabs, largest slab estimate: {rest} |")
+              f"| shape, slab lines (y, x), slabs, largest slab estimate, tiles: {rest} |")
     finally:
         if args.keep:
             print(f"kept {workdir}")

@@ -10,6 +10,10 @@ networks match.
            size from the 1 GiB memory budget, at most 8, two batches at once on CPU) and
            ``apply_fn`` a jitted :func:`isojax.unet.apply_unet`; output
            ``upsampled_length(z, s)`` slices.
+  isojax-large  the same network through :func:`isojax.predict_large.predict_large`, the
+           streaming predictor for stacks larger than memory (input: the stack written once
+           as an uncompressed TIFF; output: a float32 BigTIFF, removed after each call), with
+           its defaults (1 GiB budget).
   csbdeep  ``IsotropicCARE(Config('YX')).predict(stack, 'ZYX', s)`` with defaults (geometric
            fusion, batch size 8); output ``round(z * s)`` slices.
 
@@ -32,8 +36,10 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,7 +75,10 @@ def _parse() -> argparse.Namespace:
         "from its memory budget, CSBDeep 8)",
     )
     p.add_argument(
-        "--methods", nargs="+", default=["isojax", "csbdeep"], choices=["isojax", "csbdeep"]
+        "--methods",
+        nargs="+",
+        default=["isojax", "csbdeep"],
+        choices=["isojax", "isojax-large", "csbdeep"],
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -91,10 +100,9 @@ def _parse() -> argparse.Namespace:
     return args
 
 
-def _isojax(args):
+def _isojax_net(args):
     import jax
 
-    from isojax.predict import predict_stack
     from isojax.unet import UNetConfig, apply_unet, init_unet
 
     net = UNetConfig(first_filters=args.first_filters)
@@ -105,15 +113,49 @@ def _isojax(args):
         return apply_unet(graphdef, params, batch[..., None])[..., 0]
 
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
+    return apply_fn, net.divisor, n_params
+
+
+def _isojax(args):
+    from isojax.predict import predict_stack
+
+    apply_fn, multiple, n_params = _isojax_net(args)
 
     def run(stack):
         return predict_stack(
             stack,
             apply_fn,
             subsample=args.subsample,
-            multiple=net.divisor,
+            multiple=multiple,
             batch_size=args.batch_size,
         )
+
+    return run, n_params
+
+
+def _isojax_large(args, workdir: Path):
+    import tifffile
+
+    from isojax.predict_large import predict_large
+
+    apply_fn, multiple, n_params = _isojax_net(args)
+    source = workdir / "stack.tif"
+    target = workdir / "iso.tif"
+
+    def run(stack):
+        if not source.exists():
+            tifffile.imwrite(source, stack)
+        result = predict_large(
+            source,
+            target,
+            apply_fn,
+            subsample=args.subsample,
+            multiple=multiple,
+            batch_size=args.batch_size,
+            overwrite=True,
+        )
+        target.unlink()
+        return result
 
     return run, n_params
 
@@ -143,9 +185,13 @@ def main() -> int:
     rng = np.random.default_rng(args.seed)
     # a positive, textured stack (values do not change the cost)
     stack = rng.gamma(2.0, 100.0, tuple(args.shape)).astype(np.float32)
+    workdir = Path(tempfile.mkdtemp(prefix="isojax-bench-predict-"))
     runners = {}
     for name in args.methods:
-        runners[name] = (_isojax if name == "isojax" else _csbdeep)(args)
+        if name == "isojax-large":
+            runners[name] = _isojax_large(args, workdir)
+        else:
+            runners[name] = (_isojax if name == "isojax" else _csbdeep)(args)
     print(
         f"stack {tuple(args.shape)} (z, y, x), subsample {args.subsample:g}; jax "
         f"{jax.__version__}, {os.cpu_count()} CPUs, {describe()}",
@@ -159,7 +205,7 @@ def main() -> int:
         t0 = time.perf_counter()
         out = run(stack)
         cold[name] = time.perf_counter() - t0
-        out_shape[name] = tuple(int(v) for v in np.shape(out))
+        out_shape[name] = tuple(int(v) for v in out.shape)
         print(f"  {name}: cold call {cold[name]:.1f} s, output {out_shape[name]}", flush=True)
     for i in range(args.repeats):
         for name, (run, _) in runners.items():
@@ -167,6 +213,7 @@ def main() -> int:
             run(stack)
             warm[name].append(time.perf_counter() - t0)
             print(f"  {name}: warm call {i + 1}: {warm[name][-1]:.1f} s", flush=True)
+    shutil.rmtree(workdir, ignore_errors=True)
 
     results = {}
     for name in runners:

@@ -603,6 +603,10 @@ def _predict_file_large(
     _warn_to(log, caught)
     elapsed = time.perf_counter() - t0
     sp_out = result.spacing
+    if tile is None and result.tile is not None:
+        cut = " x ".join("whole" if t is None else f"{t}" for t in result.tile)
+        log(f"slices did not fit the network's share of the memory budget: tiles of {cut} px "
+            "(lateral x axial)")
     log(
         f"wrote {output}: shape {result.shape}, {result.dtype}, voxel size "
         f"{'unknown' if sp_out is None else ', '.join(f'{v:.4g}' for v in sp_out)} um; "

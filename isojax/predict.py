@@ -307,6 +307,58 @@ class _Geometry(NamedTuple):
         return [(r, c) for r in range(len(self.r_starts)) for c in range(len(self.c_starts))]
 
 
+def _auto_tile(shape, axes, tile, *, budget: int, bytes_per_pixel: int, margin: int,
+               multiple: int) -> tuple[int | None, int | None] | None:
+    """``tile`` if given; else tiles that keep one image's network memory within ``budget``.
+
+    Without a tile, whole slices go through the network when one padded slice
+    ``(lateral, z)`` of every view in ``axes`` takes at most ``budget`` bytes at
+    ``bytes_per_pixel``; otherwise the slices are tiled: the axial axis is kept whole when
+    a tile with it whole can still be as wide as it is tall, else both axes are cut into
+    square tiles. Tiles are multiples of ``multiple``, and at least ``4 * margin`` pixels
+    (twice the overlap) where they cut, so that most of each tile is kept; a budget too
+    small for that uses tiles of that size anyway (the budget is then exceeded; an axis no
+    longer than that is not cut). Each cut axis then gets the smallest tile that covers it
+    with as few tiles as the largest fitting one does.
+
+    Returns:
+      ``(lateral, axial)`` with None for an axis not cut, or None for whole slices.
+    """
+    if tile is not None:
+        return tile
+    n_ax = shape[0] + sum(_pad_split(shape[0], multiple))
+    n_lat = max(shape[3 - a] + sum(_pad_split(shape[3 - a], multiple)) for a in axes)
+    pixels = max(1, budget // bytes_per_pixel)
+    if n_lat * n_ax <= pixels:
+        return None
+    smallest = max(multiple, -(-4 * margin // multiple) * multiple)
+
+    def fit(n):  # the largest multiple of ``multiple`` <= n, at least ``smallest``
+        return max(smallest, int(n) // multiple * multiple)
+
+    side = fit(math.isqrt(pixels))
+    if n_ax <= side:  # cut only the lateral axis
+        t_lat, t_ax = fit(pixels // n_ax), None
+    elif n_lat <= side:
+        t_lat, t_ax = None, fit(pixels // n_lat)
+    else:
+        t_lat = t_ax = side
+    def balance(t, n):
+        # the smallest tile that covers the axis with as many tiles as ``t`` needs: the same
+        # number of network calls on smaller images (two tiles of 476 px for 512 px would
+        # compute 952 px; two of 304 cover it too)
+        if t is None or t >= n:
+            return None
+        count = len(_tiles_1d(n, t, margin, multiple)[1])
+        for u in range(max(smallest, -(-n // count // multiple) * multiple), t, multiple):
+            if len(_tiles_1d(n, u, margin, multiple)[1]) <= count:
+                return u
+        return t
+
+    t_lat, t_ax = balance(t_lat, n_lat), balance(t_ax, n_ax)
+    return None if t_lat is None and t_ax is None else (t_lat, t_ax)
+
+
 def _geometry(shape, axis: int, tile, margin: int, multiple: int) -> _Geometry:
     n_lat, n_ax = shape[3 - axis], shape[0]
     pad_lat, pad_ax = _pad_split(n_lat, multiple), _pad_split(n_ax, multiple)
@@ -504,11 +556,14 @@ def predict_stack(
         use; default 1 GiB.
       bytes_per_pixel: estimated peak network memory per input pixel, in bytes.
       tile: tile size in pixels, an int or ``(lateral, axial)``, rounded up to multiples of
-        ``multiple``; None (default) runs whole slices. A tile larger than a padded slice
-        covers it whole.
+        ``multiple``; a tile larger than a padded slice covers it whole. None (default) runs
+        whole slices when one slice's estimated network memory (``bytes_per_pixel`` per
+        pixel) fits the memory budget of a batch in flight, and tiles chosen to fit it
+        otherwise (the axial axis kept whole where it can be; tiles at least twice the
+        overlap).
       overlap: pixels shared by neighbouring tiles, at least twice the network's
         receptive-field radius (about 46 px for CSBDeep's default U-Net with 5x5 kernels;
-        hence 96). Only used with ``tile``.
+        hence 96). Only used with tiles.
       multiple: the network's input sizes must be multiples of this (``2**depth``).
       normalization: percentiles ``(pmin, pmax)`` of the whole stack mapped to 0 and 1
         before the network and back after it, as in training; None feeds the raw values.
@@ -578,9 +633,11 @@ def predict_stack(
         return _batch_result(jitted(jnp.asarray(batch)), batch.shape)
 
     views = {"xz": [1], "yz": [2]}.get(fuse, [1, 2])  # batch axis: 1 = y (XZ), 2 = x (YZ)
+    in_flight = _in_flight()
+    tile = _auto_tile(vol.shape, views, tile, budget=memory_budget // in_flight,
+                      bytes_per_pixel=bytes_per_pixel, margin=overlap // 2, multiple=multiple)
     geometries = {a: _geometry(vol.shape, a, tile, overlap // 2, multiple) for a in views}
     total = sum(vol.shape[a] * len(geometries[a].tiles) for a in views)
-    in_flight = _in_flight()
     done = 0
 
     def on_batch(n: int) -> None:

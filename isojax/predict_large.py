@@ -18,7 +18,8 @@ only slabs:
    :func:`predict_stack`), the normalisation undone and the final slab written.
 
 Memory is bounded by the slab thickness, chosen from ``memory_budget``: a quarter of it goes
-to a batch of network activations, the rest to the slab and its copies (raw input,
+to the batches of network activations (two batches in flight on CPU, as in
+:func:`isojax.predict_stack`), the rest to the slab and its copies (raw input,
 normalised, upsampled, result, read-back; see :func:`slab_lines`).
 
 Outputs are OME-Zarr 0.5 (Zarr v3 through tensorstore) or an uncompressed BigTIFF with
@@ -56,15 +57,18 @@ from isojax.io import (
 )
 from isojax.predict import (
     _BYTES_PER_PIXEL,
+    _CPU_MAX_BATCH,
     _FUSES,
     DEFAULT_PERCENTILES,
     Fuse,
+    _auto_tile,
     _batch_result,
     _check_interpolation,
     _check_normalization,
     _check_subsample,
     _check_tile,
     _geometry,
+    _in_flight,
     _positive_int,
     _run_view,
     upsample_z,
@@ -122,6 +126,8 @@ class LargePrediction(NamedTuple):
       percentiles: the normalisation values ``(lo, hi)`` (input units), or None.
       slab_lines: slab thickness ``(y lines per XZ slab, x lines per YZ slab)``.
       n_devices: devices the batches were split over.
+      tile: the tile size ``(lateral, axial)`` used (None for an axis not cut), or None
+        when whole slices went through the network.
     """
 
     path: Path
@@ -132,6 +138,7 @@ class LargePrediction(NamedTuple):
     percentiles: tuple[float, float] | None
     slab_lines: tuple[int, int]
     n_devices: int
+    tile: tuple[int | None, int | None] | None = None
 
 
 # ----------------------------------------------------------------------------------------
@@ -320,8 +327,8 @@ def predict_large(
     (:func:`estimate_percentiles`).
 
     Memory: about ``memory_budget`` bytes of host memory on top of the interpreter, JAX and
-    the compiled network: three quarters for a slab (:func:`slab_lines`), a quarter for a
-    batch of network activations (``bytes_per_pixel`` per input pixel, as
+    the compiled network: three quarters for a slab (:func:`slab_lines`), a quarter for the
+    batches of network activations in flight (``bytes_per_pixel`` per input pixel, as
     :func:`predict_stack`). A slab covers whole output chunks when at least one fits. If a
     single line (one y row or x column with all its z) exceeds the slab budget, one line is
     used and a warning says how much it takes.
@@ -339,9 +346,11 @@ def predict_large(
       fuse: ``"mean"``, ``"geometric"``, ``"xz"`` or ``"yz"`` (see :func:`predict_stack`).
       memory_budget: host bytes for a slab and a batch, default 1 GiB.
       bytes_per_pixel: estimated peak network memory per input pixel, in bytes.
-      batch_size: images per network call; default from a quarter of ``memory_budget``.
-        Rounded up to a multiple of the number of devices.
-      tile: tile size in pixels (int or ``(lateral, axial)``) or None; see
+      batch_size: images per network call; default from a quarter of ``memory_budget``
+        shared by the batches in flight (two on CPU with one device, at most 8 images
+        each, as :func:`predict_stack`). Rounded up to a multiple of the number of devices.
+      tile: tile size in pixels (int or ``(lateral, axial)``) or None: whole slices when
+        one fits the activation budget, else tiles chosen to fit it; see
         :func:`predict_stack`.
       overlap: pixels shared by neighbouring tiles.
       multiple: the network's input sizes must be multiples of this.
@@ -412,12 +421,20 @@ def predict_large(
 
     run, n_dev = _runner(apply_fn, devices)
     views = {"xz": [1], "yz": [2]}.get(fuse, [1, 2])  # 1: slabs of y (XZ), 2: slabs of x (YZ)
+    # On CPU with one device, two network calls run at once from two host threads, as in
+    # predict_stack (one XLA call of the U-Net keeps only ~1.2 of 2 cores busy); they share
+    # the activation quarter of the budget, which also sets the tiles when none are given.
+    in_flight = _in_flight() if n_dev == 1 else 1
+    tile = _auto_tile(out_shape, views, tile, budget=memory_budget // 4 // in_flight,
+                      bytes_per_pixel=bytes_per_pixel, margin=overlap // 2, multiple=multiple)
     geometries = {a: _geometry(out_shape, a, tile, overlap // 2, multiple) for a in views}
     if batch_size is None:
         th, tw = max(
             geometries.values(), key=lambda g: g.tile_shape[0] * g.tile_shape[1]
         ).tile_shape
-        batch_size = max(1, memory_budget // 4 // (bytes_per_pixel * th * tw))
+        batch_size = max(1, memory_budget // 4 // (bytes_per_pixel * th * tw * in_flight))
+        if jax.default_backend() == "cpu":
+            batch_size = min(batch_size, _CPU_MAX_BATCH)
     batch_size = -(-batch_size // n_dev) * n_dev
 
     slab_budget = memory_budget - memory_budget // 4
@@ -500,6 +517,7 @@ def predict_large(
                         axis=axis,
                         fuse=None if v == 0 else fuse,
                         run=run,
+                        in_flight=in_flight,
                         geometry=geometries[axis],
                         batch_size=batch_size,
                         budget=memory_budget // 4,
@@ -542,4 +560,5 @@ def predict_large(
         percentiles=None if percentiles is None else (lo, hi),
         slab_lines=(lines.get(1, 0), lines.get(2, 0)),
         n_devices=n_dev,
+        tile=tile,
     )

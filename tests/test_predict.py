@@ -194,6 +194,54 @@ def test_tiling_equals_no_tiling(tile, overlap):
     )
 
 
+@pytest.mark.parametrize(
+    ("shape", "pixels", "expected"),
+    [
+        ((10, 40, 40), 40 * 12, None),  # padded slices (40, 12) fit: whole slices
+        ((10, 40, 40), 20 * 12, (20, None)),  # the axial axis fits in a square: cut laterally
+        ((10, 40, 40), 21 * 12, (20, None)),  # rounded down to the multiple
+        ((40, 12, 12), 12 * 20, (None, 20)),  # the lateral axis fits: cut axially
+        ((40, 40, 40), 17 * 17, (16, 16)),  # neither: square tiles
+        ((40, 40, 40), 3 * 3, (16, 16)),  # tiny budget: the smallest useful tile (4 x margin)
+        ((10, 40, 8), 20 * 12, (20, None)),  # the widest view (XZ, x = 40 lateral) decides
+    ],
+)
+def test_automatic_tiles_fit_the_budget(shape, pixels, expected):
+    bpp = 1024
+    got = predict_mod._auto_tile(
+        shape, [1, 2], None, budget=pixels * bpp, bytes_per_pixel=bpp, margin=4, multiple=4
+    )
+    assert got == expected
+    given = (8, 8)
+    assert predict_mod._auto_tile(shape, [1, 2], given, budget=1, bytes_per_pixel=bpp, margin=4,
+                                  multiple=4) == given
+
+
+def test_automatic_tiles_are_balanced():
+    # 476 px fits the budget but needs two tiles for 512 px (overlap 96); two of 304 suffice
+    tile = predict_mod._auto_tile(
+        (63, 512, 512), [1, 2], None, budget=476 * 64, bytes_per_pixel=1, margin=48, multiple=4
+    )
+    assert tile == (304, None)
+    _, starts, _ = predict_mod._tiles_1d(512, 304, 48, 4)
+    assert len(starts) == 2
+    assert len(predict_mod._tiles_1d(512, 300, 48, 4)[1]) == 3  # and 304 is the smallest
+
+
+def test_slices_over_the_memory_budget_are_tiled_automatically():
+    # padded XZ/YZ slices are (24, 24) (21 -> 24 lateral, upsampled z 18 -> 24 axial): a
+    # budget of 16 x 24 pixels per image cuts them into tiles, which give the whole-slice
+    # result since the blur reaches 2 px and the tiles keep 4 px from inner edges
+    x = np.random.default_rng(1).random((6, 21, 21)).astype(np.float32)
+    kw = {"subsample": 3.5, "normalization": None, "overlap": 8, "batch_size": 2}
+    whole, seen = predict_stack(x, blur5, **kw), []
+    budget = 16 * 24 * 1024 * predict_mod._in_flight()
+    tiled = predict_stack(x, blur5, memory_budget=budget, progress=lambda d, t: seen.append(t),
+                          **kw)
+    assert seen[-1] > 2 * 21  # more than one tile per slice
+    np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-6)
+
+
 def test_padding_to_multiples_does_not_change_results(stack):
     kw = {"subsample": 3.5, "normalization": None}
 

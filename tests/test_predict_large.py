@@ -14,6 +14,7 @@ import pytest
 import tifffile
 from jax import lax
 
+import isojax.predict as predict_mod
 from isojax.errors import IsojaxInputError
 from isojax.io import open_volume, read_tiff, write_ome_zarr, write_tiff
 from isojax.predict import predict_stack, upsampled_length
@@ -107,6 +108,21 @@ def test_tiles_and_integer_output(stack, stack_file, tmp_path):
     assert got.dtype == np.uint16
     np.testing.assert_array_equal(got, np.clip(np.rint(expected), 0, 65535).astype(np.uint16))
     assert not list(tmp_path.glob("*scratch*"))  # the float32 scratch store is gone
+
+
+def test_slices_over_the_activation_budget_are_tiled(stack, stack_file, tmp_path):
+    # upsampled padded slices are (24, 24) and (20, 24) pixels; a quarter of the budget
+    # over the batches in flight leaves 16 x 24 pixels per image: square tiles of 16 px,
+    # with the whole-slice result (conv3 reaches 1 px, the tiles keep 4 px from inner edges)
+    expected = predict_stack(stack.astype(np.float32), conv3, subsample=4.0)
+    per_image = 16 * 24 * 1024
+    budget = 4 * per_image * predict_mod._in_flight()
+    result = predict_large(stack_file, tmp_path / "o.zarr", conv3, memory_budget=budget,
+                           overlap=8, batch_size=2)
+    assert result.tile == (16, 16)
+    np.testing.assert_allclose(read_all(tmp_path / "o.zarr"), expected, rtol=1e-5, atol=1e-3)
+    whole = predict_large(stack_file, tmp_path / "w.zarr", conv3, memory_budget=64 * budget)
+    assert whole.tile is None
 
 
 def test_voxel_size_metadata(stack_file, tmp_path):
