@@ -343,6 +343,7 @@ def _auto_tile(shape, axes, tile, *, budget: int, bytes_per_pixel: int, margin: 
         t_lat, t_ax = None, fit(pixels // n_lat)
     else:
         t_lat = t_ax = side
+
     def balance(t, n):
         # the smallest tile that covers the axis with as many tiles as ``t`` needs: the same
         # number of network calls on smaller images (two tiles of 476 px for 512 px would
@@ -384,6 +385,17 @@ def _batch_result(result, shape) -> np.ndarray:
     return result
 
 
+def _default_batch_size(budget: int, image_bytes: int, in_flight: int) -> int:
+    """Images per batch: ``budget`` shared by the batches in flight, at most 8 on CPU."""
+    batch_size = max(1, budget // (image_bytes * in_flight))
+    if jax.default_backend() == "cpu":
+        # on CPU large batches only add cache misses: batches of 8 slices ran about
+        # 1.2x faster than the 128 a 1 GiB budget allows (bench/README_quality.md,
+        # prediction throughput)
+        batch_size = min(batch_size, _CPU_MAX_BATCH)
+    return batch_size
+
+
 def _view_batches(
     vol, out, *, axis, fuse, geometry, batch_size, budget, bytes_per_pixel, on_batch, in_flight
 ):
@@ -403,12 +415,7 @@ def _view_batches(
     per_slice = g.tiles
     n_items = n_slices * len(per_slice)
     if batch_size is None:
-        batch_size = max(1, budget // (bytes_per_pixel * th * tw * in_flight))
-        if jax.default_backend() == "cpu":
-            # on CPU large batches only add cache misses: batches of 8 slices ran about
-            # 1.2x faster than the 128 a 1 GiB budget allows (bench/README_quality.md,
-            # prediction throughput)
-            batch_size = min(batch_size, _CPU_MAX_BATCH)
+        batch_size = _default_batch_size(budget, bytes_per_pixel * th * tw, in_flight)
     batch_size = min(batch_size, n_items)
 
     padded: dict[int, np.ndarray] = {}

@@ -57,7 +57,6 @@ from isojax.io import (
 )
 from isojax.predict import (
     _BYTES_PER_PIXEL,
-    _CPU_MAX_BATCH,
     _FUSES,
     DEFAULT_PERCENTILES,
     Fuse,
@@ -67,6 +66,7 @@ from isojax.predict import (
     _check_normalization,
     _check_subsample,
     _check_tile,
+    _default_batch_size,
     _geometry,
     _in_flight,
     _positive_int,
@@ -432,9 +432,8 @@ def predict_large(
         th, tw = max(
             geometries.values(), key=lambda g: g.tile_shape[0] * g.tile_shape[1]
         ).tile_shape
-        batch_size = max(1, memory_budget // 4 // (bytes_per_pixel * th * tw * in_flight))
-        if jax.default_backend() == "cpu":
-            batch_size = min(batch_size, _CPU_MAX_BATCH)
+        batch_size = _default_batch_size(memory_budget // 4, bytes_per_pixel * th * tw,
+                                         in_flight)
     batch_size = -(-batch_size // n_dev) * n_dev
 
     slab_budget = memory_budget - memory_budget // 4
