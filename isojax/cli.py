@@ -422,8 +422,9 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="slices per network call (default: from a memory budget)")
     p.add_argument("--tile", type=_positive_int, default=None, metavar="PX",
-                   help="tile slices larger than this (pixels), with overlap (default: whole "
-                   "slices, or tiles chosen to fit the memory budget when they do not)")
+                   help="tile slices larger than this (pixels), overlapping by twice the "
+                   "network's reach (default: whole slices, or tiles chosen to fit the memory "
+                   "budget when they do not)")
     p.add_argument("--keep-dtype", action="store_true",
                    help="write the input's dtype (rounded, clipped) instead of float32")
     p.add_argument("--memory-budget", type=_positive_float, default=None, metavar="GB",

@@ -483,6 +483,7 @@ def predict_file(
             fuse=fuse,
             batch_size=batch_size,
             tile=tile,
+            overlap=_tile_overlap(meta),
             multiple=2**depth,
             normalization=(norm["pmin"], norm["pmax"]),
             progress=report,
@@ -541,6 +542,13 @@ def _check_model_subsample(s: float, meta: dict, model, how: str, log: Log) -> N
         log(f"warning: stack subsample {s:.4g} differs from the model's {trained:.4g}")
 
 
+def _tile_overlap(meta: dict) -> int:
+    """Tile overlap for a model: twice its network's receptive radius, at least 96 px."""
+    from isojax.unet import UNetConfig
+
+    return max(96, 2 * UNetConfig(**meta["unet"]).receptive_radius)
+
+
 def _predict_file_large(
     stack_path, apply_fn, meta, *, model, output: Path, subsample, spacing, fuse, batch_size,
     tile, keep_dtype, memory_budget, overwrite, progress, log,
@@ -593,7 +601,8 @@ def _predict_file_large(
             result = predict_large(
                 stack_path, output, apply_fn, subsample=s, spacing=spacing,
                 interpolation=meta["interpolation"], fuse=fuse, memory_budget=budget,
-                batch_size=batch_size, tile=tile, multiple=2 ** int(meta["unet"]["depth"]),
+                batch_size=batch_size, tile=tile, overlap=_tile_overlap(meta),
+                multiple=2 ** int(meta["unet"]["depth"]),
                 normalization=(norm["pmin"], norm["pmax"]), output_dtype=dtype,
                 overwrite=overwrite, progress=report,
             )

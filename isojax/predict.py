@@ -569,8 +569,9 @@ def predict_stack(
         otherwise (the axial axis kept whole where it can be; tiles at least twice the
         overlap).
       overlap: pixels shared by neighbouring tiles, at least twice the network's
-        receptive-field radius (about 46 px for CSBDeep's default U-Net with 5x5 kernels;
-        hence 96). Only used with tiles.
+        receptive-field radius (:attr:`isojax.unet.UNetConfig.receptive_radius`: 43 px for
+        CSBDeep's default U-Net with 5x5 kernels; hence 96). Only used with tiles;
+        :func:`isojax.predict_file` sets it from the model.
       multiple: the network's input sizes must be multiples of this (``2**depth``).
       normalization: percentiles ``(pmin, pmax)`` of the whole stack mapped to 0 and 1
         before the network and back after it, as in training; None feeds the raw values.

@@ -131,6 +131,20 @@ class UNetConfig:
         """Spatial sizes (pixels) of the input must be multiples of this: ``2**depth``."""
         return 2**self.depth
 
+    @property
+    def receptive_radius(self) -> int:
+        """How far (pixels) an output pixel can see into the input: an upper bound.
+
+        A ``k x k`` convolution at level ``n`` (scale ``2**n``) reaches ``(k - 1) / 2 * 2**n``
+        input pixels, a 2x2 max-pooling from level ``n`` one more ``2**n``; with ``c``
+        convolutions per level and depth ``d``: ``2 c r (2**d - 1) + (2**d - 1) + c r 2**d``,
+        ``r = (k - 1) / 2``. 43 for CARE's default (depth 2, 5x5, 2 per level), which is
+        also the measured extent of its input gradient (``tests/test_unet.py``). Tiles must
+        overlap by at least twice this to match whole-slice prediction.
+        """
+        r, c, levels = (self.kernel_size - 1) // 2, self.n_conv_per_depth, 2**self.depth - 1
+        return 2 * c * r * levels + levels + c * r * 2**self.depth
+
 
 # --------------------------------------------------------------------------------------------
 # Convolution with a custom gradient

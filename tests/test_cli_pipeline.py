@@ -199,3 +199,12 @@ def test_train_refuses_bad_input_and_writes_nothing(files, capsys, extra, match)
     assert main(args) == 1
     assert match in capsys.readouterr().err
     assert not model.exists()
+
+
+def test_tiles_overlap_by_twice_the_models_reach():
+    from isojax.pipeline import _tile_overlap
+    from isojax.unet import UNetConfig
+
+    assert UNetConfig().receptive_radius == 43
+    assert _tile_overlap({"unet": {}}) == 96  # CARE's default U-Net: 86 px, kept at 96
+    assert _tile_overlap({"unet": {"depth": 3}}) == 2 * 95  # a deeper one sees farther

@@ -129,6 +129,25 @@ def test_prob_head_scale_positive():
     assert bool(jnp.all(scale >= config.eps_scale))
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "tight"),
+    [({}, True), ({"depth": 1, "kernel_size": 3, "first_filters": 4}, True),
+     ({"depth": 3, "first_filters": 8}, False), ({"n_conv_per_depth": 3, "first_filters": 16}, False)],
+)
+def test_receptive_radius_bounds_the_input_gradient(kwargs, tight):
+    # where the gradient of one output pixel is nonzero: the input pixels it sees
+    config = UNetConfig(**kwargs)
+    graphdef, params = init_unet(jax.random.key(0), config)
+    n = 224
+    x = jax.random.normal(jax.random.key(1), (1, n, n, 1))
+    grad = jax.grad(lambda v: apply_unet(graphdef, params, v)[0, n // 2, n // 2, 0])(x)
+    ys, xs = np.nonzero(np.asarray(grad)[0, :, :, 0])
+    reach = max(n // 2 - ys.min(), ys.max() - n // 2, n // 2 - xs.min(), xs.max() - n // 2)
+    assert reach <= config.receptive_radius
+    assert (reach == config.receptive_radius) == tight
+    assert config.receptive_radius - reach <= 3  # a tight bound: only pooling offsets
+
+
 def test_divisibility_error():
     graphdef, params = init_unet(jax.random.key(0), UNetConfig(**TINY))
     with pytest.raises(ValueError, match="divisible by 4"):
