@@ -730,7 +730,7 @@ def train(
                 batch = draw(jax.random.fold_in(data_key, step), train_z_dev)
                 new_state, m = train_step(state, batch)
                 if joint is not None and (step + 1) % joint["config"].joint_every == 0:
-                    psf_dev, psf_metrics = _refine_psf(joint, new_state, step, stack_dev, graphdef)
+                    psf_dev, psf_metrics = _refine_psf(joint, new_state, step, stack_dev)
                     m = {**m, **psf_metrics}
                 loss = float(m["loss"])
                 if not math.isfinite(loss):
@@ -839,15 +839,21 @@ def _joint_extra(joint):
 
 def _set_joint(joint, extra):
     """Resume the joint refinement from a checkpoint's ``extra``; returns the PSF."""
-    from isojax import calibrate
 
     joint["theta"], joint["opt"] = extra["theta"], extra["opt"]
+    return _joint_psf(joint)
+
+
+def _joint_psf(joint):
+    """The PSF of the joint refinement's current parameters (also kept as ``joint["psf"]``)."""
+    from isojax import calibrate
+
     report = joint["report"]
     joint["psf"] = calibrate.psf_from_params(report.family, joint["theta"]["psf"], taps=report.taps)
     return joint["psf"]
 
 
-def _refine_psf(joint, state, step, stack_dev, graphdef):
+def _refine_psf(joint, state, step, stack_dev):
     """One joint PSF step; returns the new PSF (for pair synthesis) and its metrics."""
     from isojax import calibrate
 
@@ -861,10 +867,7 @@ def _refine_psf(joint, state, step, stack_dev, graphdef):
     joint["theta"], joint["opt"], metrics = joint["step_fn"](
         joint["theta"], joint["opt"], state.params, batch
     )
-    report = joint["report"]
-    psf = calibrate.psf_from_params(report.family, joint["theta"]["psf"], taps=report.taps)
-    joint["psf"] = psf
-    return psf, metrics
+    return _joint_psf(joint), metrics
 
 
 def _finish_calibration(joint, records, workdir: Path, pixel_size) -> dict:
