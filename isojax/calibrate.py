@@ -421,26 +421,14 @@ def _axial_profile(psf) -> Array:
     return jnp.sum(jnp.asarray(psf), axis=0)
 
 
-def _blur_last(x: Array, kernel: Array) -> Array:
-    """Convolve the last axis with an odd kernel (centre ``len // 2``), mirrored edges."""
-    r = kernel.shape[-1] // 2
-    n = x.shape[-1]
-    widths = [(0, 0)] * (x.ndim - 1) + [(r, r)]
-    xp = jnp.pad(x, widths, mode="reflect" if n > r else "symmetric")
-    size = xp.shape[-1] + kernel.shape[-1]
-    f = jnp.fft.rfft(xp, size, axis=-1) * jnp.fft.rfft(kernel, size)
-    full = jnp.fft.irfft(f, size, axis=-1)
-    return full[..., 2 * r : 2 * r + n]
-
-
 def _z_power(plane_sets, segment: int, chunk: int = 32) -> np.ndarray:
     """Welch power of Z lines resolved by lateral frequency (see :class:`SpectralTarget`).
 
     ``plane_sets``: arrays ``(n_planes, z, n)`` (lateral axis last). Each plane's Z lines
     are cut into Welch segments (:func:`_segment_starts`), mean-removed, Hann-windowed and
     transformed along z; each axial frequency's values along the lateral axis are then
-    mirrored (whole-sample, period ``M = 2 (n - 1)``: the boundary of
-    :func:`_blur_last`) and transformed along it. By Parseval, the mean over one period of
+    mirrored (whole-sample, period ``M = 2 (n - 1)``: the reflecting boundary of a
+    lateral blur with mirrored edges) and transformed along it. By Parseval, the mean over one period of
     ``|h * row|^2`` is ``sum_q |H(q)|^2 |row^(q)|^2 / M^2``; rows ``q`` and ``M - q`` share
     ``|H|^2`` (a real kernel) and are added. Returns ``(M // 2 + 1, segment // 2)``, float64.
     """
@@ -474,7 +462,7 @@ def observed_spectrum(psf, target: SpectralTarget, *, segment: int) -> Array:
     comparable for any isotropic specimen (a rotation maps one onto the other).
 
     Computed from ``target.z_power`` as ``sum_q |H(q)|^2 z_power[q]``: the spectrum of the
-    planes blurred with mirrored edges (as :func:`_blur_last`), averaged over one mirror
+    planes blurred with mirrored (whole-sample reflecting) edges, averaged over one mirror
     period, for all the planes at the cost of one small product.
     """
     del segment  # fixed by target.z_power
