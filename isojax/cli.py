@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from isojax.errors import IsojaxInputError
+from isojax.errors import WARNING_PREFIX, IsojaxInputError
 
 __all__ = ["build_parser", "main"]
 
@@ -28,8 +28,37 @@ class _UsageError(Exception):
     """argparse rejected the command line."""
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (or says it is required).
+
+    A help text that already says ``default`` is left as it is (it explains a default that
+    is computed, e.g. "default: from the voxel size in the file"); a switch says
+    ``default: off``, an option without a value ``default: none``.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.help is argparse.SUPPRESS or action.default is argparse.SUPPRESS
+                or "default" in text or not action.option_strings):
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if action.default is False:
+            return f"{text} (default: off)"
+        if action.default is None:
+            return f"{text} (default: none)"
+        value = action.default
+        if isinstance(value, (list, tuple)):
+            value = " ".join(str(v) for v in value)
+        return f"{text} (default: {str(value).replace('%', '%%')})"
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser that reports errors as one line instead of exiting."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         raise _UsageError(f"{message} (see `{self.prog} --help`)")
@@ -51,7 +80,7 @@ def _png_path(output: Path) -> Path:
 
 def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
     for item in caught:
-        print(f"isojax: warning: {item.message}", file=sys.stderr)
+        print(f"{WARNING_PREFIX}{item.message}", file=sys.stderr)
 
 
 def _write_psf_outputs(output: Path, psf2d, pixel_size: float, title: str) -> None:
@@ -166,45 +195,53 @@ def _add_psf_commands(commands: argparse._SubParsersAction) -> None:
     axial.add_argument("bead", type=Path, metavar="BEAD.tif", help="3D bead stack (z, y, x)")
     axial.add_argument("--pixel-size", type=_positive_float, required=True, metavar="UM",
                        help="the image's lateral pixel size in micrometres")
-    axial.add_argument("-o", "--output", type=Path, required=True, metavar="AXIAL.tif")
+    axial.add_argument("-o", "--output", type=Path, required=True, metavar="AXIAL.tif",
+                       help="the 2D PSF TIFF to write (float32, with its pixel size; a PNG of "
+                       "its profiles is written beside it)")
     axial.add_argument("--spacing", type=_positive_float, nargs=3, metavar=("Z", "Y", "X"),
-                       help="bead voxel size in micrometres (overrides the TIFF metadata)")
+                       help="bead voxel size in micrometres (default: from the TIFF metadata)")
     axial.add_argument("--planes", choices=("both", "xz", "yz"), default="both",
-                       help="central planes to use (default: average of both)")
-    axial.add_argument("--iterations", type=int, default=50,
-                       help="Richardson-Lucy iterations (default 50)")
+                       help="central planes to use: both (their average), xz or yz (default: both)")
+    axial.add_argument("--iterations", type=int, default=50, metavar="N",
+                       help="Richardson-Lucy deconvolution iterations (an early stop may use fewer)")
     axial.set_defaults(func=_cmd_psf_axial)
 
     theory = psf_commands.add_parser(
         "theory", help="the 2D additional axial PSF of a Gaussian model of the optics",
         description="The additional axial PSF of the Gaussian approximation of a "
                     "diffraction-limited PSF (Zhang, Zerubia, Olivo-Marin, Appl. Opt. 2007).")
-    theory.add_argument("--na", type=_positive_float, required=True, help="numerical aperture")
+    theory.add_argument("--na", type=_positive_float, required=True,
+                        help="numerical aperture of the objective")
     theory.add_argument("--wavelength", type=_positive_float, required=True, metavar="UM",
                         help="emission wavelength in micrometres")
     theory.add_argument("--ri", type=_positive_float, required=True, metavar="N",
                         help="refractive index of the immersion medium")
     theory.add_argument("--modality", choices=("widefield", "confocal", "lightsheet"),
-                        required=True)
+                        required=True, help="the microscope's PSF model")
     theory.add_argument("--excitation", type=_positive_float, metavar="UM",
-                        help="excitation wavelength in micrometres (confocal)")
+                        help="excitation wavelength in micrometres, confocal only (default: the emission "
+                        "wavelength)")
     theory.add_argument("--pinhole", type=float, default=1.0, metavar="AU",
-                        help="confocal pinhole diameter in Airy units (default 1; 0: small)")
+                        help="confocal pinhole diameter in Airy units, 0 for a very small pinhole")
     theory.add_argument("--sheet-fwhm", type=_positive_float, metavar="UM",
-                        help="light-sheet thickness (FWHM along z) in micrometres (lightsheet)")
+                        help="light-sheet thickness (FWHM along z) in micrometres, lightsheet only "
+                        "(default: no sheet, the detection PSF alone)")
     theory.add_argument("--pixel-size", type=_positive_float, required=True, metavar="UM",
                         help="the image's lateral pixel size in micrometres")
-    theory.add_argument("-o", "--output", type=Path, required=True, metavar="AXIAL.tif")
+    theory.add_argument("-o", "--output", type=Path, required=True, metavar="AXIAL.tif",
+                        help="the 2D PSF TIFF to write (float32, with its pixel size; a PNG "
+                        "of its profiles is written beside it)")
     theory.set_defaults(func=_cmd_psf_theory)
 
     check = psf_commands.add_parser(
         "check", help="check a 2D PSF and print a report",
         description="Check a 2D (lateral, axial) PSF; exit 0 if usable.")
-    check.add_argument("psf", type=Path, metavar="PSF.tif")
+    check.add_argument("psf", type=Path, metavar="PSF.tif", help="2D (lateral, axial) PSF TIFF")
     check.add_argument("--pixel-size", type=_positive_float, metavar="UM",
-                       help="the image's lateral pixel size in micrometres")
+                       help="the image's lateral pixel size in micrometres, to check that the PSF "
+                       "matches it (default: not checked)")
     check.add_argument("--psf-pixel-size", type=_positive_float, metavar="UM",
-                       help="the PSF's pixel size, if its TIFF metadata lacks it")
+                       help="the PSF's pixel size in micrometres (default: from its TIFF metadata)")
     check.set_defaults(func=_cmd_psf_check)
 
 
@@ -333,9 +370,11 @@ def _positive_int(text: str) -> int:
 
 def _add_stack_geometry(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subsample", type=_positive_float, metavar="F",
-                   help="anisotropy factor dz/dx (default: from the voxel size in the file)")
+                   help="anisotropy factor: Z step / lateral pixel size, a number >= 1 (default: "
+                   "from the voxel size in the file)")
     p.add_argument("--spacing", type=_positive_float, nargs=3, metavar=("Z", "Y", "X"),
-                   help="voxel size in micrometres, if the file's metadata lacks it or is wrong")
+                   help="voxel size in micrometres (default: from the file's ImageJ or OME "
+                   "metadata)")
 
 
 def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
@@ -343,53 +382,68 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
         "train", help="train a restoration model on a stack",
         description="Train a network that restores the axial resolution of STACK, from pairs "
         "synthesised out of its own XY planes with the axial PSF.")
-    t.add_argument("stack", type=Path, metavar="STACK.tif", help="anisotropic stack (z, y, x)")
-    t.add_argument("--model", type=Path, required=True, metavar="DIR", help="model folder to write")
+    t.add_argument("stack", type=Path, metavar="STACK.tif", help="anisotropic stack TIFF (z, y, x)")
+    t.add_argument("--model", type=Path, required=True, metavar="DIR",
+                   help="model folder to write (refused if it holds a model, unless --resume)")
     src = t.add_argument_group("PSF (one of: a file, a bead stack, or a theoretical model)")
-    src.add_argument("--psf", type=Path, metavar="AXIAL.tif", help="2D axial PSF (isojax psf ...)")
-    src.add_argument("--bead", type=Path, metavar="BEAD.tif", help="3D bead stack")
+    src.add_argument("--psf", type=Path, metavar="AXIAL.tif", help="2D (lateral, axial) axial PSF TIFF from `isojax psf axial|theory`")
+    src.add_argument("--bead", type=Path, metavar="BEAD.tif",
+                     help="3D bead stack (z, y, x) to derive the PSF from")
     src.add_argument("--bead-spacing", type=_positive_float, nargs=3, metavar=("Z", "Y", "X"),
-                     help="bead voxel size in micrometres, if its metadata lacks it")
-    src.add_argument("--na", type=_positive_float, help="numerical aperture")
-    src.add_argument("--wavelength", type=_positive_float, metavar="UM", help="emission wavelength")
-    src.add_argument("--ri", type=_positive_float, metavar="N", help="immersion refractive index")
-    src.add_argument("--modality", choices=("widefield", "confocal", "lightsheet"))
+                     help="bead voxel size in micrometres (default: from its TIFF metadata)")
+    src.add_argument("--na", type=_positive_float, help="numerical aperture of the objective")
+    src.add_argument("--wavelength", type=_positive_float, metavar="UM",
+                     help="emission wavelength in micrometres")
+    src.add_argument("--ri", type=_positive_float, metavar="N",
+                     help="refractive index of the immersion medium")
+    src.add_argument("--modality", choices=("widefield", "confocal", "lightsheet"),
+                     help="the microscope's PSF model")
     src.add_argument("--excitation", type=_positive_float, metavar="UM",
-                     help="excitation wavelength (confocal)")
+                     help="excitation wavelength in micrometres, confocal only (default: the "
+                     "emission wavelength)")
     src.add_argument("--pinhole", type=float, default=1.0, metavar="AU",
-                     help="confocal pinhole in Airy units (default 1)")
+                     help="confocal pinhole diameter in Airy units, 0 for a very small pinhole")
     src.add_argument("--sheet-fwhm", type=_positive_float, metavar="UM",
-                     help="light-sheet thickness (FWHM)")
+                     help="light-sheet thickness (FWHM along z) in micrometres, lightsheet only "
+                     "(default: no sheet)")
     _add_stack_geometry(t)
-    t.add_argument("--steps", type=_positive_int, required=True, help="optimiser steps")
-    t.add_argument("--batch-size", type=_positive_int, default=16)
-    t.add_argument("--patch-size", type=_positive_int, default=128, help="patch side in pixels")
-    t.add_argument("--learning-rate", type=_positive_float, default=4e-4)
-    t.add_argument("--loss", choices=("mae", "mse", "laplace"), default="mae")
+    t.add_argument("--steps", type=_positive_int, required=True,
+                   help="optimiser steps in all (with --resume: the new total)")
+    t.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
+                   help="patches per optimiser step")
+    t.add_argument("--patch-size", type=_positive_int, default=128, metavar="PX", help="patch side in pixels (a multiple of 4)")
+    t.add_argument("--learning-rate", type=_positive_float, default=4e-4, metavar="LR",
+                   help="peak Adam learning rate (linear warm-up, then cosine decay)")
+    t.add_argument("--loss", choices=("mae", "mse", "laplace"), default="mae",
+                   help="training loss; laplace also predicts a per-pixel scale")
     t.add_argument("--interpolation", choices=("linear", "cubic"), default="linear",
-                   help="how samples are brought back to the fine grid (training and prediction)")
-    t.add_argument("--photons", type=_positive_float, default=None,
+                   help="how axial samples are brought back to the fine grid (training and "
+                   "prediction)")
+    t.add_argument("--photons", type=_positive_float, default=None, metavar="N",
                    help="simulated photons per unit of normalised intensity (shot noise; "
                    "default: estimated from the stack)")
-    t.add_argument("--read-noise", type=float, default=0.0,
-                   help="simulated read noise, in units of normalised intensity (default: "
-                   "estimated from the stack)")
+    t.add_argument("--read-noise", type=float, default=0.0, metavar="SD",
+                   help="simulated read noise (Gaussian sd) in units of normalised intensity "
+                   "(default: estimated from the stack)")
     t.add_argument("--no-match-noise", action="store_true",
                    help="do not add the stack's estimated noise to the synthetic inputs")
-    t.add_argument("--first-filters", type=_positive_int, default=32,
-                   help="U-Net filters at the first level (CARE: 32)")
+    t.add_argument("--first-filters", type=_positive_int, default=32, metavar="N",
+                   help="U-Net filters at the first level (CARE uses 32)")
     t.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="bfloat16: mixed precision (bfloat16 network, float32 weights; for "
-                   "GPUs and TPUs)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--checkpoint-every", type=_positive_int, default=100, metavar="STEPS")
-    t.add_argument("--resume", action="store_true", help="continue the model folder's training")
+                   help="network arithmetic; bfloat16: mixed precision (bfloat16 network, "
+                   "float32 weights; for GPUs and TPUs)")
+    t.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="random seed of the weights and the training pairs")
+    t.add_argument("--checkpoint-every", type=_positive_int, default=100, metavar="STEPS",
+                   help="steps between checkpoints and validations")
+    t.add_argument("--resume", action="store_true", help="continue the model folder's training from its last checkpoint (same "
+                   "stack, PSF and settings; a larger --steps extends it)")
     cal = t.add_argument_group("PSF self-calibration")
     cal.add_argument("--calibrate-psf", action="store_true",
                      help="learn the PSF from the stack jointly with the network; a PSF source "
                      "is then only the initial guess and may be omitted")
     cal.add_argument("--family", choices=("gaussian", "multi-gaussian", "free"),
-                     default="gaussian", help="PSF parameterisation (default gaussian)")
+                     default="gaussian", help="PSF parameterisation")
     cal.add_argument("--init-fwhm", type=_positive_float, metavar="UM",
                      help="initial axial FWHM in micrometres without a PSF source "
                      "(default: one axial step)")
@@ -397,14 +451,17 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
         "multi-host training (every host runs the same command; see isojax.distributed)")
     mh.add_argument("--distributed", action="store_true",
                     help="join a multi-host job described by JAX_COORDINATOR_ADDRESS, "
-                    "JAX_NUM_PROCESSES, JAX_PROCESS_ID or detected by JAX (SLURM, Open MPI...)")
-    mh.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
-    mh.add_argument("--num-processes", type=_positive_int, metavar="N")
-    mh.add_argument("--process-id", type=int, metavar="I", help="this host's rank, 0..N-1")
+                    "JAX_NUM_PROCESSES, JAX_PROCESS_ID or detected by JAX (SLURM, Open MPI...) "
+                    "(default: one host, unless those variables are set)")
+    mh.add_argument("--coordinator", metavar="HOST:PORT",
+                    help="address of process 0 (default: $JAX_COORDINATOR_ADDRESS)")
+    mh.add_argument("--num-processes", type=_positive_int, metavar="N",
+                    help="number of hosts in the job (default: $JAX_NUM_PROCESSES)")
+    mh.add_argument("--process-id", type=int, metavar="I", help="this host's rank, 0..N-1 (default: $JAX_PROCESS_ID)")
     mh.add_argument("--host-timeout", type=_positive_int, default=60, metavar="S",
                     help="seconds without a heartbeat before a host counts as dead and the "
-                    "others stop (default 60)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+                    "others stop")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     t.set_defaults(func=_cmd_train)
 
     p = commands.add_parser(
@@ -413,14 +470,18 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
         "with the model, fuse the views and write an isotropic float32 TIFF or OME-Zarr. "
         "OME-Zarr inputs or outputs, and stacks larger than the memory budget, are streamed "
         "slab by slab (an uncompressed TIFF input is memory-mapped).")
-    p.add_argument("stack", type=Path, metavar="STACK.tif|STACK.zarr")
-    p.add_argument("--model", type=Path, required=True, metavar="DIR")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.tif|OUT.zarr")
+    p.add_argument("stack", type=Path, metavar="STACK.tif|STACK.zarr",
+                   help="anisotropic stack (z, y, x): TIFF or OME-Zarr 0.5")
+    p.add_argument("--model", type=Path, required=True, metavar="DIR",
+                   help="model folder written by `isojax train`")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.tif|OUT.zarr",
+                   help="the isotropic stack to write: TIFF, or OME-Zarr for a .zarr name")
     _add_stack_geometry(p)
     p.add_argument("--fuse", choices=("mean", "geometric", "xz", "yz"), default="mean",
-                   help="how the XZ and YZ views are combined")
-    p.add_argument("--batch-size", type=_positive_int, default=None,
-                   help="slices per network call (default: from a memory budget)")
+                   help="how the XZ and YZ views are combined (geometric: their geometric mean; "
+                   "xz, yz: one view only)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                   help="slices per network call (default: from the memory budget)")
     p.add_argument("--tile", type=_positive_int, default=None, metavar="PX",
                    help="tile slices larger than this (pixels), overlapping by twice the "
                    "network's reach (default: whole slices, or tiles chosen to fit the memory "
@@ -433,7 +494,7 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
                    "1 GB per slab when streaming)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing streamed output (OME-Zarr or BigTIFF)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
 
     c = commands.add_parser(
@@ -441,23 +502,30 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
         description="Self-calibrate the additional axial PSF from STACK: degraded XY lines "
         "must match the spectrum of the observed Z lines. Writes the PSF TIFF, a JSON report "
         "and a PNG of the spectra and the profile.")
-    c.add_argument("stack", type=Path, metavar="STACK.tif")
-    c.add_argument("-o", "--output", type=Path, required=True, metavar="AXIAL.tif")
-    c.add_argument("--family", choices=("gaussian", "multi-gaussian", "free"), default="gaussian")
+    c.add_argument("stack", type=Path, metavar="STACK.tif", help="anisotropic stack TIFF (z, y, x)")
+    c.add_argument("-o", "--output", type=Path, required=True, metavar="AXIAL.tif",
+                   help="the 2D PSF TIFF to write; a .json report and a .png are written "
+                   "beside it")
+    c.add_argument("--family", choices=("gaussian", "multi-gaussian", "free"), default="gaussian",
+                   help="PSF parameterisation: one Gaussian, a sum of Gaussians, or a free "
+                   "non-negative profile")
     c.add_argument("--init-fwhm", type=_positive_float, metavar="UM",
                    help="initial axial FWHM in micrometres (default: one axial step)")
     _add_stack_geometry(c)
-    c.add_argument("--steps", type=_positive_int, default=40, help="L-BFGS iterations")
+    c.add_argument("--steps", type=_positive_int, default=40, metavar="N",
+                   help="L-BFGS iterations of the fit")
     c.set_defaults(func=_cmd_calibrate)
 
     d = commands.add_parser(
         "demo", help="simulate, derive the PSF, train, predict and score",
         description="The whole pipeline on a simulated stack with known ground truth; prints "
         "PSNR and SSIM of linear interpolation and isojax and draws orthogonal views.")
-    d.add_argument("--out", type=Path, default=Path("isojax-demo"), metavar="DIR")
-    d.add_argument("--steps", type=_positive_int, default=300)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--out", type=Path, default=Path("isojax-demo"), metavar="DIR",
+                   help="folder for the simulated stack, the model, the restoration and the "
+                   "pictures")
+    d.add_argument("--steps", type=_positive_int, default=300, metavar="N", help="training steps")
+    d.add_argument("--seed", type=int, default=0, metavar="N", help="random seed of the simulation and training")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_cmd_demo)
 
 

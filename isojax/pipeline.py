@@ -23,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from isojax.errors import IsojaxInputError
+from isojax.errors import IsojaxInputError, log_to_stderr
 
 Log = Callable[[str], None]
 
 
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)
+_stderr = log_to_stderr
 
 
 def _warn_to(log: Log, caught) -> None:

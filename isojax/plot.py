@@ -47,7 +47,7 @@ def save_psf_png(
     from matplotlib.figure import Figure
 
     scale = pixel_size if pixel_size is not None else 1.0
-    unit = "µm" if pixel_size is not None else "px"
+    unit = "um" if pixel_size is not None else "px"
     peak = np.unravel_index(int(np.argmax(psf)), psf.shape)
     lateral = (np.arange(psf.shape[0]) - psf.shape[0] // 2) * scale
     axial = (np.arange(psf.shape[1]) - psf.shape[1] // 2) * scale

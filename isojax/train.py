@@ -40,7 +40,7 @@ import numpy as np
 import optax
 
 from isojax import synth
-from isojax.errors import IsojaxInputError
+from isojax.errors import IsojaxInputError, log_to_stderr
 from isojax.unet import CPU_COMPILER_OPTIONS, UNetConfig, apply_unet, init_unet
 
 FORMAT = 1  # version of the model-folder layout; bump when it changes incompatibly
@@ -558,7 +558,7 @@ def train(
     from isojax.plot import save_loss_png
 
     main = distributed.is_main_process()  # only process 0 writes files and messages
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    log = log or log_to_stderr
     if not main:
         log, progress = (lambda msg: None), False
     net = net or UNetConfig()
