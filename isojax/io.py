@@ -1011,8 +1011,7 @@ def check_outputs(
 
     Args:
       outputs: every file or folder the command writes, companion files included (a PSF's
-        ``.png``, a calibration's ``.json``). A path ending in ``.zarr`` is a folder; any
-        other is a file, and an existing folder there is refused.
+        ``.png``, a calibration's ``.json``), or a folder it writes into (a model folder).
       inputs: what the command reads: a mapping from what it is (``"stack"``,
         ``"model folder"``) to its path, or a sequence of paths; None values and paths that
         do not exist are skipped.
@@ -1025,7 +1024,7 @@ def check_outputs(
     Raises:
       IsojaxInputError: an output is an input, lies inside an input folder or holds an
         input; two outputs are the same file; an output's folder is missing or not
-        writable; a file output is a folder; an output exists and ``overwrite`` is False.
+        writable; an output exists and ``overwrite`` is False.
         The message says what to do.
     """
     named = list(inputs.items()) if hasattr(inputs, "items") else [("input", p) for p in inputs]
@@ -1054,8 +1053,6 @@ def check_outputs(
                     "file): choose an output whose name ends in .tif")
     for out in outs:
         _check_folder_writable(out)
-        if out.is_dir() and out.suffix.lower() not in _ZARR_SUFFIXES:
-            raise IsojaxInputError(f"{out}: cannot write, it is a folder; choose a file name")
         if os.path.lexists(out) and not overwrite:
             check_new_output(out, overwrite=False)
             raise IsojaxInputError(  # a dangling symbolic link
