@@ -1043,8 +1043,8 @@ def check_outputs(
                     "isojax never writes into its input")
             if _within(inp, out):
                 raise IsojaxInputError(
-                    f"the input {what} {inp} is inside the output {out}, which would be "
-                    "replaced: choose another output; isojax never writes over its input")
+                    f"the input {what} {inp} is inside the output folder {out}: choose another "
+                    "output; isojax never writes over or into its input")
     for k, out in enumerate(outs):
         for other in outs[:k]:
             if _same_file(out, other):
