@@ -1084,6 +1084,7 @@ def _partial_patterns(name: str) -> tuple[re.Pattern, ...]:
         re.compile(rf"\.{n}\.partial-{who}\.tmp"),  # atomic_write
         re.compile(rf"{n}\.(?:partial|scratch)-{_OLD_RANDOM}"),  # the same, older isojax
         re.compile(rf"\.{n}\.{_OLD_RANDOM}\.tmp"),
+        re.compile(rf"{n}\.old-{who}"),  # staged_output: the output being replaced
     )
 
 
@@ -1115,12 +1116,16 @@ def remove_stale_partials(path: str | os.PathLike, *, log=None) -> list[Path]:
     the end of a batch job's time) leaves that temporary name behind:
     ``<name>.partial-<host>-<pid>-<random>`` (streamed predictions, OME-Zarr),
     ``<name>.scratch-<host>-<pid>-<random>`` (a streamed prediction's scratch store) or
-    ``.<name>.partial-<host>-<pid>-<random>.tmp`` (TIFF, PNG, JSON files).
+    ``.<name>.partial-<host>-<pid>-<random>.tmp`` (TIFF, PNG, JSON files); and, while an
+    existing output is replaced with ``overwrite``, the old one is moved aside to
+    ``<name>.old-<host>-<pid>-<random>`` and then deleted.
 
     A partial of ``path`` whose writer ran on this host and is no longer running is removed,
     with a log line saying so. One that may still be in use (its process is running, it
     comes from another host, or it has an older name without a process id) is left, with a
-    warning that says how to remove it. Nothing else is ever removed.
+    warning that says how to remove it. A previous output moved aside is removed only when
+    its writer is dead and the new output is in place; if the output is missing, the warning
+    says how to restore it. Nothing else is ever removed.
 
     Args:
       path: the output about to be written.
@@ -1136,9 +1141,13 @@ def remove_stale_partials(path: str | os.PathLike, *, log=None) -> list[Path]:
         names = sorted(os.listdir(folder))
     except OSError:
         return []
-    new, new_tmp, old, old_tmp = _partial_patterns(path.name)
+    new, new_tmp, old, old_tmp, replaced = _partial_patterns(path.name)
     host, removed = _host(), []
     for name in names:
+        aside = replaced.fullmatch(name)
+        if aside is not None:
+            _previous_output(path, folder / name, aside, host, removed, log)
+            continue
         match = new.fullmatch(name) or new_tmp.fullmatch(name)
         if match is None and not (old.fullmatch(name) or old_tmp.fullmatch(name)):
             continue
@@ -1161,6 +1170,32 @@ def remove_stale_partials(path: str | os.PathLike, *, log=None) -> list[Path]:
         log(f"warning: {partial} is a partial output of {path.name} left by {who}; if no "
             f"other isojax is writing {path}, remove it: rm -r '{partial}'")
     return removed
+
+
+def _previous_output(path: Path, aside: Path, match, host: str, removed: list, log) -> None:
+    """An output that :class:`staged_output` moved aside to replace it, left by a killed writer.
+
+    Removed only when its writer is dead and the new output is in place (it was being
+    deleted); else left with a warning (how to restore it when the output is missing).
+    """
+    pid, dead = match["pid"], match["host"] == host and not _pid_running(int(match["pid"]))
+    if dead and os.path.lexists(path):
+        _remove(aside)
+        removed.append(aside)
+        log(f"removed {aside}: the previous {path.name}, replaced by isojax process {pid} on "
+            "this host, which stopped while deleting it")
+        return
+    if str(aside) in _REPORTED:
+        return
+    _REPORTED.add(str(aside))
+    if not os.path.lexists(path):
+        log(f"warning: {aside} is the previous {path.name}, moved aside by isojax process {pid} "
+            f"to be replaced, and {path} is missing: if no isojax is writing it, restore it: "
+            f"mv '{aside}' '{path}'")
+    else:
+        log(f"warning: {aside} is a previous {path.name} being replaced by isojax process {pid} "
+            f"on host {match['host']}; if no other isojax is writing {path}, remove it: "
+            f"rm -r '{aside}'")
 
 
 class staged_output:  # lower case: used as a context manager, like open
@@ -1219,7 +1254,7 @@ class staged_output:  # lower case: used as a context manager, like open
         if temp.is_file() and not path.is_dir():
             os.replace(temp, path)
             return
-        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{path.name}.old-"))
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{path.name}.{_partial_tag('old')}-"))
         old.rmdir()
         os.rename(path, old)
         try:

@@ -323,3 +323,40 @@ def test_partials_that_may_be_in_use_are_left_with_a_warning(tmp_path):
     assert any("host elsewhere.cluster" in line and f"rm -r '{other_host}'" in line
                for line in lines)
     assert any("older isojax" in line and f"rm -r '{old_style}'" in line for line in lines)
+
+
+def test_a_previous_output_moved_aside_by_a_killed_writer(tmp_path):
+    import subprocess
+    import sys
+
+    from isojax.io import _host, remove_stale_partials
+
+    # a real process that has exited: its pid is no longer running
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = int(done.stdout)
+    out = tmp_path / "out.zarr"
+    aside = tmp_path / f"out.zarr.old-{_host()}-{dead}-abcd1234"
+    aside.mkdir()
+    (aside / "zarr.json").write_text("the user's previous result")
+    # killed between moving the old output aside and renaming the new one into place: the
+    # output is missing, so the old one is kept and the warning says how to restore it
+    lines = []
+    assert remove_stale_partials(out, log=lines.append) == []
+    assert (aside / "zarr.json").read_text() == "the user's previous result"
+    assert len(lines) == 1
+    assert f"mv '{aside}' '{out}'" in lines[0]
+    # killed while deleting the old output, the new one in place: the old one goes
+    out.mkdir()
+    lines = []
+    assert remove_stale_partials(out, log=lines.append) == [aside]
+    assert not aside.exists()
+    assert "removed" in lines[0]
+    assert out.is_dir()
+    # one whose writer still runs is left
+    live = tmp_path / f"out.zarr.old-{_host()}-{os.getpid()}-abcd1234"
+    live.mkdir()
+    lines = []
+    assert remove_stale_partials(out, log=lines.append) == []
+    assert live.is_dir()
+    assert f"rm -r '{live}'" in lines[0]
