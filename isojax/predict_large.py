@@ -371,7 +371,8 @@ def predict_large(
 
     Raises:
       IsojaxInputError: unreadable or unsupported input (e.g. a compressed TIFF), no way to
-        know ``subsample``, an existing output without ``overwrite``.
+        know ``subsample``, an existing output without ``overwrite``, an output that is the
+        input or lies inside it (:func:`isojax.io.check_outputs`).
       ValueError: bad options, NaN or inf voxels, a constant stack, or ``apply_fn`` changing
         the batch shape. Whatever fails, nothing is left at ``output_path`` (nor temporary
         files next to it).
