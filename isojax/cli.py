@@ -83,15 +83,28 @@ def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
         print(f"{WARNING_PREFIX}{item.message}", file=sys.stderr)
 
 
-def _write_psf_outputs(output: Path, psf2d, pixel_size: float, title: str) -> None:
+def _check_psf_outputs(args: argparse.Namespace, inputs: dict) -> Path:
+    """Refuse, before any work, a PSF TIFF or PNG that exists (without --overwrite) or that
+    is an input."""
+    from isojax.io import check_outputs, check_writable
+
+    output = check_writable(args.output)
+    check_writable(_png_path(output))
+    check_outputs([output, _png_path(output)], inputs=inputs, overwrite=args.overwrite,
+                  log=lambda msg: print(f"isojax: {msg}", file=sys.stderr))
+    return output
+
+
+def _write_psf_outputs(output: Path, psf2d, pixel_size: float, title: str, *,
+                       overwrite: bool = False) -> None:
     """Write the 2D PSF TIFF and its PNG; if the PNG fails, remove the TIFF too."""
     from isojax.io import write_tiff
     from isojax.plot import save_psf_png
 
     png = _png_path(output)
-    write_tiff(output, psf2d, pixel_size=pixel_size)
+    write_tiff(output, psf2d, pixel_size=pixel_size, overwrite=overwrite)
     try:
-        save_psf_png(png, psf2d, pixel_size=pixel_size, title=title)
+        save_psf_png(png, psf2d, pixel_size=pixel_size, title=title, overwrite=overwrite)
     except BaseException:
         output.unlink(missing_ok=True)
         raise
@@ -106,11 +119,10 @@ def _fmt(values, digits: int = 3) -> str:
 
 
 def _cmd_psf_axial(args: argparse.Namespace) -> int:
-    from isojax.io import check_writable, read_tiff, require_spacing
+    from isojax.io import read_tiff, require_spacing
     from isojax.psf import axial_psf, check_psf, process_bead
 
-    output = check_writable(args.output)
-    check_writable(_png_path(output))
+    output = _check_psf_outputs(args, {"bead stack": args.bead})
     stack, spacing, source = read_tiff(args.bead, spacing=args.spacing)
     if stack.ndim != 3:
         raise IsojaxInputError(
@@ -135,16 +147,15 @@ def _cmd_psf_axial(args: argparse.Namespace) -> int:
     print(f"  before: FWHM lateral {info['fwhm_input_um'][0]:.3g} um, axial "
           f"{info['fwhm_input_um'][1]:.3g} um; after: lateral {info['fwhm_um'][0]:.3g} um, "
           f"axial {info['fwhm_um'][1]:.3g} um; shape {report.shape} (lateral, axial)")
-    _write_psf_outputs(output, psf2d, args.pixel_size, f"Additional axial PSF from {args.bead}")
+    _write_psf_outputs(output, psf2d, args.pixel_size, f"Additional axial PSF from {args.bead}",
+                       overwrite=args.overwrite)
     return EXIT_OK
 
 
 def _cmd_psf_theory(args: argparse.Namespace) -> int:
-    from isojax.io import check_writable
     from isojax.psf import check_psf, theoretical_axial_psf
 
-    output = check_writable(args.output)
-    check_writable(_png_path(output))
+    output = _check_psf_outputs(args, {})
     psf2d, info = theoretical_axial_psf(
         na=args.na, wavelength_um=args.wavelength, ri=args.ri, modality=args.modality,
         pixel_size=args.pixel_size, excitation_um=args.excitation, pinhole_au=args.pinhole,
@@ -157,7 +168,8 @@ def _cmd_psf_theory(args: argparse.Namespace) -> int:
     print(f"  additional axial PSF: Gaussian of sigma sqrt(sz^2 - sxy^2) = "
           f"{info['sigma_additional_um']:.4g} um = {info['sigma_additional_px']:.3g} px at "
           f"{args.pixel_size:g} um, shape {report.shape} (lateral, axial)")
-    _write_psf_outputs(output, psf2d, args.pixel_size, f"Additional axial PSF ({args.modality})")
+    _write_psf_outputs(output, psf2d, args.pixel_size, f"Additional axial PSF ({args.modality})",
+                       overwrite=args.overwrite)
     return EXIT_OK
 
 
@@ -204,6 +216,8 @@ def _add_psf_commands(commands: argparse._SubParsersAction) -> None:
                        help="central planes to use: both (their average), xz or yz (default: both)")
     axial.add_argument("--iterations", type=int, default=50, metavar="N",
                        help="Richardson-Lucy deconvolution iterations (an early stop may use fewer)")
+    axial.add_argument("--overwrite", action="store_true",
+                       help="replace an existing AXIAL.tif and its .png (never the bead stack)")
     axial.set_defaults(func=_cmd_psf_axial)
 
     theory = psf_commands.add_parser(
@@ -231,6 +245,8 @@ def _add_psf_commands(commands: argparse._SubParsersAction) -> None:
     theory.add_argument("-o", "--output", type=Path, required=True, metavar="AXIAL.tif",
                         help="the 2D PSF TIFF to write (float32, with its pixel size; a PNG "
                         "of its profiles is written beside it)")
+    theory.add_argument("--overwrite", action="store_true",
+                        help="replace an existing AXIAL.tif and its .png")
     theory.set_defaults(func=_cmd_psf_theory)
 
     check = psf_commands.add_parser(
@@ -327,6 +343,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         subsample=args.subsample,
         spacing=args.spacing,
         steps=args.steps,
+        overwrite=args.overwrite,
     )
     return EXIT_OK
 
@@ -354,7 +371,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from isojax.pipeline import demo
 
-    demo(args.out, seed=args.seed, steps=args.steps, progress=not args.quiet)
+    demo(args.out, seed=args.seed, steps=args.steps, overwrite=args.overwrite,
+         progress=not args.quiet)
     return EXIT_OK
 
 
@@ -493,7 +511,8 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
                    "more in memory is streamed slab by slab (default: half the RAM to decide, "
                    "1 GB per slab when streaming)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing streamed output (OME-Zarr or BigTIFF)")
+                   help="replace an existing output (TIFF, BigTIFF or OME-Zarr), once the new "
+                   "one is complete; never the input stack or the model folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
 
@@ -514,6 +533,8 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
     _add_stack_geometry(c)
     c.add_argument("--steps", type=_positive_int, default=40, metavar="N",
                    help="L-BFGS iterations of the fit")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace an existing AXIAL.tif and its .json and .png (never the stack)")
     c.set_defaults(func=_cmd_calibrate)
 
     d = commands.add_parser(
@@ -525,6 +546,9 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
                    "pictures")
     d.add_argument("--steps", type=_positive_int, default=300, metavar="N", help="training steps")
     d.add_argument("--seed", type=int, default=0, metavar="N", help="random seed of the simulation and training")
+    d.add_argument("--overwrite", action="store_true",
+                   help="write into an existing, non-empty DIR, replacing the demo's own files "
+                   "(stack.tif, model/, isojax.tif, ...); other files are kept")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_cmd_demo)
 

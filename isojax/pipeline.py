@@ -229,6 +229,7 @@ def train_file(
     from isojax.train import TrainConfig, train
     from isojax.unet import UNetConfig
 
+    _check_model_folder(model, inputs={"stack": stack_path, "PSF": psf, "bead stack": bead})
     stack, sp, s, how = stack_geometry(stack_path, spacing=spacing, subsample=subsample)
     log(f"stack {stack_path}: shape {stack.shape} (z, y, x), subsample {s:.4g} from {how}")
     pixel = None if sp is None else float(sp[2])
@@ -289,6 +290,25 @@ def train_file(
     return summary
 
 
+def _check_model_folder(model, *, inputs: dict) -> None:
+    """Refuse a ``--model`` folder that is, holds or lies inside an input, or is not a model.
+
+    An existing model (``config.json``) is left to :func:`isojax.train.train` (``resume``).
+    """
+    from isojax.io import check_outputs
+
+    model = Path(model)
+    check_outputs([model], inputs=inputs, overwrite=True)
+    if model.exists() and not model.is_dir():
+        raise IsojaxInputError(
+            f"{model} is a file, not a model folder: choose a new folder for --model")
+    if model.is_dir() and not (model / "config.json").exists() and any(model.iterdir()):
+        raise IsojaxInputError(
+            f"{model} holds other files and no isojax model (no config.json): choose a new or "
+            "empty folder for --model; isojax writes config.json, psf.tif, metrics and "
+            "checkpoints there")
+
+
 def _um_to_px(value_um: float | None, pixel: float | None, name: str) -> float | None:
     if value_um is None:
         return None
@@ -299,7 +319,8 @@ def _um_to_px(value_um: float | None, pixel: float | None, name: str) -> float |
     return float(value_um) / pixel
 
 
-def _save_calibration_png(path: Path, report, pixel_size: float | None) -> None:
+def _save_calibration_png(path: Path, report, pixel_size: float | None, *,
+                          overwrite: bool = True) -> None:
     from isojax.io import atomic_write, check_writable
 
     path = check_writable(path)
@@ -326,7 +347,7 @@ def _save_calibration_png(path: Path, report, pixel_size: float | None) -> None:
     ax_p.set_title(f"{report.family}: FWHM {report.fwhm_px:.3g} px")
     ax_p.grid(alpha=0.3)
     fig.suptitle(f"PSF self-calibration, objective {report.loss:.3g}")
-    atomic_write(path, lambda temp: fig.savefig(temp, format="png", dpi=100))
+    atomic_write(path, lambda temp: fig.savefig(temp, format="png", dpi=100), overwrite=overwrite)
 
 
 def calibrate_file(
@@ -338,6 +359,7 @@ def calibrate_file(
     subsample: float | None = None,
     spacing: Sequence[float] | None = None,
     steps: int = 40,
+    overwrite: bool = False,
     log: Log = _stderr,
 ) -> dict:
     """``isojax calibrate``: learn the additional axial PSF from a stack and write it.
@@ -345,7 +367,8 @@ def calibrate_file(
     Writes ``output`` (the 2D ``(lateral, axial)`` PSF, float32, pixel size in the
     metadata), ``output`` with ``.json`` (widths in pixels and micrometres, the objective's
     final value, the fit's trajectory) and ``.png`` (observed and synthetic spectra, the
-    PSF profile). Nothing is written if anything fails.
+    PSF profile). Nothing is written if anything fails; nothing is written unless all three
+    outputs may be (:func:`isojax.io.check_outputs`).
 
     Args:
       stack_path: the anisotropic stack TIFF.
@@ -355,19 +378,26 @@ def calibrate_file(
       subsample: anisotropy factor; refused if it contradicts the voxel size by > 2%.
       spacing: voxel size ``(dz, dy, dx)`` in micrometres, overriding the metadata.
       steps: L-BFGS iterations.
+      overwrite: replace existing outputs (never the stack).
 
     Returns:
       The JSON report as a dict.
+
+    Raises:
+      IsojaxInputError: bad stack or options; an output exists and ``overwrite`` is False;
+        an output is the stack.
     """
     import json
 
     from isojax.calibrate import fit_psf
-    from isojax.io import atomic_write, check_writable, write_tiff
+    from isojax.io import atomic_write, check_outputs, check_writable, write_tiff
 
     output = check_writable(output)
     json_path, png_path = output.with_suffix(".json"), output.with_suffix(".png")
     check_writable(json_path)
     check_writable(png_path)
+    check_outputs([output, json_path, png_path], inputs={"stack": stack_path},
+                  overwrite=overwrite, log=log)
     stack, sp, s, how = stack_geometry(
         stack_path, spacing=spacing, subsample=subsample, on_conflict="error"
     )
@@ -384,11 +414,13 @@ def calibrate_file(
     summary.update(stack=str(stack_path), subsample_from=how, psf_file=output.name)
     written = []
     try:
-        atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+        atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"),
+                     overwrite=overwrite)
         written.append(json_path)
-        _save_calibration_png(png_path, report, pixel)
+        _save_calibration_png(png_path, report, pixel, overwrite=overwrite)
         written.append(png_path)
-        write_tiff(output, np.asarray(psf.dense(), np.float32), pixel_size=pixel)
+        write_tiff(output, np.asarray(psf.dense(), np.float32), pixel_size=pixel,
+                   overwrite=overwrite)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
@@ -438,16 +470,22 @@ def predict_file(
     (:func:`isojax.predict_large.predict_large`) when the input or the output is an
     OME-Zarr (``.zarr``), or when the in-memory prediction would need more than
     ``memory_budget`` bytes (default: half the physical memory); the output is then an
-    OME-Zarr or a BigTIFF, an existing output is replaced only with ``overwrite``, and a
-    :class:`isojax.predict_large.LargePrediction` summary is returned.
+    OME-Zarr or a BigTIFF, and a :class:`isojax.predict_large.LargePrediction` summary is
+    returned.
+
+    Whatever the format, an existing output is replaced only with ``overwrite``, and the
+    output is never the stack, nor inside the model folder or an input ``.zarr``
+    (:func:`isojax.io.check_outputs`, before any work).
     """
-    from isojax.io import check_writable, write_tiff
+    from isojax.io import check_outputs, check_writable, write_tiff
     from isojax.predict import predict_stack
     from isojax.train import load_model
 
     if memory_budget is not None and memory_budget < 1:
         raise IsojaxInputError(f"the memory budget must be positive, got {memory_budget} bytes")
     output = Path(output)
+    check_outputs([output], inputs={"stack": stack_path, "model folder": model},
+                  overwrite=overwrite, log=log)
     apply_fn, meta = load_model(model)
     if _stream_prediction(stack_path, output, float(meta["subsample"]), memory_budget):
         return _predict_file_large(
@@ -493,7 +531,7 @@ def predict_file(
     elapsed = time.perf_counter() - t0
     out_spacing = None if sp is None else (sp[0] / s, sp[1], sp[2])
     data = _cast(volume, stack.dtype) if keep_dtype else volume.astype(np.float32)
-    write_tiff(output, data, spacing=out_spacing, dtype=data.dtype)
+    write_tiff(output, data, spacing=out_spacing, dtype=data.dtype, overwrite=overwrite)
     log(
         f"wrote {output}: shape {data.shape}, {data.dtype}, voxel size "
         f"{'unknown' if out_spacing is None else ', '.join(f'{v:.4g}' for v in out_spacing)} um; "
@@ -553,10 +591,9 @@ def _predict_file_large(
     tile, keep_dtype, memory_budget, overwrite, progress, log,
 ):
     """The streaming branch of :func:`predict_file` (see there)."""
-    from isojax.io import check_new_output, open_volume
+    from isojax.io import open_volume
     from isojax.predict_large import predict_large
 
-    check_new_output(output, overwrite=overwrite)
     volume = open_volume(stack_path, spacing=spacing)
     sp = volume.spacing
     if volume.shape[0] < 2:
@@ -643,6 +680,11 @@ def _simulated_bead(key, *, sigma_lateral_px, sigma_axial_px, pixel_size, z_step
     return (np.asarray(bead) * 1000).astype(np.float32), spacing
 
 
+#: What :func:`demo` writes into its folder; with ``overwrite`` only these are replaced.
+DEMO_FILES = ("stack.tif", "truth.tif", "bead.tif", "psf.tif", "psf.png", "model/",
+              "isojax.tif", "linear.tif", "views.png", "scores.json")
+
+
 def demo(
     out: str | os.PathLike = "isojax-demo",
     *,
@@ -653,6 +695,7 @@ def demo(
     batch_size: int = 8,
     patch_size: int = 64,
     first_filters: int = 16,
+    overwrite: bool = False,
     progress: bool = True,
     log: Log = _stderr,
 ) -> dict:
@@ -672,10 +715,16 @@ def demo(
 
     Writes into ``out``: ``stack.tif`` (anisotropic input), ``truth.tif``, ``bead.tif``,
     ``psf.tif``/``psf.png``, ``model/``, ``isojax.tif``, ``linear.tif``, ``views.png``,
-    ``scores.json``.
+    ``scores.json`` (:data:`DEMO_FILES`). An existing ``out`` that is not empty is refused
+    unless ``overwrite``; then only these files are replaced and any other file in ``out``
+    is kept.
 
     Returns:
       The scores: PSNR and SSIM of linear interpolation and of isojax.
+
+    Raises:
+      IsojaxInputError: ``out`` is a file, or a folder that is not empty and ``overwrite``
+        is False.
     """
     import json
 
@@ -688,6 +737,12 @@ def demo(
 
     t_start = time.perf_counter()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise IsojaxInputError(f"{out} is a file: choose a folder for the demo's outputs (--out)")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise IsojaxInputError(
+            f"{out} exists and is not empty; pass --overwrite to replace the demo's own files "
+            f"in it ({', '.join(DEMO_FILES)}; other files are kept), or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     k_spec, k_bead = jax.random.split(jax.random.key(seed))
     sxy, sz, pixel = 1.0, 3.0, 0.1
@@ -745,7 +800,8 @@ def demo(
     )
     log("4/4 predicting and scoring")
     pred = predict_file(
-        out / "stack.tif", model=model, output=out / "isojax.tif", progress=progress, log=log
+        out / "stack.tif", model=model, output=out / "isojax.tif", overwrite=True,
+        progress=progress, log=log,
     )
     linear = np.asarray(upsample_z(stack, subsample))
     write_tiff(out / "linear.tif", linear, spacing=acq.spacing_fine)

@@ -19,6 +19,7 @@ def save_psf_png(
     *,
     pixel_size: float | None = None,
     title: str = "Additional axial PSF",
+    overwrite: bool = True,
 ) -> Path:
     """Save an image of a 2D ``(lateral, axial)`` PSF and its profiles through the peak.
 
@@ -32,12 +33,15 @@ def save_psf_png(
       psf2d: 2D array, axes ``(lateral, axial)``.
       pixel_size: pixel size in micrometres on both axes, or None.
       title: figure title.
+      overwrite: replace an existing ``path`` (default); with False it is refused, also
+        one that appeared meanwhile.
 
     Returns:
       The path written.
 
     Raises:
-      IsojaxInputError: the array is not 2D or not finite, or the folder is not writable.
+      IsojaxInputError: the array is not 2D or not finite, or the folder is not writable,
+        or ``path`` exists and ``overwrite`` is False.
     """
     path = check_writable(path)
     psf = np.asarray(psf2d, dtype=np.float64)
@@ -70,7 +74,8 @@ def save_psf_png(
     ax_prof.legend()
     ax_prof.grid(alpha=0.3)
     fig.suptitle(title)
-    return atomic_write(path, lambda temp: fig.savefig(temp, format="png", dpi=100))
+    return atomic_write(path, lambda temp: fig.savefig(temp, format="png", dpi=100),
+                        overwrite=overwrite)
 
 
 def _figure(figsize):

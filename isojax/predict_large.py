@@ -24,8 +24,10 @@ normalised, upsampled, result, read-back; see :func:`slab_lines`).
 
 Outputs are OME-Zarr 0.5 (Zarr v3 through tensorstore) or an uncompressed BigTIFF with
 OME-XML, both with the isotropic voxel size ``(dz / subsample, dy, dx)``. They are written
-under a temporary sibling name (``OUT.partial-<random>``) and renamed into place only when
-complete; an existing output is replaced only with ``overwrite=True``.
+under a temporary sibling name (``OUT.partial-<host>-<pid>-<random>``) and renamed into place
+only when complete; an existing output is replaced only with ``overwrite=True``, and never one
+that is the input (:func:`isojax.io.check_outputs`). The partials of a writer killed meanwhile
+are removed by the next write of the same output (:func:`isojax.io.remove_stale_partials`).
 
 With several devices (``jax.devices()``), each batch of slices is split over a 1D mesh
 ``("data",)`` with :class:`jax.sharding.NamedSharding`; the result is the same as on one
@@ -49,7 +51,8 @@ import numpy as np
 from isojax.errors import IsojaxInputError
 from isojax.forward import Interpolation
 from isojax.io import (
-    check_new_output,
+    _partial_tag,
+    check_outputs,
     create_volume,
     open_volume,
     staged_output,
@@ -289,7 +292,7 @@ def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _scratch_volume(parent: Path, name: str, shape, chunks):
-    folder = Path(tempfile.mkdtemp(dir=parent, prefix=f"{name}.scratch-"))
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=f"{name}.{_partial_tag('scratch')}-"))
     return folder, create_volume(
         folder / "xz.zarr", shape, np.float32, spacing=None, format="zarr", chunks=chunks
     )
@@ -368,7 +371,8 @@ def predict_large(
 
     Raises:
       IsojaxInputError: unreadable or unsupported input (e.g. a compressed TIFF), no way to
-        know ``subsample``, an existing output without ``overwrite``.
+        know ``subsample``, an existing output without ``overwrite``, an output that is the
+        input or lies inside it (:func:`isojax.io.check_outputs`).
       ValueError: bad options, NaN or inf voxels, a constant stack, or ``apply_fn`` changing
         the batch shape. Whatever fails, nothing is left at ``output_path`` (nor temporary
         files next to it).
@@ -395,10 +399,8 @@ def predict_large(
 
     output_path = Path(output_path)
     out_format = volume_format(output_path)
-    check_new_output(output_path, overwrite=overwrite)
+    check_outputs([output_path], inputs={"stack": input_path}, overwrite=overwrite)
     volume = open_volume(input_path, spacing=spacing)
-    if Path(input_path).absolute() == output_path.absolute():
-        raise IsojaxInputError(f"{output_path}: the output would replace the input")
     n_z, n_y, n_x = volume.shape
     if n_z < 2:
         raise IsojaxInputError(

@@ -153,3 +153,83 @@ def test_python_dash_m_isojax(tmp_path):
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 1
     assert "no such file" in _one_error_line(bad.stderr)
+
+
+# ----------------------------------------------------------------------------------------
+# Outputs never overwrite a user's data
+
+THEORY = ["psf", "theory", "--wavelength", "0.5", "--ri", "1.33", "--modality", "widefield",
+          "--pixel-size", "0.1"]
+
+
+def _contents(folder: Path) -> dict:
+    return {p.name: p.read_bytes() if p.is_file() else None for p in sorted(folder.iterdir())}
+
+
+def test_theory_refuses_an_existing_output_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "axial.tif"
+    assert main([*THEORY, "--na", "1.0", "-o", str(out)]) == 0
+    capsys.readouterr()
+    before = _contents(tmp_path)
+    assert sorted(before) == ["axial.png", "axial.tif"]
+    assert main([*THEORY, "--na", "0.8", "-o", str(out)]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "axial.tif already exists; pass --overwrite" in line
+    assert _contents(tmp_path) == before  # both files byte-identical, nothing else written
+    # the PNG alone is an output too: the TIFF is not written either
+    out.unlink()
+    assert main([*THEORY, "--na", "0.8", "-o", str(out)]) == 1
+    assert "axial.png already exists" in _one_error_line(capsys.readouterr().err)
+    assert sorted(_contents(tmp_path)) == ["axial.png"]
+    # with --overwrite both are replaced by the new PSF
+    assert main([*THEORY, "--na", "1.0", "-o", str(out)]) == 1
+    capsys.readouterr()
+    assert main([*THEORY, "--na", "0.8", "--overwrite", "-o", str(out)]) == 0
+    psf, _, _ = read_tiff(out)
+    s = theoretical_sigmas(na=0.8, wavelength_um=0.5, ri=1.33, modality="widefield")
+    expected_px = math.sqrt(s.axial_um**2 - s.lateral_um**2) / 0.1
+    assert fwhm(psf[0]) == pytest.approx(FWHM_PER_SIGMA * expected_px, rel=0.02)
+    assert out.with_suffix(".png").read_bytes() != before["axial.png"]
+    assert sorted(_contents(tmp_path)) == ["axial.png", "axial.tif"]
+
+
+@pytest.mark.parametrize("how", ["same path", "symlink", "hard link", "dot-dot", "relative"])
+def test_axial_never_writes_over_the_bead(tmp_path, psf_data, capsys, monkeypatch, how):
+    bead = tmp_path / "bead.tif"
+    bead.write_bytes((psf_data / "lattice_bead_crop.tif").read_bytes())
+    (tmp_path / "sub").mkdir()
+    out = {"same path": bead, "symlink": tmp_path / "link.tif", "hard link": tmp_path / "hard.tif",
+           "dot-dot": tmp_path / "sub" / ".." / "bead.tif", "relative": Path("bead.tif")}[how]
+    if how == "symlink":
+        out.symlink_to(bead)
+    elif how == "hard link":
+        os.link(bead, out)
+    monkeypatch.chdir(tmp_path)
+    before = _contents(tmp_path)
+    code = main(["psf", "axial", str(bead), "--pixel-size", "0.101", "--spacing", "0.1", "0.101",
+                 "0.101", "-o", str(out), "--overwrite"])
+    assert code == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "is the input bead stack" in line
+    assert "never writes over its input" in line
+    assert _contents(tmp_path) == before
+
+
+def test_psf_output_cleans_up_after_a_killed_writer(tmp_path, start_writer, capsys):
+    out = tmp_path / "axial.tif"
+    proc, partial = start_writer("file", out)  # a write of axial.tif, to be killed half-way
+    alive, in_use = start_writer("file", out)  # another one, still writing
+    proc.kill()
+    proc.wait()
+    assert Path(partial).exists()
+    assert main([*THEORY, "--na", "1.0", "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert not Path(partial).exists()
+    assert f"removed {partial}" in err
+    assert f"process {proc.pid} on this host, which is no longer running" in err
+    assert Path(in_use).exists()  # may still be in use: left, and the warning says how to remove it
+    assert f"warning: {in_use} is a partial output of axial.tif" in err
+    assert f"rm -r '{in_use}'" in err
+    assert read_tiff(out)[0].shape[0] > 0
+    alive.kill()
+    alive.wait()

@@ -1,6 +1,7 @@
 """TIFF reading and writing with voxel sizes (isojax.io)."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,3 +163,200 @@ def test_integer_overflow_is_refused(tmp_path):
     with pytest.raises(IsojaxInputError, match="outside the range"):
         write_tiff(tmp_path / "x.tif", np.array([[300.0, 1.0]]), dtype=np.uint8)
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------
+# Outputs never overwrite a user's data (check_outputs, write_tiff overwrite=, partials)
+
+
+def _spellings(tmp_path, target):
+    """The same file as ``target`` under other names: a symbolic link, a hard link, a path
+    through ``sub/..``, and ``target`` relative to the working directory (``tmp_path``)."""
+    (tmp_path / "sub").mkdir(exist_ok=True)
+    link = tmp_path / "link.tif"
+    link.symlink_to(target)
+    hard = tmp_path / "hard.tif"
+    os.link(target, hard)
+    return {"same path": target, "symlink": link, "hard link": hard,
+            "dot-dot": tmp_path / "sub" / ".." / target.name,
+            "relative": type(target)(target.name)}
+
+
+def test_check_outputs_refuses_an_existing_output_unless_overwrite(tmp_path):
+    from isojax.io import check_outputs
+
+    out = write_tiff(tmp_path / "out.tif", np.ones((2, 3, 4)))
+    png = tmp_path / "out.png"
+    before = out.read_bytes()
+    with pytest.raises(IsojaxInputError, match=r"out.tif already exists; pass --overwrite"):
+        check_outputs([out, png], overwrite=False)
+    assert out.read_bytes() == before
+    assert check_outputs([out, png], overwrite=True) == [out, png]
+    # a companion file that exists counts as well
+    png.write_bytes(b"png")
+    with pytest.raises(IsojaxInputError, match=r"out.png already exists"):
+        check_outputs([tmp_path / "new.tif", png], overwrite=False)
+
+
+@pytest.mark.parametrize("how", ["same path", "symlink", "hard link", "dot-dot", "relative"])
+def test_check_outputs_refuses_the_input_even_with_overwrite(tmp_path, monkeypatch, how):
+    from isojax.io import check_outputs
+
+    stack = write_tiff(tmp_path / "stack.tif", np.arange(24.0).reshape(2, 3, 4))
+    before = stack.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    out = _spellings(tmp_path, stack)[how]
+    for overwrite in (False, True):
+        with pytest.raises(IsojaxInputError, match=r"is the input stack.*never writes over"):
+            check_outputs([out], inputs={"stack": stack}, overwrite=overwrite)
+    # and the other way round: the input spelled differently from the output
+    with pytest.raises(IsojaxInputError, match=r"is the input stack"):
+        check_outputs([stack], inputs={"stack": out}, overwrite=True)
+    assert stack.read_bytes() == before
+
+
+def test_check_outputs_refuses_writing_into_or_over_an_input_folder(tmp_path):
+    from isojax.io import check_outputs
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "psf.tif").write_bytes(b"model psf")
+    (tmp_path / "alias").symlink_to(model)
+    for out in (model / "psf.tif", model / "new.tif", tmp_path / "alias" / "new.tif", model):
+        with pytest.raises(IsojaxInputError, match=r"model folder|is the input"):
+            check_outputs([out], inputs={"model folder": model}, overwrite=True)
+    # an input inside an output folder that would be replaced
+    store = tmp_path / "old.zarr"
+    store.mkdir()
+    inner = write_tiff(store / "stack.tif", np.ones((2, 3, 4)))
+    with pytest.raises(IsojaxInputError, match=r"input stack .* is inside the output"):
+        check_outputs([store], inputs={"stack": inner}, overwrite=True)
+    # an output and its companion that are one file
+    with pytest.raises(IsojaxInputError, match=r"would be the same file"):
+        check_outputs([tmp_path / "x.json", tmp_path / "x.json"], overwrite=True)
+    assert (model / "psf.tif").read_bytes() == b"model psf"
+    assert check_outputs([tmp_path / "elsewhere.tif"], inputs={"model folder": model}) == [
+        tmp_path / "elsewhere.tif"]
+
+
+def test_write_tiff_refuses_to_replace_unless_told(tmp_path):
+    path = write_tiff(tmp_path / "a.tif", np.ones((3, 4)))
+    before = path.read_bytes()
+    with pytest.raises(IsojaxInputError, match="already exists"):
+        write_tiff(path, np.zeros((3, 4)), overwrite=False)
+    assert path.read_bytes() == before
+    write_tiff(path, np.zeros((3, 4)))  # the default replaces (a model folder's own files)
+    assert read_tiff(path)[0].max() == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif"]
+
+
+def test_a_file_that_appears_during_the_write_is_not_replaced(tmp_path):
+    from isojax.io import atomic_write, staged_output
+
+    out = tmp_path / "out.tif"
+
+    def write(temp):
+        temp.write_bytes(b"new")
+        out.write_bytes(b"someone else's")  # another program writes the same name meanwhile
+
+    with pytest.raises(IsojaxInputError, match="appeared while it was being written"):
+        atomic_write(out, write, overwrite=False)
+    assert out.read_bytes() == b"someone else's"
+    out.unlink()
+    with (pytest.raises(IsojaxInputError, match="appeared while it was being written"),
+          staged_output(out) as temp):
+        write(temp)
+    assert out.read_bytes() == b"someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif"]  # no partial left
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_stale_partial_of_a_killed_writer_is_removed(tmp_path, start_writer, kind):
+    from isojax.io import remove_stale_partials
+
+    out = tmp_path / ("out.tif" if kind == "file" else "out.zarr")
+    proc, partial = start_writer(kind, out)
+    partial = Path(partial)
+    assert partial.parent == tmp_path
+    assert partial.exists()
+    assert f"-{proc.pid}-" in partial.name
+    # while it runs, its partial is left, with a warning that says how to remove it
+    lines = []
+    assert remove_stale_partials(out, log=lines.append) == []
+    assert partial.exists()
+    assert len(lines) == 1
+    assert f"rm -r '{partial}'" in lines[0]
+    assert "still running" in lines[0]
+    proc.kill()  # kill -9
+    proc.wait()
+    assert partial.exists()  # nothing cleans it up by itself
+    # others' files next to it, and partials of other outputs, are never touched
+    keep = [tmp_path / "out.tif.txt", tmp_path / f"other.tif.partial-h-{proc.pid}-abc",
+            tmp_path / f"{out.name}.partial-notes"]
+    for p in keep:
+        p.write_bytes(b"keep")
+    lines = []
+    assert remove_stale_partials(out, log=lines.append) == [partial]
+    assert not partial.exists()
+    assert len(lines) == 1
+    assert "removed" in lines[0]
+    assert str(proc.pid) in lines[0]
+    assert "no longer running" in lines[0]
+    assert all(p.read_bytes() == b"keep" for p in keep)
+    assert not out.exists()
+
+
+def test_partials_that_may_be_in_use_are_left_with_a_warning(tmp_path):
+    from isojax.io import check_outputs
+
+    out = tmp_path / "out.zarr"
+    other_host = tmp_path / f"out.zarr.partial-elsewhere.cluster-{os.getpid()}-abcd1234"
+    old_style = tmp_path / "out.zarr.partial-k3j_9x2q"
+    for p in (other_host, old_style):
+        p.mkdir()
+        (p / "zarr.json").write_text("{}")
+    lines = []
+    check_outputs([out], overwrite=False, log=lines.append)
+    assert other_host.is_dir()
+    assert old_style.is_dir()
+    assert len(lines) == 2
+    assert any("host elsewhere.cluster" in line and f"rm -r '{other_host}'" in line
+               for line in lines)
+    assert any("older isojax" in line and f"rm -r '{old_style}'" in line for line in lines)
+
+
+def test_a_previous_output_moved_aside_by_a_killed_writer(tmp_path):
+    import subprocess
+    import sys
+
+    from isojax.io import _host, remove_stale_partials
+
+    # a real process that has exited: its pid is no longer running
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = int(done.stdout)
+    out = tmp_path / "out.zarr"
+    aside = tmp_path / f"out.zarr.old-{_host()}-{dead}-abcd1234"
+    aside.mkdir()
+    (aside / "zarr.json").write_text("the user's previous result")
+    # killed between moving the old output aside and renaming the new one into place: the
+    # output is missing, so the old one is kept and the warning says how to restore it
+    lines = []
+    assert remove_stale_partials(out, log=lines.append) == []
+    assert (aside / "zarr.json").read_text() == "the user's previous result"
+    assert len(lines) == 1
+    assert f"mv '{aside}' '{out}'" in lines[0]
+    # killed while deleting the old output, the new one in place: the old one goes
+    out.mkdir()
+    lines = []
+    assert remove_stale_partials(out, log=lines.append) == [aside]
+    assert not aside.exists()
+    assert "removed" in lines[0]
+    assert out.is_dir()
+    # one whose writer still runs is left
+    live = tmp_path / f"out.zarr.old-{_host()}-{os.getpid()}-abcd1234"
+    live.mkdir()
+    lines = []
+    assert remove_stale_partials(out, log=lines.append) == []
+    assert live.is_dir()
+    assert f"rm -r '{live}'" in lines[0]
