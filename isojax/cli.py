@@ -310,6 +310,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9),
         overwrite=args.overwrite,
         progress=not args.quiet,
+        checkpoint=args.checkpoint,
     )
     return EXIT_OK
 
@@ -416,6 +417,10 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("stack", type=Path, metavar="STACK.tif|STACK.zarr")
     p.add_argument("--model", type=Path, required=True, metavar="DIR")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.tif|OUT.zarr")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="the model's checkpoint to predict with: best (lowest validation loss, "
+                   "the default) or last (the last training step); no other is used if it is "
+                   "missing or damaged")
     _add_stack_geometry(p)
     p.add_argument("--fuse", choices=("mean", "geometric", "xz", "yz"), default="mean",
                    help="how the XZ and YZ views are combined")

@@ -20,6 +20,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -426,6 +427,7 @@ def predict_file(
     overwrite: bool = False,
     progress: bool = True,
     log: Log = _stderr,
+    checkpoint: Literal["best", "last"] = "best",
 ):
     """``isojax predict``: restore a stack with a trained model and write an isotropic volume.
 
@@ -441,6 +443,9 @@ def predict_file(
     ``memory_budget`` bytes (default: half the physical memory); the output is then an
     OME-Zarr or a BigTIFF, an existing output is replaced only with ``overwrite``, and a
     :class:`isojax.predict_large.LargePrediction` summary is returned.
+
+    ``checkpoint`` picks the model folder's checkpoint: ``"best"`` (lowest validation loss,
+    the default) or ``"last"`` (the last training step); see :func:`isojax.train.load_model`.
     """
     from isojax.io import check_writable, write_tiff
     from isojax.predict import predict_stack
@@ -449,7 +454,7 @@ def predict_file(
     if memory_budget is not None and memory_budget < 1:
         raise IsojaxInputError(f"the memory budget must be positive, got {memory_budget} bytes")
     output = Path(output)
-    apply_fn, meta = load_model(model)
+    apply_fn, meta = load_model(model, which=checkpoint)
     if _stream_prediction(stack_path, output, float(meta["subsample"]), memory_budget):
         return _predict_file_large(
             stack_path, apply_fn, meta, model=model, output=output, subsample=subsample,
