@@ -306,9 +306,11 @@ def describe_damage(step_dir: Path, exc: BaseException | None) -> str:
     bad = _bad_json(step_dir)
     if bad is not None:
         return f"{bad[0]} is {bad[1]}"
+    for needed in ("default", "default/_METADATA", "default/manifest.ocdbt"):
+        if not (step_dir / needed).exists():
+            return f"{step_dir / needed} is missing"
     if exc is None:
-        meta = step_dir / "default" / "_METADATA"
-        return f"{meta} is missing" if not meta.exists() else f"{meta} describes no arrays"
+        return f"{step_dir / 'default' / '_METADATA'} describes no arrays"
     reason = " ".join(texts[0].split(" [tensorstore_spec=")[0].split())
     return f"unreadable ({reason[:300]})"
 

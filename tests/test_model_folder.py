@@ -85,12 +85,15 @@ DAMAGE = {
     "manifest truncated": ("truncate", "default/manifest.ocdbt", "default/manifest.ocdbt"),
     "database data truncated": ("truncate", "default/ocdbt.process_0/d/*", "default/"),
     "metrics truncated": ("truncate", "metrics/metrics", "metrics/metrics"),
+    "array folder deleted": ("delete", "default", "default"),
 }
 
 
 def damage(folder, action, pattern):
     path = largest(folder, pattern) if "*" in pattern else folder / pattern
-    if action == "delete":
+    if action == "delete" and path.is_dir():
+        shutil.rmtree(path)
+    elif action == "delete":
         path.unlink()
     else:
         truncate(path, 0.0 if action == "empty" else 0.5)
