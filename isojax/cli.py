@@ -364,6 +364,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9),
         overwrite=args.overwrite,
         progress=not args.quiet,
+        checkpoint=args.checkpoint,
     )
     return EXIT_OK
 
@@ -494,6 +495,10 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
                    help="model folder written by `isojax train`")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.tif|OUT.zarr",
                    help="the isotropic stack to write: TIFF, or OME-Zarr for a .zarr name")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="the model's checkpoint to predict with: best (lowest validation loss, "
+                   "the default) or last (the last training step); no other is used if it is "
+                   "missing or damaged")
     _add_stack_geometry(p)
     p.add_argument("--fuse", choices=("mean", "geometric", "xz", "yz"), default="mean",
                    help="how the XZ and YZ views are combined (geometric: their geometric mean; "

@@ -20,6 +20,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -457,6 +458,7 @@ def predict_file(
     overwrite: bool = False,
     progress: bool = True,
     log: Log = _stderr,
+    checkpoint: Literal["best", "last"] = "best",
 ):
     """``isojax predict``: restore a stack with a trained model and write an isotropic volume.
 
@@ -486,7 +488,7 @@ def predict_file(
     output = Path(output)
     check_outputs([output], inputs={"stack": stack_path, "model folder": model},
                   overwrite=overwrite, log=log)
-    apply_fn, meta = load_model(model)
+    apply_fn, meta = load_model(model, which=checkpoint)
     if _stream_prediction(stack_path, output, float(meta["subsample"]), memory_budget):
         return _predict_file_large(
             stack_path, apply_fn, meta, model=model, output=output, subsample=subsample,

@@ -240,33 +240,184 @@ def _flat(tree) -> dict[str, Any]:
 
 
 def _managers(workdir: Path):
+    """The ``last`` and ``best`` checkpoint managers of a model folder (created if needed).
+
+    Raises:
+      IsojaxInputError: a checkpoint's metrics or metadata cannot be read; the message
+        names the damaged step folder and how to resume.
+    """
+    try:
+        return _manager(workdir, "last"), _manager(workdir, "best")
+    except _Damaged as exc:
+        raise IsojaxInputError(
+            exc.message(_advice(workdir, exc, purpose="resume"))
+        ) from exc.__cause__
+
+
+def _manager(workdir: Path, name: Literal["last", "best"]):
+    """One checkpoint manager: ``last`` keeps 2 steps, ``best`` the lowest validation loss.
+
+    Raises:
+      _Damaged: orbax could not read a step's metrics or metadata while listing the steps.
+    """
     import orbax.checkpoint as ocp
 
     root = (workdir / "checkpoints").absolute()
     handler = ocp.StandardCheckpointHandler  # named, so that item_metadata can read it
 
-    def sync(name):
+    def sync(prefix):
         # Both managers may save the same step at once; in a multi-host job orbax's barriers
         # are named after the step, so each manager needs its own prefix (without it the
         # two saves collide on "_async_write_complete.<step>" and the job fails).
-        return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+        return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix)
 
-    last = ocp.CheckpointManager(
-        root / "last",
-        options=ocp.CheckpointManagerOptions(
+    if name == "last":
+        options = ocp.CheckpointManagerOptions(
             max_to_keep=2, create=True, multiprocessing_options=sync("last")
-        ),
-        item_handlers=handler(),
-    )
-    best = ocp.CheckpointManager(
-        root / "best",
-        options=ocp.CheckpointManagerOptions(
+        )
+    else:
+        options = ocp.CheckpointManagerOptions(
             max_to_keep=1, create=True, best_fn=lambda m: m["val_loss"], best_mode="min",
             multiprocessing_options=sync("best"),
-        ),
-        item_handlers=handler(),
-    )
-    return last, best
+        )
+    try:
+        return ocp.CheckpointManager(root / name, options=options, item_handlers=handler())
+    except ValueError as exc:  # json.JSONDecodeError: a step's metrics file is cut short
+        from isojax.model_folder import damaged_step, describe_damage
+
+        step_dir = damaged_step(root / name)
+        raise _Damaged(step_dir, describe_damage(step_dir, exc)) from exc
+
+
+class _Damaged(IsojaxInputError):
+    """A checkpoint step that orbax cannot read (raised at the reading boundary only)."""
+
+    def __init__(self, step_dir: Path, damage: str):
+        self.step_dir, self.damage = Path(step_dir), damage
+        super().__init__(self.message(
+            "retrain with `isojax train`, or restore the model folder from a copy"
+        ))
+
+    def message(self, advice: str) -> str:
+        return f"checkpoint {self.step_dir} is damaged: {self.damage}; {advice}."
+
+
+def _read_step(manager, step: int, sharding) -> dict:
+    """All arrays of one checkpoint step, as saved by :func:`_save`.
+
+    Raises:
+      _Damaged: a file of the step is missing, cut short or corrupt (what orbax, tensorstore
+        and ``json`` raise for damaged files, chained).
+    """
+    import orbax.checkpoint as ocp
+
+    from isojax.model_folder import describe_damage, quiet_abandoned_reads
+
+    step_dir = Path(str(manager.directory)) / str(step)
+    try:
+        # restore every leaf the checkpoint holds (the joint PSF state may be among them)
+        on_disk = manager.item_metadata(step)
+        if on_disk is None:  # default/_METADATA is gone
+            raise _Damaged(step_dir, describe_damage(step_dir, None))
+        return manager.restore(step, args=ocp.args.StandardRestore({
+            k: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding)
+            for k, m in on_disk.items()
+        }))
+    except _Damaged:
+        raise
+    except (ValueError, OSError) as exc:  # tensorstore's errors, json.JSONDecodeError
+        quiet_abandoned_reads(step_dir)
+        raise _Damaged(step_dir, describe_damage(step_dir, exc)) from exc
+    except Exception as exc:
+        # orbax wraps a failed array read in a bare Exception whose cause is tensorstore's
+        if type(exc) is not Exception or not isinstance(exc.__cause__, (ValueError, OSError)):
+            raise
+        quiet_abandoned_reads(step_dir)
+        raise _Damaged(step_dir, describe_damage(step_dir, exc)) from exc
+
+
+def _intact(workdir: Path, name: str) -> tuple[list[int], list[int]]:
+    """The steps of ``checkpoints/<name>`` whose every file reads, and all its steps.
+
+    Both lists are newest first; a folder orbax cannot even list gives two empty lists.
+    """
+    try:
+        manager = _manager(workdir, name)
+    except _Damaged:
+        return [], []
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    steps = sorted(manager.all_steps(), reverse=True)
+    good = []
+    try:
+        for step in steps:
+            try:
+                _read_step(manager, step, sharding)
+            except _Damaged:
+                continue
+            good.append(step)
+    finally:
+        manager.close()
+    return good, steps
+
+
+def _advice(workdir: Path, damaged: _Damaged | None, *,
+            purpose: Literal["resume", "predict"], which: str | None = None) -> str:
+    """What to do about a damaged (or empty) checkpoint folder: which other one is intact.
+
+    The other checkpoints are read completely to tell. ``damaged`` None means
+    ``checkpoints/<which>`` holds no step. Nothing falls back to another checkpoint: the
+    advice says how the user can choose it.
+    """
+    workdir = Path(workdir).absolute()
+    if damaged is not None:
+        failed = damaged.step_dir
+        which = failed.parent.name if failed.parent.parent.name == "checkpoints" else failed.name
+    else:
+        failed = workdir / "checkpoints" / str(which)
+
+    def rel(path: Path) -> str:
+        return str(path.relative_to(workdir)) if path.is_relative_to(workdir) else str(path)
+
+    def steps(name):
+        return [s for s in _intact(workdir, name)[0]
+                if workdir / "checkpoints" / name / str(s) != failed]
+
+    tips = []
+    if purpose == "predict":
+        other = "last" if which == "best" else "best"
+        good, every = _intact(workdir, other)
+        if good:
+            where = rel(workdir / "checkpoints" / other / str(good[0]))
+            tip = f"{where} is intact: predict from it with --checkpoint {other}"
+            if other == "last":
+                tip += " (the last training step, not the one with the best validation loss)"
+            newer = [s for s in every if s > good[0]]  # --checkpoint last takes the newest
+            if newer:
+                moved = " and ".join(rel(workdir / "checkpoints" / "last" / str(s))
+                                     for s in newer)
+                tip += f" after moving {moved} out of the model folder"
+            tips.append(tip)
+        if which == "last" and damaged is not None:
+            older = steps("last")
+            if older:
+                tips.append(
+                    f"move {rel(failed)} out of the model folder to predict from "
+                    f"{rel(workdir / 'checkpoints' / 'last' / str(older[0]))}, which is intact"
+                )
+        if not tips:
+            return ("no other checkpoint is intact: retrain with `isojax train`, or restore the "
+                    "model folder from a copy")
+        return "; or ".join(tips) + "; or retrain with `isojax train`"
+    # resume
+    if which == "best":
+        return (f"move {rel(failed)} out of the model folder and resume again (training keeps "
+                "a new best checkpoint from then on), or train into a new folder")
+    older = steps("last")
+    if older:
+        return (f"{rel(workdir / 'checkpoints' / 'last' / str(older[0]))} is intact: move "
+                f"{rel(failed)} out of the model folder and resume again to continue from step "
+                f"{older[0]}, or train into a new folder")
+    return "no older checkpoint to resume from is intact: train into a new folder"
 
 
 _EXTRA = "psf_"  # prefix of the joint PSF refinement's leaves in a checkpoint
@@ -282,23 +433,28 @@ def _save(manager, state: TrainState, metrics=None, extra=None):
     manager.save(int(state.step), args=ocp.args.StandardSave(items), metrics=metrics)
 
 
-def _restore(manager, net: UNetConfig, config: TrainConfig, step=None, extra_template=None):
+def _restore(manager, net: UNetConfig, config: TrainConfig, step=None, extra_template=None,
+             *, purpose: Literal["resume", "predict"] = "resume"):
     """Read a checkpoint onto this process's first local device (placed later if needed).
 
     Returns the :class:`TrainState`; with ``extra_template`` (a pytree like the ``extra``
     given to :func:`_save`), ``(state, extra)``, ``extra`` None if the checkpoint has none.
-    """
-    import orbax.checkpoint as ocp
 
+    Raises:
+      IsojaxInputError: the checkpoint is damaged, or was written with other settings; the
+        message names the step folder and the other checkpoints that are intact, with what
+        to do for ``purpose`` (resuming or predicting).
+    """
     step = manager.latest_step() if step is None else step
     # one abstract evaluation gives both the tree to rebuild and the leaves to expect
     template = jax.eval_shape(lambda: _keyless(_init_state(_new_key(0), net, config)))
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    # restore every leaf the checkpoint holds (the joint PSF state may be among them)
-    on_disk = manager.item_metadata(step)
-    flat = manager.restore(step, args=ocp.args.StandardRestore({
-        k: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding) for k, m in on_disk.items()
-    }))
+    try:
+        flat = _read_step(manager, step, sharding)
+    except _Damaged as exc:
+        workdir = Path(str(manager.directory)).parent.parent
+        advice = _advice(workdir, exc, purpose=purpose)
+        raise IsojaxInputError(exc.message(advice)) from exc.__cause__
     names = sorted(k for k in flat if not k.startswith(_EXTRA))
     treedef = jax.tree.structure(template)
     if len(names) != treedef.num_leaves:
@@ -338,11 +494,16 @@ def write_model_config(workdir: Path, meta: dict) -> None:
 
 
 def read_model_config(workdir: str | os.PathLike) -> dict:
-    """Read and check a model folder's ``config.json``.
+    """Read and check a model folder's ``config.json`` (and its ``psf.tif``).
+
+    ``config.json`` is checked against the folder's schema
+    (:func:`isojax.model_folder.check_config`): required keys, types and ranges, and the
+    network, training and synthesis sections must build their settings.
 
     Raises:
-      IsojaxInputError: missing folder or files, or a folder written by an incompatible
-        isojax; the message says what to do.
+      IsojaxInputError: missing folder or files, a damaged ``config.json`` or ``psf.tif``,
+        or a folder written by an incompatible isojax; the message names the file, the key
+        and the isojax version that wrote the folder, and says what to do.
     """
     workdir = Path(workdir)
     if not workdir.is_dir():
@@ -353,16 +514,31 @@ def read_model_config(workdir: str | os.PathLike) -> dict:
             f"{workdir}: not a complete isojax model folder, missing {', '.join(missing)}; "
             "train it again with `isojax train`."
         )
+    path = workdir / "config.json"
+    damaged = "the folder is damaged: retrain with `isojax train`, or restore config.json from a copy"
     try:
-        meta = json.loads((workdir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise IsojaxInputError(f"{workdir / 'config.json'}: unreadable ({e}).") from None
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # also json.JSONDecodeError, UnicodeDecodeError
+        raise IsojaxInputError(f"{path}: unreadable ({e}); {damaged}.") from e
+    if not isinstance(meta, dict):
+        raise IsojaxInputError(
+            f"{path}: holds a JSON {type(meta).__name__}, not an object; {damaged}."
+        )
+    if "format" not in meta:
+        raise IsojaxInputError(
+            f'{path}: missing key "format" (written by isojax '
+            f"{meta.get('isojax_version', '?')}); {damaged}."
+        )
     if meta.get("format") != FORMAT:
         raise IsojaxInputError(
             f"{workdir}: model folder format {meta.get('format')!r} written by isojax "
             f"{meta.get('isojax_version', '?')}; this isojax reads format {FORMAT}. Retrain "
             "the model with this version, or predict with the version that wrote it."
         )
+    from isojax.model_folder import check_config, check_psf_file
+
+    check_config(meta, path=path)
+    check_psf_file(workdir / "psf.tif", meta)
     return meta
 
 
@@ -371,24 +547,51 @@ def load_model(workdir: str | os.PathLike, *, which: Literal["best", "last"] = "
 
     Args:
       workdir: the model folder written by :func:`train`.
-      which: ``"best"`` (lowest validation loss; the default) or ``"last"``.
+      which: ``"best"`` (lowest validation loss; the default) or ``"last"``. A folder
+        without that checkpoint, or with that checkpoint damaged, is refused (the message
+        says which other checkpoint is intact); nothing falls back to the other one.
 
     Returns:
       ``(apply_fn, meta)``: ``apply_fn(batch)`` maps ``(b, h, w)`` float32 images (last
       axis axial) to restored images of the same shape, and ``meta`` is the parsed
       ``config.json``.
+
+    Raises:
+      IsojaxInputError: the folder, its ``config.json``, ``psf.tif`` or the checkpoint is
+        missing or damaged.
     """
     workdir = Path(workdir).absolute()
     meta = read_model_config(workdir)
     net = UNetConfig(**meta["unet"])
     config = TrainConfig(**meta["train"])
     graphdef, _ = jax.eval_shape(lambda: init_unet(jax.random.key(0), net))
-    last, best = _managers(workdir)
-    manager = best if which == "best" and best.latest_step() is not None else last
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    try:
+        manager = _manager(workdir, which)
+    except _Damaged as exc:
+        raise IsojaxInputError(
+            exc.message(_advice(workdir, exc, purpose="predict"))
+        ) from exc.__cause__
     if manager.latest_step() is None:
-        raise IsojaxInputError(f"{workdir}: the model folder holds no checkpoint; train it first.")
-    step = manager.best_step() if manager is best else None
-    state = _restore(manager, net, config, step)
+        other = "last" if which == "best" else "best"
+        try:
+            other_empty = _manager(workdir, other).latest_step() is None
+        except _Damaged:
+            other_empty = False
+        if other_empty:
+            raise IsojaxInputError(
+                f"{workdir}: the model folder holds no checkpoint; train it first."
+            )
+        # no silent fallback to the other checkpoint: it gives other results
+        why = "it was removed" + (
+            ", or training stopped before its first validation" if which == "best" else "")
+        advice = _advice(workdir, None, purpose="predict", which=which)
+        raise IsojaxInputError(
+            f"{workdir / 'checkpoints' / which}: holds no checkpoint ({why}); {advice}."
+        )
+    step = manager.best_step() if which == "best" else None
+    state = _restore(manager, net, config, step, purpose="predict")
     params = state.params
     c = net.out_channels
 
