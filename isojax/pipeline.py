@@ -478,6 +478,9 @@ def predict_file(
     Whatever the format, an existing output is replaced only with ``overwrite``, and the
     output is never the stack, nor inside the model folder or an input ``.zarr``
     (:func:`isojax.io.check_outputs`, before any work).
+
+    ``checkpoint`` picks the model folder's checkpoint: ``"best"`` (lowest validation loss,
+    the default) or ``"last"`` (the last training step); see :func:`isojax.train.load_model`.
     """
     from isojax.io import check_outputs, check_writable, write_tiff
     from isojax.predict import predict_stack
