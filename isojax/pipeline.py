@@ -519,9 +519,13 @@ def _stream_prediction(stack_path, output: Path, subsample: float, budget: int |
 
     if is_zarr(stack_path) or is_zarr(output):
         return True
+    from isojax.io import _tifffile_log
+
     try:
-        with tifffile.TiffFile(stack_path) as tif:
+        with _tifffile_log() as caught, tifffile.TiffFile(stack_path) as tif:
             shape, dtype = tif.series[0].shape, np.dtype(tif.series[0].dtype)
+            if caught.errors:  # damaged: the in-memory path reports it
+                raise tifffile.TiffFileError("damaged")
     except (tifffile.TiffFileError, OSError, ValueError, IndexError):
         return False  # the in-memory path reports the problem
     voxels = math.prod(shape)

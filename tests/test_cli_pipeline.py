@@ -208,3 +208,31 @@ def test_tiles_overlap_by_twice_the_models_reach():
     assert UNetConfig().receptive_radius == 43
     assert _tile_overlap({"unet": {}}) == 96  # CARE's default U-Net: 86 px, kept at 96
     assert _tile_overlap({"unet": {"depth": 3}}) == 2 * 95  # a deeper one sees farther
+
+
+def test_truncated_stack_is_one_line_on_the_terminal(tmp_path):
+    """A TIFF cut in the middle of its image data (a copy that stopped halfway): the user
+    sees one `isojax: error:` line naming the damage, none of tifffile's log lines."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rng = np.random.default_rng(0)
+    whole = write_tiff(tmp_path / "whole.tif", rng.random((8, 64, 64)), spacing=SPACING)
+    raw = whole.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(raw[: len(raw) // 2])
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               JAX_PLATFORMS="cpu")
+    out = tmp_path / "axial.tif"
+    run = subprocess.run([sys.executable, "-m", "isojax", "calibrate", str(cut), "-o", str(out)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith(f"isojax: error: {cut}: the TIFF is truncated or damaged (")
+    assert "copy or export it again" in lines[0]
+    assert "3D stack" not in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tif", "whole.tif"]
