@@ -851,9 +851,8 @@ def open_volume(path: str | os.PathLike, *, spacing: Sequence[float] | None = No
 
     Raises:
       IsojaxInputError: missing file, unknown format, a truncated or damaged TIFF, not 3D, a
-        compressed or non-contiguous
-        TIFF (the message says to convert it to OME-Zarr or an uncompressed TIFF), bad
-        OME-NGFF metadata.
+        compressed or non-contiguous TIFF (the message says to convert it to OME-Zarr or an
+        uncompressed TIFF), bad OME-NGFF metadata.
     """
     path = Path(path)
     if not path.exists():
