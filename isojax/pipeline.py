@@ -102,6 +102,18 @@ def stack_geometry(
     return stack, sp, s, how
 
 
+#: The theory options (keyword of :func:`isojax.psf.theoretical_axial_psf`: option), the
+#: four required ones first.
+_THEORY_OPTIONS = {
+    "na": "--na",
+    "wavelength_um": "--wavelength",
+    "ri": "--ri",
+    "modality": "--modality",
+    "excitation_um": "--excitation",
+    "sheet_fwhm_um": "--sheet-fwhm",
+}
+
+
 def resolve_psf(
     *,
     pixel_size: float | None,
@@ -123,16 +135,32 @@ def resolve_psf(
 
     Returns:
       The checked, normalised 2D PSF (float32).
+
+    Raises:
+      IsojaxInputError: not exactly one source (any theory option counts as the theory
+        source), an incomplete theory, or an unusable PSF file or bead.
     """
     from isojax.io import read_tiff, require_spacing
     from isojax.psf import axial_psf, check_psf, process_bead, resample_psf, theoretical_axial_psf
 
-    given = [name for name, v in (("--psf", psf), ("--bead", bead), ("theory", theory)) if v]
+    given = [name for name, v in (("--psf", psf), ("--bead", bead)) if v]
+    if theory:
+        options = [flag for key, flag in _THEORY_OPTIONS.items() if theory.get(key) is not None]
+        given.append(f"theory ({', '.join(options)})" if options else "theory")
     if len(given) != 1:
+        got = " and ".join([", ".join(given[:-1]), given[-1]] if len(given) > 2 else given)
         raise IsojaxInputError(
             "give exactly one PSF source: --psf AXIAL.tif, --bead BEAD.tif, or the theory "
-            f"options (--na, --wavelength, --ri, --modality); got {', '.join(given) or 'none'}."
+            f"options (--na, --wavelength, --ri, --modality); got {got or 'none'}."
         )
+    if theory:
+        missing = [flag for key, flag in list(_THEORY_OPTIONS.items())[:4]
+                   if theory.get(key) is None]
+        if missing:
+            raise IsojaxInputError(
+                "a theoretical PSF needs all of --na, --wavelength, --ri and --modality; "
+                f"missing {', '.join(missing)}."
+            )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if psf is not None:

@@ -181,6 +181,14 @@ def test_predict_into_missing_folder_fails_before_work(files, capsys):
         ),
         (["--psf", "PSF", "--patch-size", "64"], "larger than the image"),
         (["--na", "1.0"], "needs all of"),
+        # two PSF sources, one of them an incomplete theory: the real problem is the two
+        (["--psf", "PSF", "--na", "1.1"], "give exactly one PSF source: --psf AXIAL.tif, "
+         "--bead BEAD.tif, or the theory options (--na, --wavelength, --ri, --modality); got "
+         "--psf and theory (--na)."),
+        (["--bead", "PSF", "--psf", "PSF", "--excitation", "0.49"],
+         "give exactly one PSF source"),
+        (["--na", "1.1", "--ri", "1.33"], "a theoretical PSF needs all of --na, --wavelength, "
+         "--ri and --modality; missing --wavelength, --modality."),
     ],
 )
 def test_train_refuses_bad_input_and_writes_nothing(files, capsys, extra, match):
