@@ -478,6 +478,7 @@ def predict_file(
         raise IsojaxInputError(f"the memory budget must be positive, got {memory_budget} bytes")
     output = Path(output)
     apply_fn, meta = load_model(model)
+    _check_tile_option(tile, meta)
     if _stream_prediction(stack_path, output, float(meta["subsample"]), memory_budget):
         return _predict_file_large(
             stack_path, apply_fn, meta, model=model, output=output, subsample=subsample,
@@ -487,6 +488,10 @@ def predict_file(
     stack, sp, s, how = stack_geometry(stack_path, spacing=spacing, subsample=subsample)
     _check_model_subsample(s, meta, model, how, log)
     log(f"stack {stack_path}: shape {stack.shape}, subsample {s:.4g} from {how}")
+    from isojax.predict import upsampled_length
+
+    tile = _affordable_tile(tile, (upsampled_length(stack.shape[0], s), *stack.shape[1:]), fuse,
+                            meta, log)
     depth = int(meta["unet"]["depth"])
     norm = meta["normalization"]
     bar = None
@@ -581,6 +586,71 @@ def _tile_overlap(meta: dict) -> int:
     return max(96, 2 * UNetConfig(**meta["unet"]).receptive_radius)
 
 
+#: A ``--tile`` whose tiles put more than this many times the slices' own pixels through the
+#: network is raised until they do not: every tile computes again the overlap it shares with
+#: its neighbours, so a tile little larger than the overlap adds only a sliver of new pixels
+#: (``--tile 100`` with the 96 px overlap: 4 px per tile, 9x the time of whole slices).
+_MAX_TILE_COST = 2.0
+
+
+def _tile_multiple(meta: dict) -> int:
+    return 2 ** int(meta["unet"]["depth"])
+
+
+def _check_tile_option(tile: int | None, meta: dict) -> None:
+    """Refuse a ``--tile`` too small for the model's tile overlap (before any work)."""
+    if tile is None:
+        return
+    overlap, multiple = _tile_overlap(meta), _tile_multiple(meta)
+    minimum = overlap // 2 * 2 + multiple
+    if -(-int(tile) // multiple) * multiple < minimum:  # rounded up as prediction does
+        raise IsojaxInputError(
+            f"--tile {tile} is too small for this model: tiles overlap by {overlap} px (at "
+            f"least twice the network's reach), so --tile must be at least {minimum} px; leave "
+            "--tile out to let isojax choose."
+        )
+
+
+def _tile_cost(out_shape, views, tile: int, overlap: int, multiple: int) -> float:
+    """Pixels that tiles of ``tile`` px put through the network, over those of the slices."""
+    from isojax.predict import _geometry
+
+    computed = whole = 0
+    for axis in views:
+        g = _geometry(out_shape, axis, (tile, tile), overlap // 2, multiple)
+        n = out_shape[axis]
+        computed += n * len(g.tiles) * g.tile_shape[0] * g.tile_shape[1]
+        whole += n * (out_shape[3 - axis] + sum(g.pad_lat)) * (out_shape[0] + sum(g.pad_ax))
+    return computed / whole
+
+
+def _affordable_tile(tile: int | None, out_shape, fuse: str, meta: dict, log: Log) -> int | None:
+    """``tile``, or the smallest larger one whose tiles cost at most :data:`_MAX_TILE_COST`.
+
+    ``out_shape`` is the Z-upsampled stack's ``(z, y, x)``; a raised tile is logged as a
+    warning with both costs.
+    """
+    if tile is None:
+        return None
+    overlap, multiple = _tile_overlap(meta), _tile_multiple(meta)
+    views = {"xz": [1], "yz": [2]}.get(fuse, [1, 2])
+    t = -(-int(tile) // multiple) * multiple
+    cost = _tile_cost(out_shape, views, t, overlap, multiple)
+    if cost <= _MAX_TILE_COST:
+        return tile
+    largest = max(out_shape[0], *(out_shape[3 - a] for a in views)) + multiple
+    u, new_cost = t, cost
+    while u < largest and new_cost > _MAX_TILE_COST:
+        u += multiple
+        new_cost = _tile_cost(out_shape, views, u, overlap, multiple)
+    log(
+        f"warning: --tile {tile} would put {cost:.1f}x the slices' pixels through the network "
+        f"(neighbouring tiles share {overlap} px, which each tile computes again); using "
+        f"--tile {u} instead ({new_cost:.2f}x); leave --tile out to let isojax choose"
+    )
+    return u
+
+
 def _predict_file_large(
     stack_path, apply_fn, meta, *, model, output: Path, subsample, spacing, fuse, batch_size,
     tile, keep_dtype, memory_budget, overwrite, progress, log,
@@ -609,6 +679,10 @@ def _predict_file_large(
             "or --subsample F."
         )
     _check_model_subsample(s, meta, model, how, log)
+    from isojax.predict import upsampled_length
+
+    tile = _affordable_tile(tile, (upsampled_length(volume.shape[0], s), *volume.shape[1:]),
+                            fuse, meta, log)
     budget = memory_budget if memory_budget is not None else 2**30
     log(f"stack {stack_path}: shape {volume.shape}, subsample {s:.4g} from {how}; streaming "
         f"with a memory budget of {budget / 1e9:.3g} GB")

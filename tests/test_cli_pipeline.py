@@ -244,3 +244,57 @@ def test_truncated_stack_is_one_line_on_the_terminal(tmp_path):
     assert "copy or export it again" in lines[0]
     assert "3D stack" not in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tif", "whole.tif"]
+
+
+@pytest.mark.slow
+def test_tile_too_small_is_refused_and_an_expensive_one_raised(files, capsys, monkeypatch):
+    """--tile below the overlap is refused in CLI terms before any work; --tile 100 (4 new px
+    per tile next to the 96 px overlap) is raised to a tile that puts at most 2x the slices'
+    pixels through the network, counted at the network itself, with the same result."""
+    import jax
+
+    import isojax.train
+
+    rng = np.random.default_rng(3)
+    wide = write_tiff(files / "wide.tif", (rng.random((10, 160, 160)) * 1000).astype(np.uint16),
+                      spacing=SPACING, dtype=np.uint16)
+    model = str(files / "model")
+    small = files / "wide_small.tif"
+    assert main(["predict", str(wide), "--model", model, "-o", str(small), "--tile", "48",
+                 "--quiet"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        "isojax: error: --tile 48 is too small for this model: tiles overlap by 96 px (at least "
+        "twice the network's reach), so --tile must be at least 100 px; leave --tile out to let "
+        "isojax choose."]
+    assert not small.exists()
+
+    pixels = []
+    load_model = isojax.train.load_model
+
+    def counting_load_model(*args, **kwargs):  # the real network, its input sizes recorded
+        apply_fn, meta = load_model(*args, **kwargs)
+
+        def counted(batch):
+            jax.debug.callback(lambda b: pixels.append(b.size), batch)
+            return apply_fn(batch)
+
+        return counted, meta
+
+    monkeypatch.setattr(isojax.train, "load_model", counting_load_model)
+    whole_out, tiled_out = files / "wide_whole.tif", files / "wide_tiled.tif"
+    assert main(["predict", str(wide), "--model", model, "-o", str(whole_out), "--quiet"]) == 0
+    whole_pixels = sum(pixels)
+    pixels.clear()
+    capsys.readouterr()
+    assert main(["predict", str(wide), "--model", model, "-o", str(tiled_out), "--tile", "100",
+                 "--quiet"]) == 0
+    tiled_pixels = sum(pixels)
+    err = capsys.readouterr().err
+    assert "warning: --tile 100 would put" in err
+    assert "using --tile 128 instead (1.60x)" in err
+    assert whole_pixels > 0
+    assert tiled_pixels <= 2 * whole_pixels
+    whole, _, _ = read_tiff(whole_out)
+    tiled, _, _ = read_tiff(tiled_out)
+    np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-2)
