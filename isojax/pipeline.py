@@ -254,11 +254,12 @@ def train_file(
     ``spacing``); the PSF from a file, a bead stack, or a theoretical model, at the stack's
     lateral pixel size. See :func:`isojax.train.train` for what the folder holds.
     """
-    from isojax.synth import SynthConfig
+    from isojax.synth import SynthConfig, check_contrast
     from isojax.train import TrainConfig, train
     from isojax.unet import UNetConfig
 
     stack, sp, s, how = stack_geometry(stack_path, spacing=spacing, subsample=subsample)
+    check_contrast(stack, percentiles=(1.0, 99.8), name=stack_path)  # train's percentiles
     log(f"stack {stack_path}: shape {stack.shape} (z, y, x), subsample {s:.4g} from {how}")
     pixel = None if sp is None else float(sp[2])
     calibration = None
@@ -392,6 +393,7 @@ def calibrate_file(
 
     from isojax.calibrate import fit_psf
     from isojax.io import atomic_write, check_writable, write_tiff
+    from isojax.synth import check_contrast
 
     output = check_writable(output)
     json_path, png_path = output.with_suffix(".json"), output.with_suffix(".png")
@@ -400,6 +402,7 @@ def calibrate_file(
     stack, sp, s, how = stack_geometry(
         stack_path, spacing=spacing, subsample=subsample, on_conflict="error"
     )
+    check_contrast(stack, percentiles=(1.0, 99.8), name=stack_path)
     pixel = None if sp is None else float(sp[2])
     init_px = _um_to_px(init_fwhm, pixel, "--init-fwhm")
     log(f"stack {stack_path}: shape {stack.shape} (z, y, x), subsample {s:.4g} from {how}")
@@ -472,6 +475,7 @@ def predict_file(
     """
     from isojax.io import check_writable, write_tiff
     from isojax.predict import predict_stack
+    from isojax.synth import check_contrast
     from isojax.train import load_model
 
     if memory_budget is not None and memory_budget < 1:
@@ -486,6 +490,8 @@ def predict_file(
             memory_budget=memory_budget, overwrite=overwrite, progress=progress, log=log)
     output = check_writable(output)
     stack, sp, s, how = stack_geometry(stack_path, spacing=spacing, subsample=subsample)
+    norm = meta["normalization"]
+    check_contrast(stack, percentiles=(norm["pmin"], norm["pmax"]), name=stack_path)
     _check_model_subsample(s, meta, model, how, log)
     log(f"stack {stack_path}: shape {stack.shape}, subsample {s:.4g} from {how}")
     from isojax.predict import upsampled_length

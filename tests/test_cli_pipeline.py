@@ -298,3 +298,32 @@ def test_tile_too_small_is_refused_and_an_expensive_one_raised(files, capsys, mo
     whole, _, _ = read_tiff(whole_out)
     tiled, _, _ = read_tiff(tiled_out)
     np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-2)
+
+
+@pytest.mark.parametrize("kind", ["constant", "one_bright_voxel"])
+@pytest.mark.parametrize("command", ["train", "calibrate", "predict"])
+def test_stack_without_contrast_is_refused_the_same_way_before_any_work(files, tmp_path, capsys,
+                                                                         command, kind):
+    stack = np.full((10, 64, 64), 500, np.uint16)
+    if kind == "one_bright_voxel":  # its 1st and 99.8th percentiles are both 500
+        stack[5, 30, 30] = 4000
+    path = write_tiff(tmp_path / "flat.tif", stack, spacing=SPACING, dtype=np.uint16)
+    out = tmp_path / "out"
+    args = {
+        # a bead file that does not exist: the stack must be refused before the PSF is made
+        "train": ["--model", str(out), "--bead", str(tmp_path / "missing_bead.tif"),
+                  "--steps", "2", "--patch-size", "16", "--quiet"],
+        "calibrate": ["-o", str(out.with_suffix(".tif"))],
+        "predict": ["--model", str(files / "model"), "-o", str(out.with_suffix(".tif")),
+                    "--quiet"],
+    }[command]
+    assert main([command, str(path), *args]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    found = ("all voxels are 500" if kind == "constant"
+             else "its 1st and 99.8th percentiles are both 500; only 1 of 40960 voxels differ")
+    assert errors == [
+        f"isojax: error: {path}: the stack has no contrast ({found}); a constant or nearly "
+        "constant stack normalises to a blank image and holds nothing to learn, calibrate or "
+        "restore: check that it is the right file, channel and time point, and that it is not "
+        "blank or saturated."]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.tif"]
