@@ -327,3 +327,19 @@ def test_stack_without_contrast_is_refused_the_same_way_before_any_work(files, t
         "restore: check that it is the right file, channel and time point, and that it is not "
         "blank or saturated."]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.tif"]
+
+
+def test_streamed_prediction_refuses_a_stack_without_contrast(files, tmp_path, capsys):
+    # streamed (OME-Zarr output): the percentiles are estimated, the message is the same one
+    stack = np.full((10, 64, 64), 500, np.uint16)
+    stack[5, 30, 30] = 4000
+    path = write_tiff(tmp_path / "flat.tif", stack, spacing=SPACING, dtype=np.uint16)
+    out = tmp_path / "out.zarr"
+    assert main(["predict", str(path), "--model", str(files / "model"), "-o", str(out),
+                 "--quiet"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1
+    assert errors[0].startswith(
+        f"isojax: error: {path}: the stack has no contrast (its 1st and 99.8th percentiles are "
+        "both 500); a constant or nearly constant stack")
+    assert not out.exists()
