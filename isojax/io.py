@@ -236,13 +236,17 @@ def _shortfall(path: Path, tif: tifffile.TiffFile, series) -> str | None:
         promised = (tif.imagej_metadata or {}).get("images")
         if isinstance(promised, int) and promised > planes:
             return f"its ImageJ metadata promises {promised} planes, the file holds {planes}"
+    len(tif.pages)  # walks the whole chain of pages (cheaply): tifffile logs a broken one
     size = os.path.getsize(path)
     end = 0
-    for page in tif.pages:
-        if page is None:
-            continue
-        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False):
-            end = max(end, int(offset) + int(count))
+    if getattr(series, "dataoffset", None) is not None:  # contiguous: one block of data
+        end = int(series.dataoffset) + int(series.nbytes)
+    else:
+        for page in tif.pages:
+            if page is None:
+                continue
+            for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False):
+                end = max(end, int(offset) + int(count))
     if end > size:
         return f"the file ends at byte {size}, its image data runs to byte {end}"
     return None
