@@ -338,10 +338,9 @@ def _check_stack(stack, subsample: float) -> tuple[np.ndarray, float]:
     a = a.astype(np.float32)
     if not np.all(np.isfinite(a)):
         raise IsojaxInputError("the stack holds NaN or inf values; clean it before calibrating.")
-    if float(np.std(a)) == 0.0:
-        raise IsojaxInputError(
-            "the stack is constant (no contrast): there is no structure to calibrate the PSF from."
-        )
+    from isojax.synth import check_contrast
+
+    check_contrast(a, percentiles=(1.0, 99.8))  # the percentiles _normalise maps to 0 and 1
     return a, s
 
 

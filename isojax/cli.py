@@ -265,22 +265,19 @@ def _add_psf_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _theory(args: argparse.Namespace) -> dict | None:
-    given = [args.na, args.wavelength, args.ri, args.modality]
-    if all(v is None for v in given):
-        return None
-    if any(v is None for v in given):
-        raise IsojaxInputError(
-            "a theoretical PSF needs all of --na, --wavelength, --ri and --modality"
-        )
-    return {
+    """The theory options given, or None; :func:`isojax.pipeline.resolve_psf` counts the PSF
+    sources first and then says what an incomplete theory lacks."""
+    given = {
         "na": args.na,
         "wavelength_um": args.wavelength,
         "ri": args.ri,
         "modality": args.modality,
         "excitation_um": args.excitation,
-        "pinhole_au": args.pinhole,
         "sheet_fwhm_um": args.sheet_fwhm,
     }
+    if all(v is None for v in given.values()):
+        return None
+    return {**given, "pinhole_au": args.pinhole}
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -10,13 +10,17 @@ complete, so a failed write leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import re
 import socket
+import struct
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -155,6 +159,108 @@ def _ome_spacing(tif: tifffile.TiffFile, ndim: int) -> tuple[float, ...] | None:
     return tuple(sizes[axis] for axis in wanted)
 
 
+# ----------------------------------------------------------------------------------------
+# Damaged TIFFs. tifffile reports a broken structure (a page offset past the end of the
+# file, ImageJ metadata that promises more planes than there are, ...) through the logging
+# module and often goes on with what it could read; these helpers catch those records while
+# a file is read and turn them into one IsojaxInputError.
+
+#: The first four bytes of a classic or BigTIFF file, little or big endian.
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+#: What tifffile raises on a broken file (zlib: a truncated compressed strip).
+_TIFF_ERRORS = (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError, EOFError,
+                struct.error, zlib.error)
+
+
+class _TifffileRecords(logging.Filter):
+    """Holds back the ``tifffile`` logger's records of warning level and above."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            self.records.append(record)
+            return False
+        return True
+
+    @property
+    def errors(self) -> list[str]:
+        """tifffile's error messages, without its ``<tifffile.TiffPages @8>`` prefixes."""
+        found = []
+        for record in self.records:
+            if record.levelno >= logging.ERROR:
+                text = re.sub(r"^(<[^>]*>\s*)+", "", record.getMessage()).strip()
+                if text and text not in found:
+                    found.append(text)
+        return found
+
+
+@contextlib.contextmanager
+def _tifffile_log() -> Iterator[_TifffileRecords]:
+    """Catch what tifffile logs during the block; on a clean exit without errors, its
+    warnings are passed on as they would have been. Nothing is left on the logger."""
+    logger = logging.getLogger("tifffile")
+    caught = _TifffileRecords()
+    logger.addFilter(caught)
+    try:
+        yield caught
+    finally:
+        logger.removeFilter(caught)
+    if not caught.errors:
+        for record in caught.records:
+            logger.handle(record)
+
+
+def _looks_like_tiff(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) in _TIFF_MAGIC
+    except OSError:
+        return False
+
+
+def _damaged(path: Path, found: str) -> IsojaxInputError:
+    return IsojaxInputError(
+        f"{path}: the TIFF is truncated or damaged ({found}); copy or export it again")
+
+
+def _unreadable(path: Path, exc: BaseException) -> IsojaxInputError:
+    """The error for a TIFF that tifffile could not read: damaged if it starts like a TIFF."""
+    if _looks_like_tiff(path):
+        return _damaged(path, str(exc) or type(exc).__name__)
+    return IsojaxInputError(f"{path}: cannot be read as a TIFF ({exc})")
+
+
+def _shortfall(path: Path, tif: tifffile.TiffFile, series) -> str | None:
+    """What the file's metadata or structure promises and it does not hold, or None."""
+    planes = math.prod(series.shape[:-2]) if len(series.shape) > 2 else 1
+    if tif.is_imagej:
+        promised = (tif.imagej_metadata or {}).get("images")
+        if isinstance(promised, int) and promised > planes:
+            return f"its ImageJ metadata promises {promised} planes, the file holds {planes}"
+    len(tif.pages)  # walks the whole chain of pages (cheaply): tifffile logs a broken one
+    size = os.path.getsize(path)
+    end = 0
+    if getattr(series, "dataoffset", None) is not None:  # contiguous: one block of data
+        end = int(series.dataoffset) + int(series.nbytes)
+    else:
+        for page in tif.pages:
+            if page is None:
+                continue
+            for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False):
+                end = max(end, int(offset) + int(count))
+    if end > size:
+        return f"the file ends at byte {size}, its image data runs to byte {end}"
+    return None
+
+
+def _check_read(path: Path, caught: _TifffileRecords, short: str | None) -> None:
+    if short is not None or caught.errors:
+        raise _damaged(path, short or "; ".join(caught.errors[:2]))
+
+
 def read_tiff(
     path: str | os.PathLike, *, spacing: Sequence[float] | None = None
 ) -> tuple[np.ndarray, tuple[float, ...] | None, str]:
@@ -178,22 +284,28 @@ def read_tiff(
       it came from, one of ``"override"``, ``"ome"``, ``"imagej"``, ``"none"``.
 
     Raises:
-      IsojaxInputError: the file is missing or is not a readable TIFF, or ``spacing`` does not
-        match the number of spatial axes or is not positive.
+      IsojaxInputError: the file is missing or is not a readable TIFF; it is truncated or
+        damaged (tifffile found a broken structure, or fewer planes or bytes than the file
+        promises; tifffile's own log records are held back); or ``spacing`` does not match
+        the number of spatial axes or is not positive.
     """
     path = Path(path)
     if not path.exists():
         raise IsojaxInputError(f"{path}: no such file")
     if path.is_dir():
         raise IsojaxInputError(f"{path}: is a folder, expected a TIFF file")
-    try:
-        with tifffile.TiffFile(path) as tif:
-            array = tif.series[0].asarray()
-            ndim = _spatial_ndim(array)
-            found_ome = _ome_spacing(tif, ndim) if tif.is_ome else None
-            found_ij = _imagej_spacing(tif, ndim) if tif.is_imagej else None
-    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as exc:
-        raise IsojaxInputError(f"{path}: cannot be read as a TIFF ({exc})") from exc
+    with _tifffile_log() as caught:
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                array = series.asarray()
+                ndim = _spatial_ndim(array)
+                found_ome = _ome_spacing(tif, ndim) if tif.is_ome else None
+                found_ij = _imagej_spacing(tif, ndim) if tif.is_imagej else None
+                short = _shortfall(path, tif, series)
+        except _TIFF_ERRORS as exc:
+            raise _unreadable(path, exc) from exc
+        _check_read(path, caught, short)
     if spacing is not None:
         return array, _positive_spacing(spacing, ndim=ndim, what="spacing"), "override"
     if found_ome is not None:
@@ -642,21 +754,25 @@ class ZarrVolume:
 
 
 def _tiff_volume(path: Path, spacing, mode: str = "r") -> TiffVolume:
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            shape = tuple(series.shape)
-            ndim = len(shape)
-            found_ome = _ome_spacing(tif, 3) if tif.is_ome else None
-            found_ij = _imagej_spacing(tif, 3) if tif.is_imagej else None
-    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as exc:
-        raise IsojaxInputError(f"{path}: cannot be read as a TIFF ({exc})") from exc
+    with _tifffile_log() as caught:
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                shape = tuple(series.shape)
+                ndim = len(shape)
+                found_ome = _ome_spacing(tif, 3) if tif.is_ome else None
+                found_ij = _imagej_spacing(tif, 3) if tif.is_imagej else None
+                short = _shortfall(path, tif, series)
+        except _TIFF_ERRORS as exc:
+            raise _unreadable(path, exc) from exc
+        _check_read(path, caught, short)
     if ndim != 3:
         raise IsojaxInputError(
             f"{path}: expected a 3D stack (z, y, x), got shape {shape}; select one channel or "
             "time point first.")
     try:
-        mapped = tifffile.memmap(path, mode="r")
+        with _tifffile_log():
+            mapped = tifffile.memmap(path, mode="r")
     except (ValueError, tifffile.TiffFileError, OSError) as exc:
         raise IsojaxInputError(
             f"{path}: its image data cannot be memory-mapped ({exc}): it is compressed, tiled "
@@ -784,9 +900,9 @@ def open_volume(path: str | os.PathLike, *, spacing: Sequence[float] | None = No
       (µm or None), ``source`` and ``read(index)``.
 
     Raises:
-      IsojaxInputError: missing file, unknown format, not 3D, a compressed or non-contiguous
-        TIFF (the message says to convert it to OME-Zarr or an uncompressed TIFF), bad
-        OME-NGFF metadata.
+      IsojaxInputError: missing file, unknown format, a truncated or damaged TIFF, not 3D, a
+        compressed or non-contiguous TIFF (the message says to convert it to OME-Zarr or an
+        uncompressed TIFF), bad OME-NGFF metadata.
     """
     path = Path(path)
     if not path.exists():

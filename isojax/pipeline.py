@@ -102,6 +102,18 @@ def stack_geometry(
     return stack, sp, s, how
 
 
+#: The theory options (keyword of :func:`isojax.psf.theoretical_axial_psf`: option), the
+#: four required ones first.
+_THEORY_OPTIONS = {
+    "na": "--na",
+    "wavelength_um": "--wavelength",
+    "ri": "--ri",
+    "modality": "--modality",
+    "excitation_um": "--excitation",
+    "sheet_fwhm_um": "--sheet-fwhm",
+}
+
+
 def resolve_psf(
     *,
     pixel_size: float | None,
@@ -123,16 +135,32 @@ def resolve_psf(
 
     Returns:
       The checked, normalised 2D PSF (float32).
+
+    Raises:
+      IsojaxInputError: not exactly one source (any theory option counts as the theory
+        source), an incomplete theory, or an unusable PSF file or bead.
     """
     from isojax.io import read_tiff, require_spacing
     from isojax.psf import axial_psf, check_psf, process_bead, resample_psf, theoretical_axial_psf
 
-    given = [name for name, v in (("--psf", psf), ("--bead", bead), ("theory", theory)) if v]
+    given = [name for name, v in (("--psf", psf), ("--bead", bead)) if v]
+    if theory:
+        options = [flag for key, flag in _THEORY_OPTIONS.items() if theory.get(key) is not None]
+        given.append(f"theory ({', '.join(options)})" if options else "theory")
     if len(given) != 1:
+        got = " and ".join([", ".join(given[:-1]), given[-1]] if len(given) > 2 else given)
         raise IsojaxInputError(
             "give exactly one PSF source: --psf AXIAL.tif, --bead BEAD.tif, or the theory "
-            f"options (--na, --wavelength, --ri, --modality); got {', '.join(given) or 'none'}."
+            f"options (--na, --wavelength, --ri, --modality); got {got or 'none'}."
         )
+    if theory:
+        missing = [flag for key, flag in list(_THEORY_OPTIONS.items())[:4]
+                   if theory.get(key) is None]
+        if missing:
+            raise IsojaxInputError(
+                "a theoretical PSF needs all of --na, --wavelength, --ri and --modality; "
+                f"missing {', '.join(missing)}."
+            )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if psf is not None:
@@ -226,12 +254,13 @@ def train_file(
     ``spacing``); the PSF from a file, a bead stack, or a theoretical model, at the stack's
     lateral pixel size. See :func:`isojax.train.train` for what the folder holds.
     """
-    from isojax.synth import SynthConfig
+    from isojax.synth import SynthConfig, check_contrast
     from isojax.train import TrainConfig, train
     from isojax.unet import UNetConfig
 
     _check_model_folder(model, inputs={"stack": stack_path, "PSF": psf, "bead stack": bead})
     stack, sp, s, how = stack_geometry(stack_path, spacing=spacing, subsample=subsample)
+    check_contrast(stack, percentiles=(1.0, 99.8), name=stack_path)  # train's percentiles
     log(f"stack {stack_path}: shape {stack.shape} (z, y, x), subsample {s:.4g} from {how}")
     pixel = None if sp is None else float(sp[2])
     calibration = None
@@ -392,6 +421,7 @@ def calibrate_file(
 
     from isojax.calibrate import fit_psf
     from isojax.io import atomic_write, check_outputs, check_writable, write_tiff
+    from isojax.synth import check_contrast
 
     output = check_writable(output)
     json_path, png_path = output.with_suffix(".json"), output.with_suffix(".png")
@@ -402,6 +432,7 @@ def calibrate_file(
     stack, sp, s, how = stack_geometry(
         stack_path, spacing=spacing, subsample=subsample, on_conflict="error"
     )
+    check_contrast(stack, percentiles=(1.0, 99.8), name=stack_path)
     pixel = None if sp is None else float(sp[2])
     init_px = _um_to_px(init_fwhm, pixel, "--init-fwhm")
     log(f"stack {stack_path}: shape {stack.shape} (z, y, x), subsample {s:.4g} from {how}")
@@ -484,6 +515,7 @@ def predict_file(
     """
     from isojax.io import check_outputs, check_writable, write_tiff
     from isojax.predict import predict_stack
+    from isojax.synth import check_contrast
     from isojax.train import load_model
 
     if memory_budget is not None and memory_budget < 1:
@@ -492,6 +524,7 @@ def predict_file(
     check_outputs([output], inputs={"stack": stack_path, "model folder": model},
                   overwrite=overwrite, log=log)
     apply_fn, meta = load_model(model, which=checkpoint)
+    _check_tile_option(tile, meta)
     if _stream_prediction(stack_path, output, float(meta["subsample"]), memory_budget):
         return _predict_file_large(
             stack_path, apply_fn, meta, model=model, output=output, subsample=subsample,
@@ -499,8 +532,14 @@ def predict_file(
             memory_budget=memory_budget, overwrite=overwrite, progress=progress, log=log)
     output = check_writable(output)
     stack, sp, s, how = stack_geometry(stack_path, spacing=spacing, subsample=subsample)
+    norm = meta["normalization"]
+    check_contrast(stack, percentiles=(norm["pmin"], norm["pmax"]), name=stack_path)
     _check_model_subsample(s, meta, model, how, log)
     log(f"stack {stack_path}: shape {stack.shape}, subsample {s:.4g} from {how}")
+    from isojax.predict import upsampled_length
+
+    tile = _affordable_tile(tile, (upsampled_length(stack.shape[0], s), *stack.shape[1:]), fuse,
+                            meta, log)
     depth = int(meta["unet"]["depth"])
     norm = meta["normalization"]
     bar = None
@@ -561,9 +600,13 @@ def _stream_prediction(stack_path, output: Path, subsample: float, budget: int |
 
     if is_zarr(stack_path) or is_zarr(output):
         return True
+    from isojax.io import _tifffile_log
+
     try:
-        with tifffile.TiffFile(stack_path) as tif:
+        with _tifffile_log() as caught, tifffile.TiffFile(stack_path) as tif:
             shape, dtype = tif.series[0].shape, np.dtype(tif.series[0].dtype)
+            if caught.errors:  # damaged: the in-memory path reports it
+                raise tifffile.TiffFileError("damaged")
     except (tifffile.TiffFileError, OSError, ValueError, IndexError):
         return False  # the in-memory path reports the problem
     voxels = math.prod(shape)
@@ -589,6 +632,71 @@ def _tile_overlap(meta: dict) -> int:
     from isojax.unet import UNetConfig
 
     return max(96, 2 * UNetConfig(**meta["unet"]).receptive_radius)
+
+
+#: A ``--tile`` whose tiles put more than this many times the slices' own pixels through the
+#: network is raised until they do not: every tile computes again the overlap it shares with
+#: its neighbours, so a tile little larger than the overlap adds only a sliver of new pixels
+#: (``--tile 100`` with the 96 px overlap: 4 px per tile, 9x the time of whole slices).
+_MAX_TILE_COST = 2.0
+
+
+def _tile_multiple(meta: dict) -> int:
+    return 2 ** int(meta["unet"]["depth"])
+
+
+def _check_tile_option(tile: int | None, meta: dict) -> None:
+    """Refuse a ``--tile`` too small for the model's tile overlap (before any work)."""
+    if tile is None:
+        return
+    overlap, multiple = _tile_overlap(meta), _tile_multiple(meta)
+    minimum = overlap // 2 * 2 + multiple
+    if -(-int(tile) // multiple) * multiple < minimum:  # rounded up as prediction does
+        raise IsojaxInputError(
+            f"--tile {tile} is too small for this model: tiles overlap by {overlap} px (at "
+            f"least twice the network's reach), so --tile must be at least {minimum} px; leave "
+            "--tile out to let isojax choose."
+        )
+
+
+def _tile_cost(out_shape, views, tile: int, overlap: int, multiple: int) -> float:
+    """Pixels that tiles of ``tile`` px put through the network, over those of the slices."""
+    from isojax.predict import _geometry
+
+    computed = whole = 0
+    for axis in views:
+        g = _geometry(out_shape, axis, (tile, tile), overlap // 2, multiple)
+        n = out_shape[axis]
+        computed += n * len(g.tiles) * g.tile_shape[0] * g.tile_shape[1]
+        whole += n * (out_shape[3 - axis] + sum(g.pad_lat)) * (out_shape[0] + sum(g.pad_ax))
+    return computed / whole
+
+
+def _affordable_tile(tile: int | None, out_shape, fuse: str, meta: dict, log: Log) -> int | None:
+    """``tile``, or the smallest larger one whose tiles cost at most :data:`_MAX_TILE_COST`.
+
+    ``out_shape`` is the Z-upsampled stack's ``(z, y, x)``; a raised tile is logged as a
+    warning with both costs.
+    """
+    if tile is None:
+        return None
+    overlap, multiple = _tile_overlap(meta), _tile_multiple(meta)
+    views = {"xz": [1], "yz": [2]}.get(fuse, [1, 2])
+    t = -(-int(tile) // multiple) * multiple
+    cost = _tile_cost(out_shape, views, t, overlap, multiple)
+    if cost <= _MAX_TILE_COST:
+        return tile
+    largest = max(out_shape[0], *(out_shape[3 - a] for a in views)) + multiple
+    u, new_cost = t, cost
+    while u < largest and new_cost > _MAX_TILE_COST:
+        u += multiple
+        new_cost = _tile_cost(out_shape, views, u, overlap, multiple)
+    log(
+        f"warning: --tile {tile} would put {cost:.1f}x the slices' pixels through the network "
+        f"(neighbouring tiles share {overlap} px, which each tile computes again); using "
+        f"--tile {u} instead ({new_cost:.2f}x); leave --tile out to let isojax choose"
+    )
+    return u
 
 
 def _predict_file_large(
@@ -618,6 +726,10 @@ def _predict_file_large(
             "or --subsample F."
         )
     _check_model_subsample(s, meta, model, how, log)
+    from isojax.predict import upsampled_length
+
+    tile = _affordable_tile(tile, (upsampled_length(volume.shape[0], s), *volume.shape[1:]),
+                            fuse, meta, log)
     budget = memory_budget if memory_budget is not None else 2**30
     log(f"stack {stack_path}: shape {volume.shape}, subsample {s:.4g} from {how}; streaming "
         f"with a memory budget of {budget / 1e9:.3g} GB")

@@ -623,13 +623,9 @@ def predict_stack(
         )
 
     if percentiles is not None:
-        lo, hi = (float(v) for v in np.percentile(x, percentiles))
-        if not hi > lo:
-            raise ValueError(
-                f"the stack's {percentiles[0]} and {percentiles[1]} percentiles are equal "
-                f"({lo:g}): it is (nearly) constant there. Choose other percentiles, or "
-                f"normalization=None."
-            )
+        from isojax.synth import check_contrast
+
+        lo, hi = check_contrast(x, percentiles=percentiles)
         x = (x - np.float32(lo)) / np.float32(hi - lo)
 
     vol = _upsample_on_host(x, s, interpolation, memory_budget)

@@ -459,11 +459,10 @@ def predict_large(
     if percentiles is not None:
         lo, hi = estimate_percentiles(volume, percentiles, max_samples=max_samples)
         if not hi > lo:
-            raise ValueError(
-                f"the stack's {percentiles[0]} and {percentiles[1]} percentiles are equal "
-                f"({lo:g}): it is (nearly) constant there. Choose other percentiles, or "
-                f"normalization=None."
-            )
+            from isojax.synth import no_contrast_message
+
+            raise IsojaxInputError(
+                no_contrast_message(value=lo, percentiles=percentiles, name=input_path))
 
     def load(index) -> np.ndarray:
         """Read, check and normalise a slab, then upsample its Z on the physical grid."""

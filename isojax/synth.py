@@ -47,12 +47,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from isojax.errors import IsojaxInputError
 from isojax.forward import FactoredPSF, add_noise, degrade, measure, upsample
 
 Array = jax.Array
 
 __all__ = [
     "SynthConfig",
+    "check_contrast",
     "denormalize",
     "estimate_noise",
     "make_pairs",
@@ -133,6 +135,80 @@ def estimate_noise(stack, *, n_bins: int = 16) -> tuple[float | None, float]:
 
 # ----------------------------------------------------------------------------------------
 # Normalisation
+
+
+def _ordinal(p: float) -> str:
+    text = f"{p:g}"
+    if text.endswith(("11", "12", "13")) or "." in text:
+        return f"{text}th"
+    return text + {"1": "st", "2": "nd", "3": "rd"}.get(text[-1], "th")
+
+
+def no_contrast_message(
+    *, value: float, percentiles: tuple[float, float] | None = None, name=None,
+    differing: str | None = None,
+) -> str:
+    """The one message for a stack without contrast (see :func:`check_contrast`).
+
+    Args:
+      value: the value of all voxels, or of both normalisation percentiles.
+      percentiles: the two percentiles that are equal; None when the stack is constant.
+      name: the file, prefixed to the message when given.
+      differing: how many voxels differ from ``value`` (e.g. ``"3 of 40960"``), if known.
+
+    Returns:
+      The message, one line.
+    """
+    where = f"{name}: " if name is not None else ""
+    if percentiles is None:
+        found = f"all voxels are {value:g}"
+    else:
+        found = (f"its {_ordinal(percentiles[0])} and {_ordinal(percentiles[1])} percentiles "
+                 f"are both {value:g}")
+        if differing is not None:
+            found += f"; only {differing} voxels differ"
+    return (
+        f"{where}the stack has no contrast ({found}); a constant or nearly constant stack "
+        "normalises to a blank image and holds nothing to learn, calibrate or restore: check "
+        "that it is the right file, channel and time point, and that it is not blank or "
+        "saturated."
+    )
+
+
+def check_contrast(
+    stack, *, percentiles: tuple[float, float] = (1.0, 99.8), name=None
+) -> tuple[float, float]:
+    """Refuse a stack without contrast, before any work is done on it.
+
+    The rule shared by training, calibration and prediction: the stack is refused when all
+    its voxels are equal, and when its two normalisation percentiles are (a nearly constant
+    stack, e.g. one bright voxel on a flat background): normalised, it would be zero almost
+    everywhere, and training would reach a loss of zero without learning anything.
+
+    Args:
+      stack: the stack (any shape, real numbers, finite).
+      percentiles: the normalisation percentiles ``(pmin, pmax)`` (training's and
+        calibration's are ``(1, 99.8)``; prediction uses the model's).
+      name: the file, named in the message.
+
+    Returns:
+      The two percentiles ``(lo, hi)`` of the stack, ``lo < hi``.
+
+    Raises:
+      IsojaxInputError: the stack is constant, or its two percentiles are equal.
+    """
+    x = np.asarray(stack)
+    if not x.size:
+        raise IsojaxInputError(f"{name + ': ' if name is not None else ''}the stack is empty.")
+    low, high = float(np.min(x)), float(np.max(x))
+    if low == high:
+        raise IsojaxInputError(no_contrast_message(value=low, name=name))
+    lo, hi = (float(v) for v in np.percentile(x.astype(np.float32), percentiles))
+    if not hi > lo:
+        differing = f"{int(np.count_nonzero(x != lo))} of {x.size}"
+        raise IsojaxInputError(no_contrast_message(
+            value=lo, percentiles=percentiles, name=name, differing=differing))
+    return lo, hi
 
 
 @functools.partial(jax.jit, static_argnames=("pmin", "pmax"))

@@ -774,6 +774,7 @@ def train(
         )
     if not np.all(np.isfinite(stack)):
         raise IsojaxInputError("the stack holds NaN or inf values; clean it before training.")
+    synth.check_contrast(stack, percentiles=percentiles)
     p = synth_config.patch_size
     if min(stack.shape[1:]) < p:
         raise IsojaxInputError(

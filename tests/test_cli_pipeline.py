@@ -186,6 +186,14 @@ def test_predict_into_missing_folder_fails_before_work(files, capsys):
         ),
         (["--psf", "PSF", "--patch-size", "64"], "larger than the image"),
         (["--na", "1.0"], "needs all of"),
+        # two PSF sources, one of them an incomplete theory: the real problem is the two
+        (["--psf", "PSF", "--na", "1.1"], "give exactly one PSF source: --psf AXIAL.tif, "
+         "--bead BEAD.tif, or the theory options (--na, --wavelength, --ri, --modality); got "
+         "--psf and theory (--na)."),
+        (["--bead", "PSF", "--psf", "PSF", "--excitation", "0.49"],
+         "give exactly one PSF source"),
+        (["--na", "1.1", "--ri", "1.33"], "a theoretical PSF needs all of --na, --wavelength, "
+         "--ri and --modality; missing --wavelength, --modality."),
     ],
 )
 def test_train_refuses_bad_input_and_writes_nothing(files, capsys, extra, match):
@@ -431,3 +439,130 @@ def test_demo_overwrite_replaces_only_its_own_files(tmp_path):
     assert read_tiff(tmp_path / "isojax.tif")[0].shape[1:] == (64, 64)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [n.rstrip("/") for n in DEMO_FILES] + ["notes.txt"])
+
+
+def test_truncated_stack_is_one_line_on_the_terminal(tmp_path):
+    """A TIFF cut in the middle of its image data (a copy that stopped halfway): the user
+    sees one `isojax: error:` line naming the damage, none of tifffile's log lines."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rng = np.random.default_rng(0)
+    whole = write_tiff(tmp_path / "whole.tif", rng.random((8, 64, 64)), spacing=SPACING)
+    raw = whole.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(raw[: len(raw) // 2])
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               JAX_PLATFORMS="cpu")
+    out = tmp_path / "axial.tif"
+    run = subprocess.run([sys.executable, "-m", "isojax", "calibrate", str(cut), "-o", str(out)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith(f"isojax: error: {cut}: the TIFF is truncated or damaged (")
+    assert "copy or export it again" in lines[0]
+    assert "3D stack" not in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tif", "whole.tif"]
+
+
+@pytest.mark.slow
+def test_tile_too_small_is_refused_and_an_expensive_one_raised(files, capsys, monkeypatch):
+    """--tile below the overlap is refused in CLI terms before any work; --tile 100 (4 new px
+    per tile next to the 96 px overlap) is raised to a tile that puts at most 2x the slices'
+    pixels through the network, counted at the network itself, with the same result."""
+    import jax
+
+    import isojax.train
+
+    rng = np.random.default_rng(3)
+    wide = write_tiff(files / "wide.tif", (rng.random((10, 160, 160)) * 1000).astype(np.uint16),
+                      spacing=SPACING, dtype=np.uint16)
+    model = str(files / "model")
+    small = files / "wide_small.tif"
+    assert main(["predict", str(wide), "--model", model, "-o", str(small), "--tile", "48",
+                 "--quiet"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        "isojax: error: --tile 48 is too small for this model: tiles overlap by 96 px (at least "
+        "twice the network's reach), so --tile must be at least 100 px; leave --tile out to let "
+        "isojax choose."]
+    assert not small.exists()
+
+    pixels = []
+    load_model = isojax.train.load_model
+
+    def counting_load_model(*args, **kwargs):  # the real network, its input sizes recorded
+        apply_fn, meta = load_model(*args, **kwargs)
+
+        def counted(batch):
+            jax.debug.callback(lambda b: pixels.append(b.size), batch)
+            return apply_fn(batch)
+
+        return counted, meta
+
+    monkeypatch.setattr(isojax.train, "load_model", counting_load_model)
+    whole_out, tiled_out = files / "wide_whole.tif", files / "wide_tiled.tif"
+    assert main(["predict", str(wide), "--model", model, "-o", str(whole_out), "--quiet"]) == 0
+    whole_pixels = sum(pixels)
+    pixels.clear()
+    capsys.readouterr()
+    assert main(["predict", str(wide), "--model", model, "-o", str(tiled_out), "--tile", "100",
+                 "--quiet"]) == 0
+    tiled_pixels = sum(pixels)
+    err = capsys.readouterr().err
+    assert "warning: --tile 100 would put" in err
+    assert "using --tile 128 instead (1.60x)" in err
+    assert whole_pixels > 0
+    assert tiled_pixels <= 2 * whole_pixels
+    whole, _, _ = read_tiff(whole_out)
+    tiled, _, _ = read_tiff(tiled_out)
+    np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-2)
+
+
+@pytest.mark.parametrize("kind", ["constant", "one_bright_voxel"])
+@pytest.mark.parametrize("command", ["train", "calibrate", "predict"])
+def test_stack_without_contrast_is_refused_the_same_way_before_any_work(files, tmp_path, capsys,
+                                                                         command, kind):
+    stack = np.full((10, 64, 64), 500, np.uint16)
+    if kind == "one_bright_voxel":  # its 1st and 99.8th percentiles are both 500
+        stack[5, 30, 30] = 4000
+    path = write_tiff(tmp_path / "flat.tif", stack, spacing=SPACING, dtype=np.uint16)
+    out = tmp_path / "out"
+    args = {
+        # a bead file that does not exist: the stack must be refused before the PSF is made
+        "train": ["--model", str(out), "--bead", str(tmp_path / "missing_bead.tif"),
+                  "--steps", "2", "--patch-size", "16", "--quiet"],
+        "calibrate": ["-o", str(out.with_suffix(".tif"))],
+        "predict": ["--model", str(files / "model"), "-o", str(out.with_suffix(".tif")),
+                    "--quiet"],
+    }[command]
+    assert main([command, str(path), *args]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    found = ("all voxels are 500" if kind == "constant"
+             else "its 1st and 99.8th percentiles are both 500; only 1 of 40960 voxels differ")
+    assert errors == [
+        f"isojax: error: {path}: the stack has no contrast ({found}); a constant or nearly "
+        "constant stack normalises to a blank image and holds nothing to learn, calibrate or "
+        "restore: check that it is the right file, channel and time point, and that it is not "
+        "blank or saturated."]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.tif"]
+
+
+def test_streamed_prediction_refuses_a_stack_without_contrast(files, tmp_path, capsys):
+    # streamed (OME-Zarr output): the percentiles are estimated, the message is the same one
+    stack = np.full((10, 64, 64), 500, np.uint16)
+    stack[5, 30, 30] = 4000
+    path = write_tiff(tmp_path / "flat.tif", stack, spacing=SPACING, dtype=np.uint16)
+    out = tmp_path / "out.zarr"
+    assert main(["predict", str(path), "--model", str(files / "model"), "-o", str(out),
+                 "--quiet"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1
+    assert errors[0].startswith(
+        f"isojax: error: {path}: the stack has no contrast (its 1st and 99.8th percentiles are "
+        "both 500); a constant or nearly constant stack")
+    assert not out.exists()

@@ -67,6 +67,18 @@ def test_axial_from_lattice_bead(tmp_path, psf_data, capsys):
     assert "richardson-lucy" in printed
 
 
+def test_axial_from_confocal_bead_passes_psf_check(tmp_path, psf_data, capsys):
+    # the command: at 0.2 um, 12.4% of the derived PSF's mass sat on its outer frame
+    out = tmp_path / "confocal_axial.tif"
+    assert main(["psf", "axial", str(psf_data / "confocal_bead_crop.tif"), "--pixel-size",
+                 "0.2", "-o", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["psf", "check", str(out), "--pixel-size", "0.2"]) == 0
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err
+    assert "mass on edges" in captured.out
+
+
 def test_axial_without_voxel_size_quotes_description(tmp_path, psf_data, capsys):
     out = tmp_path / "axial.tif"
     code = main(["psf", "axial", str(psf_data / "lattice_bead_crop.tif"), "--pixel-size",

@@ -360,3 +360,70 @@ def test_a_previous_output_moved_aside_by_a_killed_writer(tmp_path):
     assert remove_stale_partials(out, log=lines.append) == []
     assert live.is_dir()
     assert f"rm -r '{live}'" in lines[0]
+
+
+def _truncated_copies(tmp_path):
+    """Real damaged files: an ImageJ stack cut at several points, and one whose metadata
+    promises more planes than it holds."""
+    data = np.random.default_rng(0).random((8, 64, 64)).astype(np.float32)
+    whole = write_tiff(tmp_path / "whole.tif", data, spacing=(0.3, 0.1, 0.1))
+    raw = whole.read_bytes()
+    with tifffile.TiffFile(whole) as tif:
+        first_data = tif.pages[0].dataoffsets[0]
+        ifds = [page.offset for page in tif.pages]
+    cuts = {
+        "in_first_ifd": 60,                       # tags of page 0 cut off
+        "in_image_data": first_data + len(raw) // 2 - first_data // 2,
+        "before_last_pages": ifds[-3],            # the last three pages' IFDs missing
+        "in_last_ifd": len(raw) - 20,
+    }
+    files = {}
+    for name, cut in cuts.items():
+        files[name] = tmp_path / f"{name}.tif"
+        files[name].write_bytes(raw[:cut])
+    six = write_tiff(tmp_path / "six.tif", data[:6], spacing=(0.3, 0.1, 0.1)).read_bytes()
+    assert six.count(b"images=6") == 1
+    assert six.count(b"slices=6") == 1
+    files["imagej_fewer_pages"] = tmp_path / "imagej_fewer_pages.tif"
+    files["imagej_fewer_pages"].write_bytes(
+        six.replace(b"images=6", b"images=8").replace(b"slices=6", b"slices=8"))
+    return files
+
+
+@pytest.mark.parametrize(
+    "damage", ["in_first_ifd", "in_image_data", "before_last_pages", "in_last_ifd",
+               "imagej_fewer_pages"])
+@pytest.mark.parametrize("reader", ["read_tiff", "open_volume"])
+def test_truncated_or_damaged_tiff_is_one_error_and_no_tifffile_log(tmp_path, caplog, damage,
+                                                                   reader):
+    import logging
+
+    from isojax.io import open_volume
+
+    path = _truncated_copies(tmp_path)[damage]
+    logger = logging.getLogger("tifffile")
+    filters = list(logger.filters)
+    read = {"read_tiff": read_tiff, "open_volume": open_volume}[reader]
+    with caplog.at_level(logging.DEBUG, logger="tifffile"), \
+            pytest.raises(IsojaxInputError) as info:
+        read(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: the TIFF is truncated or damaged (")
+    assert message.endswith("); copy or export it again")
+    assert "3D stack" not in message
+    assert "memory-mapped" not in message
+    if damage == "imagej_fewer_pages":
+        assert "promises 8 planes, the file holds 6" in message
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []  # none escaped
+    assert logger.filters == filters  # nothing left behind on the logger
+
+
+def test_intact_tiff_reads_without_complaint(tmp_path, caplog):
+    import logging
+
+    data = np.arange(8 * 16 * 16, dtype=np.float32).reshape(8, 16, 16)
+    path = write_tiff(tmp_path / "whole.tif", data, spacing=(0.3, 0.1, 0.1))
+    with caplog.at_level(logging.DEBUG, logger="tifffile"):
+        array, _, _ = read_tiff(path)
+    np.testing.assert_array_equal(array, data)
+    assert caplog.records == []

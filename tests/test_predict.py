@@ -332,7 +332,7 @@ def test_progress_counts_slices_of_both_views(stack):
         (np.ones((2, 4, 5, 6)), "Select one channel"),
         (np.ones((1, 4, 5)), "at least 2 Z slices"),
         (np.where(np.eye(5)[None] > 0, np.nan, 1.0) * np.ones((3, 1, 1)), "5 NaN or inf"),
-        (np.ones((3, 4, 5)), "percentiles are equal"),
+        (np.ones((3, 4, 5)), "the stack has no contrast"),
     ],
 )
 def test_bad_stacks_are_refused_with_a_reason(bad, match):

@@ -2,6 +2,7 @@
 
 import math
 import warnings
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -317,6 +318,61 @@ def test_real_confocal_bead_image(psf_data):
     assert bead["peak_snr"] > 10
     psf2d, info = axial_psf(psf3d, spacing, 0.05)
     _assert_sane_axial_psf(psf2d, info)
+
+
+#: Every bead file in tests/data/psf with the voxel size its README gives (None: in the file).
+BEAD_FILES = {
+    "confocal_bead_crop.tif": None,
+    "confocal_psf_crop.tif": (0.125, 0.0225, 0.0225),
+    "lattice_bead_crop.tif": (0.1, 0.101, 0.101),
+}
+
+
+@pytest.fixture(scope="module")
+def processed_beads():
+    data = Path(__file__).parent / "data" / "psf"
+    beads = {}
+    for name, spacing in BEAD_FILES.items():
+        stack, spacing, _ = read_tiff(data / name, spacing=spacing)
+        psf3d, spacing, _ = process_bead(stack, spacing)
+        beads[name] = (psf3d, spacing)
+    return beads
+
+
+def _strip_zero_frame(h):
+    """``h`` without the all-zero outer lines (the background that the crop was padded with)."""
+    while h.shape[0] > 3 and not h[[0, -1], :].any():
+        h = h[1:-1]
+    while h.shape[1] > 3 and not h[:, [0, -1]].any():
+        h = h[:, 1:-1]
+    return h
+
+
+def test_every_bead_file_is_in_the_table(psf_data):
+    assert sorted(p.name for p in psf_data.glob("*.tif")) == sorted(BEAD_FILES)
+
+
+@pytest.mark.parametrize("pixel_size", [0.05, 0.1, 0.2, 0.3])
+@pytest.mark.parametrize("name", sorted(BEAD_FILES))
+def test_derived_psf_passes_its_own_check(processed_beads, name, pixel_size):
+    # at 0.2 um the confocal bead's PSF is about one pixel wide laterally and its crop was
+    # 3 pixels: 12.4% of the mass sat on the frame that check_psf warns about
+    psf3d, spacing = processed_beads[name]
+    psf2d, info = axial_psf(psf3d, spacing, pixel_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, report = check_psf(psf2d, pixel_size=pixel_size)
+    assert not report.warnings
+    assert report.edge_fraction < 0.01
+    assert all(n % 2 == 1 for n in psf2d.shape)
+    assert psf2d.sum() == pytest.approx(1.0, abs=1e-5)
+    # the padding is background only: the widths are those of the PSF without it
+    core = _strip_zero_frame(psf2d)
+    lc, ac = core.shape[0] // 2, core.shape[1] // 2
+    mid = (psf2d.shape[0] // 2, psf2d.shape[1] // 2)
+    assert fwhm(psf2d[:, mid[1]]) == pytest.approx(fwhm(core[:, ac]), rel=0.02)
+    assert fwhm(psf2d[mid[0], :]) == pytest.approx(fwhm(core[lc, :]), rel=0.02)
+    assert info["fwhm_px"] == pytest.approx((fwhm(psf2d[:, mid[1]]), fwhm(psf2d[mid[0], :])))
 
 
 # ------------------------------------------------------------------------------ check_psf

@@ -129,6 +129,21 @@ def test_refuses_bad_input_and_overwriting(tmp_path):
         TrainConfig(steps=0)
 
 
+@pytest.mark.parametrize("kind", ["constant", "one_bright_voxel"])
+def test_stack_without_contrast_is_refused_before_any_work(tmp_path, kind):
+    # without the check, both trained to a loss of 0: normalised, the stack is blank
+    stack = np.full((12, 40, 40), 300.0, np.float32)
+    if kind == "one_bright_voxel":
+        stack[6, 20, 20] = 4000.0
+    cfg = TrainConfig(steps=2, batch_size=2, checkpoint_every=2, val_every=2, warmup_steps=0)
+    match = ("all voxels are 300" if kind == "constant"
+             else r"its 1st and 99\.8th percentiles are both 300; only 1 of 19200 voxels differ")
+    with pytest.raises(IsojaxInputError, match=r"the stack has no contrast \(" + match):
+        train(stack, axial_psf(), workdir=tmp_path / "model", synth_config=SYNTH, config=cfg,
+              net=NET, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged, match="learning rate") as info:
         run_train(tmp_path / "m", 40, learning_rate=1e30, checkpoint_every=1)
