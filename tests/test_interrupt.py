@@ -30,7 +30,7 @@ def data(tmp_path_factory):
     rng = np.random.default_rng(0)
     write_tiff(d / "stack.tif", (rng.random((8, 64, 64)) * 1000).astype(np.uint16),
                spacing=(0.3, 0.1, 0.1), dtype=np.uint16)
-    g = np.exp(-0.5 * ((np.arange(9) - 4) / 1.5) ** 2)
+    g = np.exp(-0.5 * ((np.arange(13) - 6) / 1.5) ** 2)
     write_tiff(d / "psf.tif", (g / g.sum())[None].astype(np.float32), pixel_size=0.1)
     return d
 
