@@ -4,7 +4,8 @@ Commands are argparse subparsers grouped by topic (``isojax psf axial|theory|che
 topics (train, predict, demo, calibrate) are added with :func:`_add_psf_commands`-style
 functions in :func:`build_parser`. Each command is a function ``(args) -> int``. Bad input ends
 with one line ``isojax: error: <reason>`` on stderr and a non-zero exit; real bugs keep their
-traceback.
+traceback. SIGINT and SIGTERM end with one line ``isojax: interrupted (SIG...)`` and exit
+status 130 or 143, after partial outputs are removed (and, in training, a checkpoint saved).
 """
 
 from __future__ import annotations

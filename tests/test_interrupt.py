@@ -137,13 +137,14 @@ def test_progress_lines_and_time_estimate_when_stderr_is_not_a_terminal(clean):
 
 
 @pytest.mark.slow
-def test_sigterm_during_prediction_leaves_no_output(data, clean, tmp_path):
+@pytest.mark.parametrize("name", ["iso.tif", "iso.zarr"])  # in memory, and streamed
+def test_sigterm_during_prediction_leaves_no_output(data, clean, tmp_path, name):
     rng = np.random.default_rng(2)
     write_tiff(tmp_path / "big.tif", (rng.random((30, 128, 128)) * 1000).astype(np.uint16),
                spacing=(0.3, 0.1, 0.1), dtype=np.uint16)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    proc = isojax("predict", tmp_path / "big.tif", "--model", clean[0], "-o", out_dir / "iso.tif")
+    proc = isojax("predict", tmp_path / "big.tif", "--model", clean[0], "-o", out_dir / name)
     err = []
     for line in proc.stderr:  # the stack is read and the prediction starts after this line
         err.append(line)

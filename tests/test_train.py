@@ -330,3 +330,24 @@ def test_metrics_rewrite_on_resume_keeps_the_old_file_when_the_write_fails(tmp_p
     assert "File too large" in r.stderr
     assert path.read_text().splitlines() == lines
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left
+
+
+def test_resume_check_names_the_calibration_settings_that_differ(tmp_path):
+    """With --calibrate-psf the PSF file is the learned one: the start of the fit is compared."""
+    from isojax.train import _resume_differences
+
+    run_train(tmp_path / "m", 2)
+    meta = read_model_config(tmp_path / "m")
+    cal = {"family": "gaussian", "init_fwhm": None, "steps": 40, "initial_fwhm_px": 3.0,
+           "pre_calibrated_fwhm_px": 4.2}
+    old = {**meta, "calibrate_psf": True, "calibration": cal}
+    assert _resume_differences(old, old) == []
+    assert _resume_differences(old, {**old, "train": {**meta["train"], "steps": 99}}) == []
+    new = {**old, "calibration": {**cal, "family": "free", "pre_calibrated_fwhm_px": 6.0}}
+    assert _resume_differences(old, new) == [
+        "--family free here, gaussian in the model",
+        "the pre-calibrated PSF width (its initial guess) 6 here, 4.2 in the model",
+    ]
+    assert _resume_differences(old, {**meta, "calibrate_psf": False}) == [
+        "--calibrate-psf off here, on in the model"
+    ]
