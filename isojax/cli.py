@@ -4,7 +4,8 @@ Commands are argparse subparsers grouped by topic (``isojax psf axial|theory|che
 topics (train, predict, demo, calibrate) are added with :func:`_add_psf_commands`-style
 functions in :func:`build_parser`. Each command is a function ``(args) -> int``. Bad input ends
 with one line ``isojax: error: <reason>`` on stderr and a non-zero exit; real bugs keep their
-traceback.
+traceback. SIGINT and SIGTERM end with one line ``isojax: interrupted (SIG...)`` and exit
+status 130 or 143, after partial outputs are removed (and, in training, a checkpoint saved).
 """
 
 from __future__ import annotations
@@ -322,6 +323,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             init_fwhm=args.init_fwhm,
             match_noise=not args.no_match_noise,
             compute_dtype=args.compute_dtype,
+            log_every=args.log_every,
             **quiet,
         )
     except TrainingDiverged as exc:
@@ -478,6 +480,9 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
                     help="seconds without a heartbeat before a host counts as dead and the "
                     "others stop")
     t.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    t.add_argument("--log-every", type=_positive_float, default=60.0, metavar="S",
+                   help="when stderr is not a terminal (log file, SLURM, nohup): seconds "
+                   "between progress lines, also written at each validation")
     t.set_defaults(func=_cmd_train)
 
     p = commands.add_parser(
@@ -573,7 +578,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
       The exit status: 0 on success, 1 for bad input (one ``isojax: error:`` line on stderr),
-      2 for a bad command line.
+      2 for a bad command line, 128 + the signal number (130 for SIGINT, 143 for SIGTERM)
+      when interrupted (one ``isojax: interrupted`` line; partial outputs are removed, and
+      training saves a checkpoint first: :mod:`isojax.interrupt`).
     """
     parser = build_parser()
     try:
@@ -583,8 +590,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
+    from isojax.interrupt import Interrupted, raise_on_signals
+
     try:
-        return args.func(args)
+        with raise_on_signals():
+            return args.func(args)
+    except Interrupted as exc:
+        print(f"isojax: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:  # a SIGINT outside raise_on_signals' reach (another thread)
+        print("isojax: interrupted (SIGINT)", file=sys.stderr)
+        return 130
     except (IsojaxInputError, ValueError, OSError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"isojax: error: {message}", file=sys.stderr)

@@ -237,6 +237,7 @@ def train_file(
     init_fwhm: float | None = None,
     match_noise: bool = True,
     compute_dtype: str = "float32",
+    log_every: float = 60.0,
 ) -> dict:
     """``isojax train``: train a model folder from a stack and a PSF.
 
@@ -253,6 +254,10 @@ def train_file(
     The anisotropy factor comes from ``subsample`` or the voxel size (metadata or
     ``spacing``); the PSF from a file, a bead stack, or a theoretical model, at the stack's
     lateral pixel size. See :func:`isojax.train.train` for what the folder holds.
+
+    ``resume`` continues the folder's training (:func:`isojax.train.train`): a larger
+    ``steps`` extends a run, keeping the folder's warm-up length. When stderr is not a
+    terminal, a progress line is written every ``log_every`` seconds.
     """
     from isojax.synth import SynthConfig, check_contrast
     from isojax.train import TrainConfig, train
@@ -285,6 +290,14 @@ def train_file(
         photons=photons,
         read_noise=read_noise,
     )
+    warmup_steps = min(100, steps // 10)
+    if resume and (Path(model) / "config.json").exists():
+        from isojax.train import read_model_config
+
+        # the warm-up is part of the run's schedule: an extended run keeps the folder's
+        kept = read_model_config(model).get("train", {}).get("warmup_steps")
+        if isinstance(kept, int) and not isinstance(kept, bool) and kept >= 0:
+            warmup_steps = kept
     config = TrainConfig(
         steps=steps,
         batch_size=batch_size,
@@ -293,7 +306,7 @@ def train_file(
         seed=seed,
         checkpoint_every=checkpoint_every,
         val_every=val_every,
-        warmup_steps=min(100, steps // 10),
+        warmup_steps=warmup_steps,
         compute_dtype=compute_dtype,
     )
     net = UNetConfig(first_filters=first_filters, depth=depth, prob_out=loss == "laplace")
@@ -312,7 +325,10 @@ def train_file(
         calibrate_psf=calibrate_psf,
         calibration=calibration,
         match_noise=match_noise,
+        log_every=log_every,
     )
+    if summary.get("steps_run") == 0:
+        return summary  # train() said there was nothing to do
     log(
         f"trained {summary['step']} steps: loss {summary['loss']:.4g}, best validation loss "
         f"{summary['best_val_loss']:.4g} at step {summary['best_step']}; model in {model}"

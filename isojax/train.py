@@ -30,6 +30,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -123,7 +124,16 @@ class TrainState(NamedTuple):
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Adam with linear warm-up and cosine decay (Loshchilov & Hutter, SGDR, ICLR 2017)."""
+    """Adam with linear warm-up and cosine decay (Loshchilov & Hutter, SGDR, ICLR 2017).
+
+    The schedule is a function of the step number and of ``config.steps``, which is not
+    part of the optimiser state. A run extended on resume (:func:`train` with ``resume=True``
+    and a larger ``steps``) therefore continues on the cosine of the new total: the steps
+    already done keep the learning rates they were trained with, and from the resumed step
+    on the rate is the new schedule's (higher than where the old one ended, then decaying
+    to ``final_lr_fraction`` of the peak at the new last step: a warm restart, as in SGDR).
+    The warm-up keeps its original length (the model folder's ``warmup_steps``).
+    """
     warmup = min(config.warmup_steps, max(config.steps - 1, 0))
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0 if warmup else config.learning_rate,
@@ -676,17 +686,161 @@ def _data_parallel(batch_size: int) -> _Placement:
 
 
 def _metrics_lines(path: Path, upto: int) -> None:
-    """Keep only the metric lines of steps <= upto (after a resume)."""
+    """Keep only the metric lines of steps <= upto (after a resume).
+
+    The file is replaced atomically (:func:`isojax.io.atomic_write`): a kill or a full disk
+    during the rewrite leaves the old file whole, and the next resume trims it again.
+    """
+    from isojax.io import atomic_write
+
     if not path.exists():
         return
+    lines = path.read_text().splitlines()
     kept = []
-    for line in path.read_text().splitlines():
+    for line in lines:
         try:
             if json.loads(line).get("step", 0) <= upto:
                 kept.append(line)
         except json.JSONDecodeError:
             break  # a line cut by a kill: drop it and what follows
-    path.write_text("".join(ln + "\n" for ln in kept))
+    if kept == lines:
+        return
+    text = "".join(ln + "\n" for ln in kept)
+    atomic_write(path, lambda temp: temp.write_text(text))
+
+
+# Settings compared on resume, with the command-line flag that sets each (others are named
+# by their place in config.json). train.steps is not among them: a larger --steps extends.
+_FLAGS = {
+    "train.batch_size": "--batch-size",
+    "train.learning_rate": "--learning-rate",
+    "train.loss": "--loss",
+    "train.seed": "--seed",
+    "train.checkpoint_every": "--checkpoint-every",
+    "train.val_every": "--checkpoint-every",
+    "train.compute_dtype": "--compute-dtype",
+    "unet.first_filters": "--first-filters",
+    "unet.prob_out": "--loss laplace",
+    "synth.patch_size": "--patch-size",
+    "synth.interpolation": "--interpolation",
+    "synth.photons": "--photons (or the noise estimated from the stack)",
+    "synth.read_noise": "--read-noise (or the noise estimated from the stack)",
+    "synth.subsample": "--subsample",
+    "subsample": "--subsample",
+    "calibrate_psf": "--calibrate-psf",
+    "calibration.family": "--family",
+    "calibration.initial_fwhm_px": "the initial PSF width (--init-fwhm or the PSF source)",
+    "calibration.pre_calibrated_fwhm_px": "the pre-calibrated PSF width (its initial guess)",
+    "normalization.lo": "the stack's intensity range (normalization.lo)",
+    "normalization.hi": "the stack's intensity range (normalization.hi)",
+    "stack_shape": "the stack's shape",
+}
+_RESUME_KEYS = ("unet", "train", "synth", "subsample", "normalization", "stack_shape",
+                "calibrate_psf", "calibration")
+
+
+def _leaves(value, prefix: str) -> dict[str, Any]:
+    value = json.loads(json.dumps(value, default=_json_default))
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_leaves(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: value}
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list):
+        return "(" + ", ".join(_show(v) for v in value) + ")"
+    return "none" if value is None else str(value)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)
+    return a == b
+
+
+def _resume_differences(old: dict, new: dict) -> list[str]:
+    """``"--patch-size 64 here, 128 in the model"`` for each setting that differs."""
+    found: list[str] = []
+    for key in _RESUME_KEYS:
+        if key == "calibration" and (key not in old or key not in new):
+            continue  # folders from before the calibration settings were kept
+        a, b = _leaves(new.get(key), key), _leaves(old.get(key), key)
+        for name in sorted(set(a) | set(b)):
+            if name == "train.steps":
+                continue
+            if not _same(a.get(name), b.get(name)):
+                label = _FLAGS.get(name, name)
+                line = f"{label} {_show(a.get(name))} here, {_show(b.get(name))} in the model"
+                if line not in found:
+                    found.append(line)
+    return found
+
+
+def _psf_difference(here: np.ndarray, folder_psf: np.ndarray) -> str | None:
+    """What differs between this run's PSF and the model folder's, or None."""
+    if here.shape != folder_psf.shape:
+        return (f"the PSF: shape {here.shape} here, {folder_psf.shape} in the model's psf.tif "
+                "(lateral, axial)")
+    peak = float(np.max(np.abs(folder_psf))) or 1.0
+    err = float(np.max(np.abs(here.astype(np.float64) - folder_psf)))
+    if err > 1e-5 * peak:
+        return f"the PSF: differs from the model's psf.tif by up to {100 * err / peak:.3g}% of its peak"
+    return None
+
+
+def _duration(seconds: float) -> str:
+    """``"3 h 41 min"``, ``"12 min"``, ``"40 s"``."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    h, m = divmod(minutes, 60)
+    return f"{h} h {m} min" if h else f"{m} min"
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _agree_on_stop(signum: int | None) -> int | None:
+    """The signal any process received (so that all stop at the same step), or None."""
+    if jax.process_count() == 1:
+        return signum
+    from jax.experimental import multihost_utils
+
+    got = multihost_utils.process_allgather(np.int32(signum or 0))
+    top = int(np.max(np.asarray(got)))
+    return top or None
+
+
+def _summary_from_metrics(path: Path, step: int) -> dict:
+    records = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    summary: dict[str, Any] = {"step": step, "loss": float("nan"), "best_val_loss": None,
+                               "best_step": None, "steps_run": 0}
+    done = [r for r in records if r.get("step", 0) <= step]
+    if done:
+        summary["loss"] = done[-1].get("loss", float("nan"))
+    vals = [r for r in done if "val_loss" in r]
+    if vals:
+        b = min(vals, key=lambda r: r["val_loss"])
+        summary.update(best_val_loss=b["val_loss"], best_step=b["step"])
+    return summary
 
 
 def train(
@@ -706,6 +860,7 @@ def train(
     calibrate_psf: bool = False,
     calibration=None,
     match_noise: bool = True,
+    log_every: float = 60.0,
 ) -> dict:
     """Train a restoration network on pairs synthesised from the stack's XY planes.
 
@@ -739,25 +894,48 @@ def train(
       spacing: voxel size ``(dz, dy, dx)`` of the stack in µm, stored for prediction.
       psf_pixel_size: pixel size of the PSF in µm, stored with it.
       percentiles: normalisation percentiles ``(pmin, pmax)``.
-      resume: continue from the folder's last checkpoint (same settings required).
-      progress: show a progress bar on stderr.
+      resume: continue from the folder's last checkpoint. The settings must be the same
+        (the message names each one that differs), and so must the PSF (compared with the
+        folder's ``psf.tif``; with ``calibrate_psf``, the calibration settings and the
+        pre-calibrated width). ``config.steps`` may be larger than the folder's: training
+        then continues to the new total, on the schedule described in
+        :func:`make_optimizer`; at or below the steps already done there is nothing to do
+        and nothing is written. A folder without a model is refused; one with settings but
+        no checkpoint yet starts from step 0.
+      progress: show a progress bar on stderr; when stderr is not a terminal (a log file,
+        SLURM, nohup) write a progress line instead every ``log_every`` seconds and at
+        each validation.
       log: where to send one-line messages (default: stderr).
       calibrate_psf: learn the PSF jointly (see above); ``psf`` may then be None.
       calibration: a :class:`isojax.calibrate.CalibrationConfig` (family, initial width,
         weights); default ``CalibrationConfig()``.
       match_noise: estimate the stack's noise and add it to the synthetic inputs when
         ``synth_config`` sets none (see above).
+      log_every: seconds between progress lines when stderr is not a terminal.
+
+    After the first steps (the compilation excluded) one line estimates the time the run
+    will take; on CPU, with more than 10 minutes to go, it adds a hint about faster settings.
+
+    Signals. SIGINT (Ctrl-C) or SIGTERM (SLURM, Kubernetes) during the loop lets the
+    current step finish, saves the ``last`` checkpoint and the metrics at that step, and
+    raises :class:`isojax.interrupt.Interrupted` whose message says how to continue
+    (``resume=True``); a second signal stops at once. In a multi-host job the processes
+    agree on the signal after every step (a small all-gather), so all of them stop at the
+    same step.
 
     Returns:
-      A summary: final step, last training loss, best validation loss and its step.
+      A summary: final step, last training loss, best validation loss and its step, and
+      ``steps_run``, the steps run by this call (0 when there was nothing to do).
 
     Raises:
       IsojaxInputError: bad stack, folder already holding a model without ``resume``,
-        or settings that differ from the folder's on resume.
+        nothing to resume, or settings or a PSF that differ from the folder's on resume.
       TrainingDiverged: the loss became NaN or inf; the last good checkpoint is kept.
+      isojax.interrupt.Interrupted: SIGINT or SIGTERM; a checkpoint was saved first.
     """
     from isojax import __version__, distributed
-    from isojax.io import write_tiff
+    from isojax.interrupt import Interrupted, deferred_signals
+    from isojax.io import read_tiff, write_tiff
     from isojax.plot import save_loss_png
 
     main = distributed.is_main_process()  # only process 0 writes files and messages
@@ -833,6 +1011,7 @@ def train(
         "psf": {"file": "psf.tif", "pixel_size": psf_pixel_size, "shape": list(psf_dense.shape)},
         "calibrate_psf": bool(calibrate_psf),
         "stack_shape": list(stack.shape),
+        **({} if joint is None else {"calibration": _calibration_meta(joint)}),
         "train_planes": [int(train_z[0]), int(train_z[-1])],
         "val_planes": [int(val_z[0]), int(val_z[-1])],
     }
@@ -843,20 +1022,40 @@ def train(
             f"{workdir} already holds a model; pass --resume to continue it, or choose a new "
             "--model folder."
         )
-    if resume and existing.exists():
+    if resume and not existing.exists():
+        raise IsojaxInputError(
+            f"nothing to resume in {workdir}: it holds no model (no config.json); drop --resume "
+            "to start a new training."
+        )
+    done_before = None  # the folder's last checkpoint step, on resume
+    if resume:
         old = read_model_config(workdir)
-        for k in ("unet", "train", "synth", "subsample", "normalization", "stack_shape"):
-            if json.loads(json.dumps(old.get(k), default=_json_default)) != json.loads(
-                json.dumps(meta[k], default=_json_default)
-            ):
-                raise IsojaxInputError(
-                    f"cannot resume {workdir}: its {k} settings differ from this run's; use the "
-                    "same stack and options, or train into a new folder."
-                )
+        differences = _resume_differences(old, meta)
+        if joint is None and not old.get("calibrate_psf"):
+            psf_diff = _psf_difference(psf_dense, np.asarray(read_tiff(workdir / "psf.tif")[0]))
+            if psf_diff is not None:
+                differences.append(psf_diff)
+        if differences:
+            raise IsojaxInputError(
+                f"cannot resume {workdir}: this run's settings differ from the model's: "
+                + "; ".join(differences)
+                + ". Use the same stack and options, or train into a new folder."
+            )
+        last, best = _managers(workdir)
+        done_before = last.latest_step()
+        last.close()
+        best.close()
+        if done_before is not None and done_before >= config.steps:
+            log(f"model already trained for {done_before} steps; nothing to do (pass a larger "
+                "--steps to continue)")
+            return _summary_from_metrics(workdir / "metrics.jsonl", done_before)
+        if done_before is None:
+            log(f"{workdir} holds no checkpoint yet: starting from step 0")
     distributed.barrier("isojax-train-checked")  # every process checked before anyone writes
     if main:
         workdir.mkdir(parents=True, exist_ok=True)
-        write_tiff(workdir / "psf.tif", psf_dense, pixel_size=psf_pixel_size)
+        if not resume:  # on resume psf.tif is the same (checked), or the learned PSF
+            write_tiff(workdir / "psf.tif", psf_dense, pixel_size=psf_pixel_size)
         write_model_config(workdir, meta)
     distributed.barrier("isojax-model-folder")
 
@@ -928,9 +1127,46 @@ def train(
         )
     summary: dict[str, Any] = {"best_val_loss": None, "best_step": None}
     last_loss = float("nan")
+    lines = progress and not _stderr_is_terminal()  # progress lines instead of the bar
+    clock = {"steps": 0, "seconds": 0.0, "first": None, "line": time.perf_counter(),
+             "estimated": False, "val": None}
+
+    def remaining_time(done: int) -> str:
+        if clock["first"] is None or done <= clock["first"][0]:
+            return "steps/s not known yet"
+        rate = (done - clock["first"][0]) / max(time.perf_counter() - clock["first"][1], 1e-9)
+        return f"{rate:.3g} steps/s, about {_duration((config.steps - done) / rate)} left"
+
+    def progress_line(done: int, loss: float) -> None:
+        val = "" if clock["val"] is None else (
+            f", val_loss {clock['val'][1]:.4g} (step {clock['val'][0]})")
+        log(f"step {done}/{config.steps}: loss {loss:.4g}{val}, {remaining_time(done)}")
+        sys.stderr.flush()
+        clock["line"] = time.perf_counter()
+
+    def estimate(done: int) -> None:
+        """Log once the run's estimated time, from the steps after the first (compiled)."""
+        per_step = clock["seconds"] / clock["steps"]
+        left = (config.steps - done) * per_step
+        backend = jax.default_backend()
+        msg = (f"about {_duration(left)} for the {config.steps - done} steps left of "
+               f"{config.steps} ({per_step:.3g} s/step on {backend})")
+        if backend == "cpu" and left > 600:
+            smaller = [f"{flag} {v}" for flag, v, now in (
+                ("--patch-size", 64, synth_config.patch_size),
+                ("--first-filters", 16, net.first_filters),
+                ("--batch-size", 8, config.batch_size)) if now > v]
+            msg += ("; on CPU, smaller settings are faster per step: " + " ".join(smaller)
+                    + " (about 20x with CARE's defaults), or train on a GPU"
+                    if smaller else "; a GPU is much faster")
+        log(msg)
+        clock["estimated"] = True
+
     try:
-        with metrics_path.open("a") if main else open(os.devnull, "w") as mf:
+        with (metrics_path.open("a") if main else open(os.devnull, "w")) as mf, \
+                deferred_signals() as stop:
             for step in range(start, config.steps):
+                t_step = time.perf_counter()
                 batch = draw(jax.random.fold_in(data_key, step), train_z_dev)
                 new_state, m = train_step(state, batch)
                 if joint is not None and (step + 1) % joint["config"].joint_every == 0:
@@ -946,12 +1182,18 @@ def train(
                     )
                 state = new_state
                 last_loss = loss
+                if clock["first"] is None:  # the first step compiles: not timed
+                    clock["first"] = (step + 1, time.perf_counter())
+                else:
+                    clock["steps"] += 1
+                    clock["seconds"] += time.perf_counter() - t_step
                 record = {"step": step + 1, "loss": loss, "grad_norm": float(m["grad_norm"])}
                 record.update({k: float(v) for k, v in m.items() if k.startswith("psf_")})
                 done = step + 1
                 if done % config.val_every == 0 or done == config.steps:
                     v = validate(state.params)
                     record.update({f"val_{k}": val for k, val in v.items()})
+                    clock["val"] = (done, v["loss"])
                     _save(best, state, metrics={"val_loss": v["loss"]}, extra=_joint_extra(joint))
                     if summary["best_val_loss"] is None or v["loss"] < summary["best_val_loss"]:
                         summary.update(best_val_loss=v["loss"], best_step=done)
@@ -962,6 +1204,25 @@ def train(
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4f}")
+                if not clock["estimated"] and done < config.steps and (
+                    clock["steps"] >= 3 or clock["seconds"] >= 30
+                ):
+                    estimate(done)
+                if lines and (
+                    "val_loss" in record or time.perf_counter() - clock["line"] >= log_every
+                ):
+                    progress_line(done, loss)
+                signum = _agree_on_stop(stop.signum)
+                if signum is not None and done < config.steps:
+                    if done % config.checkpoint_every:  # not saved above
+                        _save(last, state, extra=_joint_extra(joint))
+                    last.wait_until_finished()
+                    raise Interrupted(
+                        signum,
+                        f"training stopped at step {done} of {config.steps}; checkpoint saved in "
+                        f"{workdir / 'checkpoints'}; to continue, run the same command with "
+                        "--resume",
+                    )
     finally:
         if bar is not None:
             bar.close()
@@ -969,7 +1230,7 @@ def train(
         best.wait_until_finished()
         last.close()
         best.close()
-    summary.update(step=int(state.step), loss=last_loss)
+    summary.update(step=int(state.step), loss=last_loss, steps_run=int(state.step) - start)
     if not main:
         return summary
     records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
@@ -1020,7 +1281,13 @@ def _start_calibration(stack, psf, synth_config, calibration, pixel_size, log) -
                                                 max_lines=config.max_lines)
     return {"config": config, "report": report, "target": target, "segment": segment,
             "psf": report.psf(), "synth": synth_config, "theta": None, "opt": None,
-            "step_fn": None, "trajectory": []}
+            "step_fn": None, "trajectory": [], "init_fwhm_px": float(init)}
+
+
+def _calibration_meta(joint) -> dict:
+    """The calibration settings and their deterministic start, kept to check a resume."""
+    return {**dataclasses.asdict(joint["config"]), "initial_fwhm_px": joint["init_fwhm_px"],
+            "pre_calibrated_fwhm_px": float(joint["report"].fwhm_px)}
 
 
 def _init_joint(joint, graphdef) -> None:

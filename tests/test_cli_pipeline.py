@@ -566,3 +566,133 @@ def test_streamed_prediction_refuses_a_stack_without_contrast(files, tmp_path, c
         f"isojax: error: {path}: the stack has no contrast (its 1st and 99.8th percentiles are "
         "both 500); a constant or nearly constant stack")
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------ --resume
+
+
+def train_args(files, model, *extra, psf=True, steps="3"):
+    return [
+        "train", str(files / "stack.tif"), *(["--psf", str(files / "psf.tif")] if psf else []),
+        "--model", str(model), "--steps", steps, "--batch-size", "2", "--patch-size", "16",
+        "--first-filters", "4", "--checkpoint-every", "3", "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def snapshot(folder):
+    """Every file of a folder with its bytes and modification time."""
+    return {
+        p.relative_to(folder): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def replace(args, flag, value):
+    args = list(args)
+    args[args.index(flag) + 1] = value
+    return args
+
+
+THEORY = ["--na", "1.0", "--wavelength", "0.5", "--ri", "1.33", "--modality", "widefield"]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda a: replace(replace(a, "--batch-size", "4"), "--patch-size", "8"),
+         ["--batch-size 4 here, 2 in the model", "--patch-size 8 here, 16 in the model"]),
+        (lambda a: [*a, "--subsample", "4"], ["--subsample 4 here, 3 in the model"]),
+        (lambda a: [*a, "--learning-rate", "0.001"],
+         ["--learning-rate 0.001 here, 0.0004 in the model"]),
+        ("theory PSF", ["the PSF: shape (1, 43) here, (1, 65) in the model's psf.tif"]),
+        ("wider PSF", ["the PSF: differs from the model's psf.tif by up to"]),
+    ],
+    ids=["batch-and-patch", "subsample", "learning-rate", "psf-shape", "psf-values"],
+)
+def test_resume_names_what_differs_and_changes_nothing(
+    files, capsys, tmp_path, change, expected
+):
+    model = files / "model"
+    before = snapshot(model)
+    if change == "theory PSF":
+        args = train_args(files, model, "--resume", *THEORY, psf=False)
+    elif change == "wider PSF":  # same shape, another width
+        x = np.arange(65) - 32.0
+        g = np.exp(-0.5 * (x / 9.0) ** 2)[None].astype(np.float32)
+        write_tiff(tmp_path / "wider.tif", g / g.sum(), pixel_size=0.1)
+        args = replace(train_args(files, model, "--resume"), "--psf", str(tmp_path / "wider.tif"))
+    else:
+        args = change(train_args(files, model, "--resume"))
+    assert main(args) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith(f"isojax: error: cannot resume {model}")
+    assert sum(line.startswith("isojax: error:") for line in lines) == 1
+    for text in expected:
+        assert text in lines[-1]
+    assert "train into a new folder" in lines[-1]
+    assert snapshot(model) == before
+
+
+@pytest.mark.parametrize("steps", ["3", "2"])
+def test_resume_of_a_finished_run_does_nothing(files, capsys, steps):
+    model = files / "model"
+    before = snapshot(model)
+    assert main(train_args(files, model, "--resume", steps=steps)) == 0
+    err = capsys.readouterr().err
+    assert ("model already trained for 3 steps; nothing to do (pass a larger --steps to "
+            "continue)") in err
+    assert "nan" not in err
+    assert snapshot(model) == before
+
+
+def test_resume_without_a_model_refuses(files, capsys, tmp_path):
+    model = tmp_path / "nothing"
+    assert main(train_args(files, model, "--resume")) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"isojax: error: nothing to resume in {model}: it holds no model (no "
+                   "config.json); drop --resume to start a new training.")
+    assert not model.exists()
+
+
+def test_resume_with_a_larger_steps_continues_and_keeps_the_warmup(files, capsys, tmp_path):
+    import json
+
+    model = tmp_path / "m"
+    assert main(train_args(files, model, steps="10")) == 0
+    first = (model / "metrics.jsonl").read_text().splitlines()
+    meta = json.loads((model / "config.json").read_text())
+    assert meta["train"]["warmup_steps"] == 1  # min(100, 10 // 10)
+    capsys.readouterr()
+    assert main(train_args(files, model, "--resume", steps="20")) == 0
+    err = capsys.readouterr().err
+    assert f"resuming {model} at step 10" in err
+    assert "trained 20 steps" in err
+    lines = (model / "metrics.jsonl").read_text().splitlines()
+    assert lines[:10] == first
+    records = [json.loads(x) for x in lines]
+    assert [r["step"] for r in records] == list(range(1, 21))
+    assert all(np.isfinite(r["loss"]) for r in records)
+    meta = json.loads((model / "config.json").read_text())
+    assert meta["train"]["steps"] == 20
+    assert meta["train"]["warmup_steps"] == 1  # the folder's, not min(100, 20 // 10)
+    from isojax.train import _managers
+
+    last, _ = _managers(model)
+    assert last.latest_step() == 20
+    last.close()
+
+
+def test_resume_of_a_folder_without_checkpoint_starts_from_step_0(files, capsys, tmp_path):
+    import json
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(files / "model", model)
+    for sub in ("last", "best"):  # as if killed before its first checkpoint
+        shutil.rmtree(model / "checkpoints" / sub)
+    assert main(train_args(files, model, "--resume")) == 0
+    err = capsys.readouterr().err
+    assert f"{model} holds no checkpoint yet: starting from step 0" in err
+    steps = [json.loads(x)["step"] for x in (model / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]

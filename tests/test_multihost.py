@@ -214,3 +214,42 @@ def test_cli_distributed_without_a_job_says_what_to_pass(tmp_path, monkeypatch, 
     assert "host:port" in capsys.readouterr().err
     assert not jax.distributed.is_initialized()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_host_stops_all_at_the_same_step_with_a_checkpoint(tmp_path):
+    """Through the CLI: SIGTERM to host 0 only; both hosts agree, save and exit 143."""
+    import signal
+
+    procs = start_workers(tmp_path, steps=100_000, cli=True)
+    metrics = tmp_path / "model" / "metrics.jsonl"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:  # wait for real progress
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+                break
+            assert all(p.poll() is None for p in procs), (tmp_path / "err0").read_text()[-3000:]
+            time.sleep(0.05)
+        else:
+            pytest.fail("no progress within 300 s")
+        procs[0].send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=120)  # no hang in a collective
+    finally:
+        stop(procs)
+    stopped = []
+    for rank, p in enumerate(procs):
+        err = (tmp_path / f"err{rank}").read_text()
+        assert p.returncode == 143, err[-3000:]
+        assert "Traceback" not in err
+        last_line = err.strip().splitlines()[-1]
+        assert last_line.startswith("isojax: interrupted (SIGTERM): training stopped at step")
+        stopped.append(int(last_line.split("at step ")[1].split()[0]))
+    assert stopped[0] == stopped[1]
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+    assert steps == list(range(1, stopped[0] + 1))
+    from isojax.train import _managers
+
+    last, _ = _managers(tmp_path / "model")
+    assert last.latest_step() == stopped[0]
+    last.close()

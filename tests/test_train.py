@@ -319,3 +319,50 @@ def test_resume_with_psf_calibration_continues_the_psf_exactly(tmp_path):
 def final_params_of(folder, net, cfg):
     last, _ = _managers(folder)
     return _restore(last, net, cfg).params
+
+
+REWRITE = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from pathlib import Path
+    import isojax.io
+    from isojax.train import _metrics_lines
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a full disk: writes fail with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+    _metrics_lines(Path(sys.argv[1]), 300)
+    """
+)
+
+
+def test_metrics_rewrite_on_resume_keeps_the_old_file_when_the_write_fails(tmp_path):
+    """The resume trims metrics.jsonl atomically: a failed rewrite loses no metric line."""
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": i, "loss": 0.001 * i, "grad_norm": 1.0}) for i in range(1, 401)]
+    path.write_text("".join(x + "\n" for x in lines))
+    r = subprocess.run([sys.executable, "-c", REWRITE, str(path)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode != 0  # the rewrite (12 kB) did not fit under the 4 kB limit
+    assert "File too large" in r.stderr
+    assert path.read_text().splitlines() == lines
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left
+
+
+def test_resume_check_names_the_calibration_settings_that_differ(tmp_path):
+    """With --calibrate-psf the PSF file is the learned one: the start of the fit is compared."""
+    from isojax.train import _resume_differences
+
+    run_train(tmp_path / "m", 2)
+    meta = read_model_config(tmp_path / "m")
+    cal = {"family": "gaussian", "init_fwhm": None, "steps": 40, "initial_fwhm_px": 3.0,
+           "pre_calibrated_fwhm_px": 4.2}
+    old = {**meta, "calibrate_psf": True, "calibration": cal}
+    assert _resume_differences(old, old) == []
+    assert _resume_differences(old, {**old, "train": {**meta["train"], "steps": 99}}) == []
+    new = {**old, "calibration": {**cal, "family": "free", "pre_calibrated_fwhm_px": 6.0}}
+    assert _resume_differences(old, new) == [
+        "--family free here, gaussian in the model",
+        "the pre-calibrated PSF width (its initial guess) 6 here, 4.2 in the model",
+    ]
+    assert _resume_differences(old, {**meta, "calibrate_psf": False}) == [
+        "--calibrate-psf off here, on in the model"
+    ]
