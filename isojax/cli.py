@@ -11,6 +11,9 @@ status 130 or 143, after partial outputs are removed (and, in training, a checkp
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -580,8 +583,32 @@ def main(argv: Sequence[str] | None = None) -> int:
       The exit status: 0 on success, 1 for bad input (one ``isojax: error:`` line on stderr),
       2 for a bad command line, 128 + the signal number (130 for SIGINT, 143 for SIGTERM)
       when interrupted (one ``isojax: interrupted`` line; partial outputs are removed, and
-      training saves a checkpoint first: :mod:`isojax.interrupt`).
+      training saves a checkpoint first: :mod:`isojax.interrupt`), 141 (128 + SIGPIPE) when
+      the reader of its output went away (``isojax ... | head``), quietly.
     """
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return _stop_on_broken_pipe()
+
+
+def _stop_on_broken_pipe() -> int:
+    """stdout or stderr was closed by its reader (``isojax ... | head``): stop quietly.
+
+    Both streams are pointed at ``/dev/null`` so that nothing else (the interpreter's own
+    flush at exit included) tries to write to the closed pipe; the status is that of a
+    process ended by SIGPIPE, as for other command-line tools.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        # a stream that is not a real file (a test's capture) has nothing to redirect
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -601,6 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # a SIGINT outside raise_on_signals' reach (another thread)
         print("isojax: interrupted (SIGINT)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout or stderr went away: see main
+        raise
     except (IsojaxInputError, ValueError, OSError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"isojax: error: {message}", file=sys.stderr)

@@ -96,3 +96,24 @@ def test_a_commands_warning_has_the_prefix_of_every_warning(tmp_path, capsys):
     assert warned, err
     assert all(line.startswith("isojax: warning: --subsample 3 overrides") for line in warned)
     assert err[-1].startswith("isojax: error: ")
+
+
+def test_a_closed_output_pipe_stops_quietly(tmp_path):
+    """`isojax ... | head`: when the reader goes away, no BrokenPipeError traceback."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before isojax writes its first line
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "isojax", "psf", "theory", "--na", "1.0", "--wavelength",
+             "0.5", "--ri", "1.33", "--modality", "widefield", "--pixel-size", "0.1", "-o",
+             str(tmp_path / "axial.tif")],
+            stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert run.stderr == ""  # no traceback, no "Broken pipe" error, no "Exception ignored"
+    assert run.returncode == 141
+    assert list(tmp_path.iterdir()) == []  # it stopped at its first line: nothing half-written

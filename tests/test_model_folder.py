@@ -194,9 +194,11 @@ def test_a_damaged_checkpoint_leaves_no_traceback_on_the_real_stderr(trained, mo
 # --------------------------------------------------------------------------- resume
 
 
-def resume(trained, model):
+def resume(trained, model, steps="4"):
+    args = list(TRAIN)
+    args[args.index("--steps") + 1] = steps
     return main(["train", str(trained / "stack.tif"), "--psf", str(trained / "psf.tif"),
-                 "--model", str(model), *TRAIN, "--resume"])
+                 "--model", str(model), *args, "--resume"])
 
 
 @pytest.mark.slow  # resumes a training run
@@ -204,7 +206,9 @@ def test_resume_from_a_damaged_last_checkpoint_says_how_to_continue(trained, mod
     last4 = model / "checkpoints" / "last" / "4"
     truncate(last4 / "default" / "_METADATA")
     metrics = (model / "metrics.jsonl").read_text()
-    assert resume(trained, model) == 1
+    # extended to 6 steps: a resume that has work to do reads the last checkpoint (one at
+    # --steps already would have nothing to do and read none)
+    assert resume(trained, model, steps="6") == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
     errors = [ln for ln in err.splitlines() if ln.startswith("isojax: error:")]
@@ -215,10 +219,10 @@ def test_resume_from_a_damaged_last_checkpoint_says_how_to_continue(trained, mod
     assert (model / "metrics.jsonl").read_text() == metrics
     # the advice works: training continues from step 2
     shutil.move(last4, model.parent / "last-4-damaged")
-    assert resume(trained, model) == 0
+    assert resume(trained, model, steps="6") == 0
     steps = [json.loads(x)["step"] for x in (model / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
-    assert (model / "checkpoints" / "last" / "4" / "default" / "_METADATA").exists()
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert (model / "checkpoints" / "last" / "6" / "default" / "_METADATA").exists()
 
 
 def test_resume_with_damaged_best_metrics_names_the_file(trained, model, capsys):
