@@ -99,12 +99,19 @@ def estimate_noise(stack, *, n_bins: int = 16) -> tuple[float | None, float]:
       ``(photons, read_noise)`` for :class:`SynthConfig`: photons per unit intensity
       ``1 / a`` (None when no shot noise is detected) and the read-noise standard
       deviation ``sqrt(b)``, both in the stack's units.
+
+    Raises:
+      IsojaxInputError: the stack is not 3D or its planes are smaller than 8 px.
     """
     from scipy import ndimage
 
     x = np.asarray(stack, np.float64)
     if x.ndim != 3 or min(x.shape[1:]) < 8:
-        raise ValueError(f"estimate_noise needs a (z, y, x) stack with planes >= 8 px, got {x.shape}.")
+        raise IsojaxInputError(
+            f"estimating the noise needs a (z, y, x) stack with planes of at least 8 px, got "
+            f"{x.shape}; give the noise (--photons, --read-noise) or turn matching off "
+            "(--no-match-noise)."
+        )
     # at most ~4 M pixels, from evenly spread planes
     step = max(1, int(np.ceil(x.size / 4e6)))
     planes = x[:: max(1, min(step, x.shape[0]))]
