@@ -765,14 +765,16 @@ def _axial_fwhm(axial: np.ndarray) -> float:
 def check_subsample_against_spacing(subsample: float, spacing) -> None:
     """Refuse a subsample factor that contradicts the voxel size by more than 2%.
 
+    The rule is :func:`isojax.pipeline.subsample_conflict` (symmetric: 2% above or below).
+
     Raises:
       IsojaxInputError: naming both values and how to choose between them.
     """
-    if spacing is None:
-        return
-    dz, _, dx = (float(v) for v in spacing)
-    from_meta = dz / dx
-    if abs(float(subsample) / from_meta - 1) > 0.02:
+    from isojax.pipeline import subsample_conflict
+
+    from_meta = subsample_conflict(subsample, spacing)
+    if from_meta is not None:
+        dz, _, dx = (float(v) for v in spacing)
         raise IsojaxInputError(
             f"the subsample factor {float(subsample):g} contradicts the voxel size "
             f"({dz:g} / {dx:g} um gives {from_meta:.4g}): give only one of them. Trust the "
