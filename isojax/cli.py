@@ -444,7 +444,7 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
                    help="optimiser steps in all (with --resume: the new total)")
     t.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
                    help="patches per optimiser step")
-    t.add_argument("--patch-size", type=_positive_int, default=128, metavar="PX", help="patch side in pixels (a multiple of 4)")
+    t.add_argument("--patch-size", type=_positive_int, default=128, metavar="PX", help="patch side in pixels (a multiple of 4, the network's divisor)")
     t.add_argument("--learning-rate", type=_positive_float, default=4e-4, metavar="LR",
                    help="peak Adam learning rate (linear warm-up, then cosine decay)")
     t.add_argument("--loss", choices=("mae", "mse", "laplace"), default="mae",

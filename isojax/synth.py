@@ -289,8 +289,9 @@ class SynthConfig:
 
     Attributes:
       subsample: anisotropy factor, axial step / lateral pixel size, >= 1 (e.g. 10.2).
-      patch_size: side of the square patches in pixels; a multiple of 4, because the
-        U-Net halves the patch twice (two 2x2 poolings at CARE's default depth 2).
+      patch_size: side of the square patches in pixels, >= 1. The network it trains sets
+        the one rule on top of that (:func:`isojax.train.train` checks it): a multiple of
+        its ``UNetConfig.divisor``, ``2**depth`` (4 at CARE's default depth 2).
       interpolation: how degraded samples are brought back, ``"linear"`` or ``"cubic"``;
         use the same at prediction.
       photons: photons per unit intensity of the (normalised) stack for Poisson shot noise
@@ -338,10 +339,10 @@ class SynthConfig:
             )
         object.__setattr__(self, "subsample", s)
         p = self.patch_size
-        if isinstance(p, bool) or not isinstance(p, int) or p < 4 or p % 4:
+        if isinstance(p, bool) or not isinstance(p, int) or p < 1:
             raise ValueError(
-                f"SynthConfig.patch_size must be a positive multiple of 4 pixels (the U-Net "
-                f"halves it twice), got {p!r}; e.g. 64 or 128."
+                f"SynthConfig.patch_size must be a whole number of pixels >= 1, got {p!r}; e.g. "
+                "64 or 128 (a multiple of the network's UNetConfig.divisor)."
             )
         if self.interpolation not in ("linear", "cubic"):
             raise ValueError(
@@ -514,7 +515,7 @@ def make_pairs(
     if p > ny or p > nx:
         raise ValueError(
             f"patch_size {p} px is larger than the stack's lateral planes ({ny} x {nx} px); use "
-            f"SynthConfig(patch_size=...) at most {min(ny, nx) // 4 * 4} (a multiple of 4)."
+            f"SynthConfig(patch_size=...) at most {min(ny, nx)}."
         )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")

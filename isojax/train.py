@@ -451,7 +451,8 @@ def _restore(manager, net: UNetConfig, config: TrainConfig, step=None, extra_tem
     given to :func:`_save`), ``(state, extra)``, ``extra`` None if the checkpoint has none.
 
     Raises:
-      IsojaxInputError: the checkpoint is damaged, or was written with other settings; the
+      IsojaxInputError: the checkpoint is damaged, or was written with other settings (its
+        network or optimiser, or, with ``extra_template``, PSF state of another shape); the
         message names the step folder and the other checkpoints that are intact, with what
         to do for ``purpose`` (resuming or predicting).
     """
@@ -478,11 +479,21 @@ def _restore(manager, net: UNetConfig, config: TrainConfig, step=None, extra_tem
     if extra_template is None:
         return state
     extra_names = sorted(k for k in flat if k.startswith(_EXTRA))
+    if not extra_names:
+        return state, None
     extra_def = jax.tree.structure(extra_template)
-    extra = None
-    if len(extra_names) == extra_def.num_leaves:
-        extra = jax.tree.unflatten(extra_def, [flat[k] for k in extra_names])
-    return state, extra
+    expected = [jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype)
+                for v in jax.tree.leaves(extra_template)]
+    found = [flat[k] for k in extra_names]
+    if len(found) != len(expected) or any(
+            np.shape(a) != e.shape for a, e in zip(found, expected, strict=False)):
+        raise IsojaxInputError(
+            f"checkpoint {step} in {manager.directory} holds PSF state ({len(found)} arrays) "
+            f"that does not fit this run's PSF calibration ({len(expected)} arrays): it was "
+            "written with other calibration settings (--family, the PSF's support). Use the "
+            "model's settings, or train into a new folder."
+        )
+    return state, jax.tree.unflatten(extra_def, found)
 
 
 # ----------------------------------------------------------------------------------------
@@ -959,10 +970,12 @@ def train(
             f"patch size {p} px is larger than the image ({stack.shape[1]} x {stack.shape[2]} "
             "px); use a smaller --patch-size."
         )
-    if p % net.divisor:
+    if p % net.divisor:  # the one rule for the patch size (SynthConfig only needs p >= 1)
+        lower = p // net.divisor * net.divisor
+        choices = f"{lower} or {lower + net.divisor}" if lower else f"{net.divisor}"
         raise IsojaxInputError(
             f"patch size {p} px must be a multiple of {net.divisor} for a network of depth "
-            f"{net.depth}."
+            f"{net.depth} (it halves the patch {net.depth} times): use --patch-size {choices}."
         )
     train_z, val_z = synth.split_slices(stack.shape[0], val_fraction=synth_config.val_fraction)
     joint = None
