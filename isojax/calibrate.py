@@ -795,6 +795,7 @@ def fit_psf(
     smoothness: float = 1.0,
     max_lines: int | None = None,
     spacing: tuple[float, float, float] | None = None,
+    pixel_size: float | None = None,
 ) -> tuple[FactoredPSF, CalibrationReport]:
     """Calibrate the additional axial PSF from the stack itself (spectral matching).
 
@@ -818,7 +819,11 @@ def fit_psf(
       max_lines: lateral lines used (default: from a time budget, see :func:`prepare_spectra`).
       spacing: voxel size ``(dz, dy, dx)`` in micrometres, if known: widths are also
         reported in micrometres, and a ``subsample`` that contradicts ``dz / dx`` by more
-        than 2% is refused.
+        than 2% is refused (:func:`check_subsample_against_spacing`). Give the voxel size
+        the stack really has, never one made from ``subsample``.
+      pixel_size: lateral pixel size in micrometres, to report widths in micrometres
+        without checking ``subsample`` (when the caller has already chosen the factor);
+        ignored if ``spacing`` is given.
 
     Returns:
       ``(psf, report)``: the fitted PSF, a rank-one :class:`~isojax.forward.FactoredPSF`
@@ -896,7 +901,9 @@ def fit_psf(
     report = CalibrationReport(
         family=family, params=theta["psf"], nuisance=theta["nuisance"], taps=taps,
         sigma_px=sigma_px, fwhm_px=fwhm_px,
-        pixel_size=None if spacing is None else float(spacing[2]), subsample=s,
+        pixel_size=(float(spacing[2]) if spacing is not None
+                    else None if pixel_size is None else float(pixel_size)),
+        subsample=s,
         init_fwhm_px=fwhm0, loss=float(final), spectral_loss=float(spec),
         trajectory=trajectory, frequencies=np.asarray(target.frequencies),
         observed=np.exp(np.asarray(obs_log)), synthetic=model, initial=initial,

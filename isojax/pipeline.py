@@ -505,7 +505,7 @@ def calibrate_file(
 
     psf, report = fit_psf(
         jax.random.key(0), stack, subsample=s, family=family, init_fwhm=init_px, steps=steps,
-        spacing=None if sp is None else (s * pixel, pixel, pixel),
+        spacing=sp,  # the stack's own voxel size: fit_psf checks the factor against it
     )
     summary = report.to_json()
     summary.update(stack=str(stack_path), subsample_from=how, psf_file=output.name)
