@@ -674,6 +674,7 @@ def predict_stack(
     _run_batches(batches, run, in_flight)
 
     if percentiles is not None:
-        out *= np.float32(hi - lo)
-        out += np.float32(lo)
+        from isojax.synth import denormalize
+
+        denormalize(out, lo, hi, out=out)
     return out

@@ -77,6 +77,7 @@ from isojax.predict import (
     upsample_z,
     upsampled_length,
 )
+from isojax.synth import denormalize
 
 __all__ = [
     "LargePrediction",
@@ -485,8 +486,7 @@ def predict_large(
 
     def finish(values: np.ndarray) -> np.ndarray:
         if percentiles is not None:
-            values *= np.float32(hi - lo)
-            values += np.float32(lo)
+            denormalize(values, lo, hi, out=values)
         return _cast(values, output_dtype)
 
     done = 0

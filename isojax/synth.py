@@ -264,17 +264,30 @@ def normalize_percentile(
     return (x - lo) / (hi - lo + EPS), (lo, hi)
 
 
-def denormalize(y: Array, lo: Array | float, hi: Array | float) -> Array:
+def denormalize(
+    y: Array, lo: Array | float, hi: Array | float, *, out: np.ndarray | None = None
+) -> Array:
     """Undo :func:`normalize_percentile`: ``y * (hi - lo + EPS) + lo``.
+
+    The one implementation of the inverse, used by training's callers and by prediction
+    (:func:`isojax.predict.predict_stack`, :func:`isojax.predict_large.predict_large`),
+    which pass ``out`` to restore a large volume without a second copy.
 
     Args:
       y: normalised data (e.g. a restoration), any shape.
       lo: the lower percentile returned by :func:`normalize_percentile`.
       hi: the upper percentile returned by :func:`normalize_percentile`.
+      out: a NumPy float array of y's shape to write the result into (it may be ``y``
+        itself); by default a new JAX array is returned.
 
     Returns:
-      Array of y's shape in the stack's original intensity units.
+      Array of y's shape in the stack's original intensity units (``out`` if given).
     """
+    if out is not None:
+        scale, offset = float(hi) - float(lo) + EPS, float(lo)
+        np.multiply(y, scale, out=out)
+        out += offset
+        return out
     y = jnp.asarray(y)
     return y * (hi - lo + EPS) + lo
 

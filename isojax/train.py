@@ -15,7 +15,10 @@ with ``resume=True`` gives the same weights as an uninterrupted run with the sam
 The model folder holds everything prediction needs:
 
 * ``config.json``: human-readable network, training and synthesis settings, the
-  subsample factor, the normalisation, voxel sizes and the isojax version;
+  subsample factor, the normalisation, voxel sizes and the isojax version. Of the
+  normalisation, prediction reads the percentiles ``pmin``/``pmax`` (and recomputes the
+  bounds on its own stack, as CARE does); the training stack's bounds ``lo``/``hi`` are
+  read by ``resume`` to refuse another stack of the same shape;
 * ``psf.tif``: the additional axial PSF used to synthesise training pairs;
 * ``checkpoints/last`` and ``checkpoints/best`` (orbax), ``metrics.jsonl``, ``loss.png``;
 * with ``calibrate_psf=True``, ``psf_trajectory.json``: the spectral pre-calibration and
@@ -1014,7 +1017,7 @@ def train(
         "synth": dataclasses.asdict(synth_config),
         "subsample": float(synth_config.subsample),
         "interpolation": synth_config.interpolation,
-        "normalization": {
+        "normalization": {  # lo, hi: read by the resume check (the same stack?)
             "pmin": float(percentiles[0]),
             "pmax": float(percentiles[1]),
             "lo": float(lo),
@@ -1278,12 +1281,13 @@ def _start_calibration(stack, psf, synth_config, calibration, pixel_size, log) -
     else:
         init = config.init_fwhm if config.init_fwhm is not None else s
         how = "--init-fwhm" if config.init_fwhm is not None else "the subsample factor"
-    spacing = None if pixel_size is None else (s * pixel_size, pixel_size, pixel_size)
     key = jax.random.key(0)
+    # training's factor was chosen (and any override warned about) by the caller: the pixel
+    # size only reports widths in micrometres, it checks nothing
     _, report = calibrate.fit_psf(
         key, stack, subsample=s, family=config.family, init_fwhm=float(init),
         steps=config.steps, n_lobes=config.n_lobes, smoothness=config.smoothness,
-        max_lines=config.max_lines, spacing=spacing,
+        max_lines=config.max_lines, pixel_size=pixel_size,
     )
     log(f"PSF self-calibration ({config.family}) from FWHM {init:.3g} px ({how}): axial FWHM "
         f"{report.fwhm_px:.3g} px, sigma {report.sigma_px:.3g} px, objective {report.loss:.3g} "
@@ -1294,7 +1298,7 @@ def _start_calibration(stack, psf, synth_config, calibration, pixel_size, log) -
                                                 max_lines=config.max_lines)
     return {"config": config, "report": report, "target": target, "segment": segment,
             "psf": report.psf(), "synth": synth_config, "theta": None, "opt": None,
-            "step_fn": None, "trajectory": [], "init_fwhm_px": float(init)}
+            "step_fn": None, "init_fwhm_px": float(init)}
 
 
 def _calibration_meta(joint) -> dict:
