@@ -80,3 +80,18 @@ def test_prediction_warns_about_an_overriding_subsample_at_any_size(stack, model
     assert warned == ["isojax: warning: --subsample 3.1 overrides the factor 3 from the voxel "
                       "size (imagej)"], err
     assert "subsample 3.1 from --subsample" in err
+
+
+def test_fit_psf_reports_micrometres_from_a_pixel_size_and_checks_only_a_real_spacing():
+    """Training gives fit_psf its pixel size only (its factor is chosen, any override warned
+    about); calibration gives the stack's voxel size, which a contradicting factor fails."""
+    import jax
+
+    from isojax.calibrate import fit_psf
+
+    stack = np.random.default_rng(0).random((32, 72, 72)).astype(np.float32)
+    _, report = fit_psf(jax.random.key(0), stack, subsample=4.4, steps=2, pixel_size=0.1)
+    assert report.pixel_size == 0.1
+    assert report.sigma_um == pytest.approx(report.sigma_px * 0.1)
+    with pytest.raises(IsojaxInputError, match="contradicts the voxel size"):
+        fit_psf(jax.random.key(0), stack, subsample=4.4, steps=2, spacing=(0.4, 0.1, 0.1))
