@@ -652,11 +652,14 @@ def _os_error_message(exc: OSError) -> str | None:
     isojax writes for them; one with a full disk or quota is about their machine. Any other
     (no file, e.g. a broken internal pipe) is treated as a bug.
     """
+    def name(f) -> str:  # a path, or (os.fstat and the like) a file descriptor
+        return os.fsdecode(f) if isinstance(f, (str, bytes, os.PathLike)) else str(f)
+
     reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
     if exc.filename is not None:
-        names = os.fsdecode(exc.filename)
+        names = name(exc.filename)
         if getattr(exc, "filename2", None) is not None:
-            names += f" -> {os.fsdecode(exc.filename2)}"
+            names += f" -> {name(exc.filename2)}"
         return f"{names}: {reason}"
     if exc.errno in _ENVIRONMENT_ERRNOS:
         return f"{reason}; free some space (or raise the quota) and run the command again"

@@ -144,3 +144,14 @@ def test_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
     line = _one_error_line(capsys, main(["demo", "--out", str(tmp_path / "d")]))
     assert os.strerror(errno.ENOSPC) in line
     assert "free some space" in line
+
+
+def test_an_os_error_naming_a_file_descriptor_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    def command(args):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), 5)  # filename: a descriptor
+
+    monkeypatch.setattr(cli, "_cmd_demo", command)
+    line = _one_error_line(capsys, main(["demo", "--out", str(tmp_path / "d")]))
+    assert line == f"isojax: error: 5: {os.strerror(errno.EIO)}"
