@@ -765,14 +765,16 @@ def _axial_fwhm(axial: np.ndarray) -> float:
 def check_subsample_against_spacing(subsample: float, spacing) -> None:
     """Refuse a subsample factor that contradicts the voxel size by more than 2%.
 
+    The rule is :func:`isojax.pipeline.subsample_conflict` (symmetric: 2% above or below).
+
     Raises:
       IsojaxInputError: naming both values and how to choose between them.
     """
-    if spacing is None:
-        return
-    dz, _, dx = (float(v) for v in spacing)
-    from_meta = dz / dx
-    if abs(float(subsample) / from_meta - 1) > 0.02:
+    from isojax.pipeline import subsample_conflict
+
+    from_meta = subsample_conflict(subsample, spacing)
+    if from_meta is not None:
+        dz, _, dx = (float(v) for v in spacing)
         raise IsojaxInputError(
             f"the subsample factor {float(subsample):g} contradicts the voxel size "
             f"({dz:g} / {dx:g} um gives {from_meta:.4g}): give only one of them. Trust the "
@@ -793,6 +795,7 @@ def fit_psf(
     smoothness: float = 1.0,
     max_lines: int | None = None,
     spacing: tuple[float, float, float] | None = None,
+    pixel_size: float | None = None,
 ) -> tuple[FactoredPSF, CalibrationReport]:
     """Calibrate the additional axial PSF from the stack itself (spectral matching).
 
@@ -816,7 +819,11 @@ def fit_psf(
       max_lines: lateral lines used (default: from a time budget, see :func:`prepare_spectra`).
       spacing: voxel size ``(dz, dy, dx)`` in micrometres, if known: widths are also
         reported in micrometres, and a ``subsample`` that contradicts ``dz / dx`` by more
-        than 2% is refused.
+        than 2% is refused (:func:`check_subsample_against_spacing`). Give the voxel size
+        the stack really has, never one made from ``subsample``.
+      pixel_size: lateral pixel size in micrometres, to report widths in micrometres
+        without checking ``subsample`` (when the caller has already chosen the factor);
+        ignored if ``spacing`` is given.
 
     Returns:
       ``(psf, report)``: the fitted PSF, a rank-one :class:`~isojax.forward.FactoredPSF`
@@ -894,7 +901,9 @@ def fit_psf(
     report = CalibrationReport(
         family=family, params=theta["psf"], nuisance=theta["nuisance"], taps=taps,
         sigma_px=sigma_px, fwhm_px=fwhm_px,
-        pixel_size=None if spacing is None else float(spacing[2]), subsample=s,
+        pixel_size=(float(spacing[2]) if spacing is not None
+                    else None if pixel_size is None else float(pixel_size)),
+        subsample=s,
         init_fwhm_px=fwhm0, loss=float(final), spectral_loss=float(spec),
         trajectory=trajectory, frequencies=np.asarray(target.frequencies),
         observed=np.exp(np.asarray(obs_log)), synthetic=model, initial=initial,

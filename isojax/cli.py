@@ -3,8 +3,9 @@
 Commands are argparse subparsers grouped by topic (``isojax psf axial|theory|check``); later
 topics (train, predict, demo, calibrate) are added with :func:`_add_psf_commands`-style
 functions in :func:`build_parser`. Each command is a function ``(args) -> int``. Bad input ends
-with one line ``isojax: error: <reason>`` on stderr and a non-zero exit; real bugs keep their
-traceback. SIGINT and SIGTERM end with one line ``isojax: interrupted (SIG...)`` and exit
+with one line ``isojax: error: <reason>`` on stderr and exit status 1; anything else is a bug
+in isojax: its traceback, one ``isojax: internal error`` line and exit status 70 (see
+:func:`main`). SIGINT and SIGTERM end with one line ``isojax: interrupted (SIG...)`` and exit
 status 130 or 143, after partial outputs are removed (and, in training, a checkpoint saved).
 """
 
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import signal
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +29,7 @@ __all__ = ["build_parser", "main"]
 EXIT_OK = 0
 EXIT_INPUT = 1  # bad input: missing file, no voxel size, PSF refused, ...
 EXIT_USAGE = 2  # bad command line
+EXIT_SOFTWARE = 70  # an internal error, a bug in isojax (EX_SOFTWARE of sysexits.h)
 
 
 class _UsageError(Exception):
@@ -75,6 +79,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return value
 
 
@@ -432,7 +446,7 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
                    help="optimiser steps in all (with --resume: the new total)")
     t.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
                    help="patches per optimiser step")
-    t.add_argument("--patch-size", type=_positive_int, default=128, metavar="PX", help="patch side in pixels (a multiple of 4)")
+    t.add_argument("--patch-size", type=_positive_int, default=128, metavar="PX", help="patch side in pixels (a multiple of 4, the network's divisor)")
     t.add_argument("--learning-rate", type=_positive_float, default=4e-4, metavar="LR",
                    help="peak Adam learning rate (linear warm-up, then cosine decay)")
     t.add_argument("--loss", choices=("mae", "mse", "laplace"), default="mae",
@@ -443,7 +457,7 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
     t.add_argument("--photons", type=_positive_float, default=None, metavar="N",
                    help="simulated photons per unit of normalised intensity (shot noise; "
                    "default: estimated from the stack)")
-    t.add_argument("--read-noise", type=float, default=0.0, metavar="SD",
+    t.add_argument("--read-noise", type=_nonnegative_float, default=0.0, metavar="SD",
                    help="simulated read noise (Gaussian sd) in units of normalised intensity "
                    "(default: estimated from the stack)")
     t.add_argument("--no-match-noise", action="store_true",
@@ -580,11 +594,21 @@ def main(argv: Sequence[str] | None = None) -> int:
       argv: the arguments after the program name; None reads ``sys.argv[1:]``.
 
     Returns:
-      The exit status: 0 on success, 1 for bad input (one ``isojax: error:`` line on stderr),
-      2 for a bad command line, 128 + the signal number (130 for SIGINT, 143 for SIGTERM)
-      when interrupted (one ``isojax: interrupted`` line; partial outputs are removed, and
-      training saves a checkpoint first: :mod:`isojax.interrupt`), 141 (128 + SIGPIPE) when
-      the reader of its output went away (``isojax ... | head``), quietly.
+      The exit status:
+
+      - 0: success.
+      - 1: bad input: one ``isojax: error: ...`` line on stderr naming the problem and the
+        fix, for an :class:`~isojax.errors.IsojaxInputError`, an ``OSError`` on a file (the
+        line names it) or a full disk.
+      - 2: a bad command line (one ``isojax: error: ...`` line).
+      - 70 (``EX_SOFTWARE``): an internal error, i.e. a bug in isojax: any other exception.
+        Its traceback is printed, then one line ``isojax: internal error: this is a bug in
+        isojax <version>; please report it with the traceback above``.
+      - 128 + the signal number (130 for SIGINT, 143 for SIGTERM) when interrupted (one
+        ``isojax: interrupted`` line; partial outputs are removed, and training saves a
+        checkpoint first: :mod:`isojax.interrupt`).
+      - 141 (128 + SIGPIPE): the reader of its output went away (``isojax ... | head``);
+        it stops quietly.
     """
     try:
         return _main(argv)
@@ -630,7 +654,72 @@ def _main(argv: Sequence[str] | None) -> int:
         return 130
     except BrokenPipeError:  # the reader of stdout or stderr went away: see main
         raise
-    except (IsojaxInputError, ValueError, OSError) as exc:
+    except IsojaxInputError as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"isojax: error: {message}", file=sys.stderr)
         return EXIT_INPUT
+    except OSError as exc:
+        message = _os_error_message(exc)
+        if message is None:
+            return _internal_error()
+        print(f"isojax: error: {message}", file=sys.stderr)
+        return EXIT_INPUT
+    except Exception as exc:
+        if _out_of_memory(exc):
+            print(f"isojax: error: out of memory ({' '.join(str(exc).split())[:200]}); "
+                  f"{_MEMORY_HINTS.get(args.command, 'use a smaller stack')}", file=sys.stderr)
+            return EXIT_INPUT
+        return _internal_error()
+
+
+#: What to change when a command runs out of host or device memory.
+_MEMORY_HINTS = {
+    "train": "use a smaller --batch-size, --patch-size or --first-filters",
+    "predict": "use a smaller --batch-size, --tile or --memory-budget",
+    "calibrate": "calibrate a crop of the stack",
+    "demo": "close other programs and run it again",
+}
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the host (``MemoryError``) or an accelerator (XLA's
+    ``RESOURCE_EXHAUSTED``) running out of memory: the user's settings, not a bug."""
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and "RESOURCE_EXHAUSTED" in str(exc))
+
+
+#: ``errno`` values of an ``OSError`` that come from the user's machine, not from isojax,
+#: even when the error names no file: a full disk or quota.
+_ENVIRONMENT_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT") if hasattr(errno, name))
+
+
+def _os_error_message(exc: OSError) -> str | None:
+    """The one-line message of an I/O error on the user's paths or disk, or None for a bug.
+
+    An ``OSError`` naming a file (``exc.filename``) is about a path the user gave or that
+    isojax writes for them; one with a full disk or quota is about their machine. Any other
+    (no file, e.g. a broken internal pipe) is treated as a bug.
+    """
+    def name(f) -> str:  # a path, or (os.fstat and the like) a file descriptor
+        return os.fsdecode(f) if isinstance(f, (str, bytes, os.PathLike)) else str(f)
+
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    if exc.filename is not None:
+        names = name(exc.filename)
+        if getattr(exc, "filename2", None) is not None:
+            names += f" -> {name(exc.filename2)}"
+        return f"{names}: {reason}"
+    if exc.errno in _ENVIRONMENT_ERRNOS:
+        return f"{reason}; free some space (or raise the quota) and run the command again"
+    return None
+
+
+def _internal_error() -> int:
+    """Print the traceback of the exception being handled and the bug line; EXIT_SOFTWARE."""
+    from isojax import __version__
+
+    traceback.print_exc(file=sys.stderr)
+    print(f"isojax: internal error: this is a bug in isojax {__version__}; please report it "
+          "with the traceback above", file=sys.stderr)
+    return EXIT_SOFTWARE

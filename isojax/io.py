@@ -1010,10 +1010,23 @@ def create_volume(
 def read_ome_zarr(
     path: str | os.PathLike, *, spacing: Sequence[float] | None = None
 ) -> tuple[np.ndarray, tuple[float, ...] | None, str]:
-    """Read a whole OME-Zarr 0.5 image into memory: ``(array, spacing, source)`` as :func:`read_tiff`."""
+    """Read a whole OME-Zarr 0.5 image into memory: ``(array, spacing, source)`` as :func:`read_tiff`.
+
+    Args:
+      path: the OME-Zarr folder (``.zarr``).
+      spacing: voxel size ``(dz, dy, dx)`` in micrometres that overrides the metadata.
+
+    Returns:
+      ``(array, spacing, source)``: the ``(z, y, x)`` array, its voxel size or None, and
+      where the voxel size came from (``"ome-zarr"``, ``"override"`` or ``"none"``).
+
+    Raises:
+      IsojaxInputError: ``path`` is not an OME-Zarr image (a TIFF: use :func:`read_tiff`),
+        or it is damaged.
+    """
     volume = open_volume(path, spacing=spacing)
     if not isinstance(volume, ZarrVolume):
-        raise IsojaxInputError(f"{path}: not a Zarr store")
+        raise IsojaxInputError(f"{path}: not a Zarr store; read a TIFF with read_tiff")
     return volume.read((slice(None),) * 3), volume.spacing, volume.source
 
 

@@ -37,18 +37,87 @@ def _warn_to(log: Log, caught) -> None:
         log(f"warning: {w.message}")
 
 
+#: How far ``--subsample`` may differ from the voxel size's ``dz / dx`` before it counts as a
+#: contradiction (2%, the same either way: see :func:`subsample_conflict`).
+SUBSAMPLE_TOLERANCE = 0.02
+
+
+def subsample_conflict(subsample: float, spacing: Sequence[float] | None) -> float | None:
+    """The voxel size's factor ``dz / dx`` if ``subsample`` contradicts it, else None.
+
+    The one rule for a given factor against the voxel size (prediction and training warn,
+    calibration refuses): they contradict each other when they differ by more than
+    :data:`SUBSAMPLE_TOLERANCE` (2%), measured symmetrically, ``|log(subsample / (dz /
+    dx))| > log(1.02)``, so that a factor 2% above the voxel size's and one 2% below it
+    count alike.
+
+    Args:
+      subsample: the given anisotropy factor.
+      spacing: voxel size ``(dz, dy, dx)`` in micrometres, or None (nothing to contradict).
+
+    Returns:
+      ``dz / dx`` when the two differ by more than 2%, otherwise None.
+    """
+    if spacing is None:
+        return None
+    dz, _, dx = (float(v) for v in spacing)
+    from_spacing = dz / dx
+    if abs(math.log(float(subsample) / from_spacing)) > math.log1p(SUBSAMPLE_TOLERANCE):
+        return from_spacing
+    return None
+
+
+def _subsample_from(
+    path, sp, source: str, subsample: float | None, *, on_conflict: str, log: Log
+) -> tuple[float, str]:
+    """``(factor, where it came from)``: ``subsample`` if given, else the voxel size's.
+
+    The rule shared by :func:`stack_geometry` and the streamed prediction: a ``subsample``
+    that contradicts the voxel size (:func:`subsample_conflict`) is refused with
+    ``on_conflict="error"``, otherwise used with a warning.
+    """
+    if subsample is not None:
+        s, how = float(subsample), "--subsample"
+        from_spacing = subsample_conflict(s, sp)
+        if from_spacing is not None and on_conflict == "error":
+            from isojax.calibrate import check_subsample_against_spacing
+
+            check_subsample_against_spacing(s, sp)
+            raise AssertionError("unreachable")  # the check uses the same rule
+        if from_spacing is not None:
+            log(
+                f"warning: --subsample {s:g} overrides the factor {from_spacing:.4g} from the "
+                f"voxel size ({source})"
+            )
+    elif sp is not None:
+        s, how = sp[0] / sp[2], f"voxel size {sp[0]:g} / {sp[2]:g} um ({source})"
+    else:
+        from isojax.io import require_spacing
+
+        require_spacing(None, path=path)  # raises with the description quoted
+        raise AssertionError("unreachable")
+    if not (math.isfinite(s) and s >= 1):
+        raise IsojaxInputError(
+            f"{path}: anisotropy factor {s:g} is below 1 (z step smaller than the pixel); "
+            "isojax restores coarse Z stacks: check the voxel size or pass --subsample."
+        )
+    return s, how
+
+
 def stack_geometry(
     path,
     *,
     spacing: Sequence[float] | None = None,
     subsample: float | None = None,
     on_conflict: str = "warn",
+    log: Log = _stderr,
 ) -> tuple[np.ndarray, tuple[float, float, float] | None, float, str]:
     """Read a 3D stack and work out its anisotropy factor.
 
     ``on_conflict="error"`` refuses a ``subsample`` that differs from the voxel size's
     ``dz / dx`` by more than 2% (PSF calibration, where a wrong factor gives a wrong PSF);
-    the default warns and uses ``subsample``.
+    the default warns (through ``log``) and uses ``subsample``. Both follow
+    :func:`subsample_conflict`.
 
     Returns:
       ``(stack, spacing, subsample, how)``: the array ``(z, y, x)``, its voxel size in µm
@@ -57,7 +126,8 @@ def stack_geometry(
 
     Raises:
       IsojaxInputError: unreadable file, not 3D, non-square pixels, or no way to know the
-        factor (no voxel size in the file and no ``subsample``/``spacing`` given).
+        factor (no voxel size in the file and no ``subsample``/``spacing`` given); with
+        ``on_conflict="error"``, a ``subsample`` contradicting the voxel size.
     """
     from isojax.io import read_tiff
 
@@ -76,29 +146,7 @@ def stack_geometry(
             f"{path}: pixels are not square ({sp[1]:g} x {sp[2]:g} um); resample the stack so "
             "that y and x have the same pixel size."
         )
-    if subsample is not None:
-        s, how = float(subsample), "--subsample"
-        if sp is not None and abs(sp[0] / sp[2] / s - 1) > 0.02 and on_conflict == "error":
-            from isojax.calibrate import check_subsample_against_spacing
-
-            check_subsample_against_spacing(s, sp)
-        if sp is not None and abs(sp[0] / sp[2] / s - 1) > 0.02:
-            _stderr(
-                f"warning: --subsample {s:g} overrides the factor {sp[0] / sp[2]:.4g} from the "
-                f"voxel size ({source})"
-            )
-    elif sp is not None:
-        s, how = sp[0] / sp[2], f"voxel size {sp[0]:g} / {sp[2]:g} um ({source})"
-    else:
-        from isojax.io import require_spacing
-
-        require_spacing(None, path=path)  # raises with the description quoted
-        raise AssertionError("unreachable")
-    if not (math.isfinite(s) and s >= 1):
-        raise IsojaxInputError(
-            f"{path}: anisotropy factor {s:g} is below 1 (z step smaller than the pixel); "
-            "isojax restores coarse Z stacks: check the voxel size or pass --subsample."
-        )
+    s, how = _subsample_from(path, sp, source, subsample, on_conflict=on_conflict, log=log)
     return stack, sp, s, how
 
 
@@ -264,7 +312,8 @@ def train_file(
     from isojax.unet import UNetConfig
 
     _check_model_folder(model, inputs={"stack": stack_path, "PSF": psf, "bead stack": bead})
-    stack, sp, s, how = stack_geometry(stack_path, spacing=spacing, subsample=subsample)
+    stack, sp, s, how = stack_geometry(stack_path, spacing=spacing, subsample=subsample,
+                                       log=log)
     check_contrast(stack, percentiles=(1.0, 99.8), name=stack_path)  # train's percentiles
     log(f"stack {stack_path}: shape {stack.shape} (z, y, x), subsample {s:.4g} from {how}")
     pixel = None if sp is None else float(sp[2])
@@ -446,7 +495,7 @@ def calibrate_file(
     check_outputs([output, json_path, png_path], inputs={"stack": stack_path},
                   overwrite=overwrite, log=log)
     stack, sp, s, how = stack_geometry(
-        stack_path, spacing=spacing, subsample=subsample, on_conflict="error"
+        stack_path, spacing=spacing, subsample=subsample, on_conflict="error", log=log
     )
     check_contrast(stack, percentiles=(1.0, 99.8), name=stack_path)
     pixel = None if sp is None else float(sp[2])
@@ -456,7 +505,7 @@ def calibrate_file(
 
     psf, report = fit_psf(
         jax.random.key(0), stack, subsample=s, family=family, init_fwhm=init_px, steps=steps,
-        spacing=None if sp is None else (s * pixel, pixel, pixel),
+        spacing=sp,  # the stack's own voxel size: fit_psf checks the factor against it
     )
     summary = report.to_json()
     summary.update(stack=str(stack_path), subsample_from=how, psf_file=output.name)
@@ -547,7 +596,8 @@ def predict_file(
             spacing=spacing, fuse=fuse, batch_size=batch_size, tile=tile, keep_dtype=keep_dtype,
             memory_budget=memory_budget, overwrite=overwrite, progress=progress, log=log)
     output = check_writable(output)
-    stack, sp, s, how = stack_geometry(stack_path, spacing=spacing, subsample=subsample)
+    stack, sp, s, how = stack_geometry(stack_path, spacing=spacing, subsample=subsample,
+                                       log=log)
     norm = meta["normalization"]
     check_contrast(stack, percentiles=(norm["pmin"], norm["pmax"]), name=stack_path)
     _check_model_subsample(s, meta, model, how, log)
@@ -732,15 +782,13 @@ def _predict_file_large(
             f"{stack_path}: pixels are not square ({sp[1]:g} x {sp[2]:g} um); resample the "
             "stack so that y and x have the same pixel size."
         )
-    if subsample is not None:
-        s, how = float(subsample), "--subsample"
-    elif sp is not None:
-        s, how = sp[0] / sp[2], f"voxel size {sp[0]:g} / {sp[2]:g} um ({volume.source})"
-    else:
+    if subsample is None and sp is None:
         raise IsojaxInputError(
             f"{stack_path}: no voxel size in the metadata; pass --spacing Z Y X (micrometres) "
             "or --subsample F."
         )
+    s, how = _subsample_from(stack_path, sp, volume.source, subsample, on_conflict="warn",
+                             log=log)
     _check_model_subsample(s, meta, model, how, log)
     from isojax.predict import upsampled_length
 

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from isojax.errors import IsojaxInputError
 from isojax.forward import Interpolation, upsample
 
 Array = jax.Array
@@ -613,11 +614,13 @@ def predict_stack(
     x = np.asarray(stack)
     _check_stack_shape(x.shape)
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-        raise ValueError(f"the stack must hold real numbers, got dtype {x.dtype}.")
+        raise IsojaxInputError(
+            f"the stack must hold real numbers, got dtype {x.dtype}; convert it to an integer "
+            "or float type first.")
     x = x.astype(np.float32)
     bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
     if bad:
-        raise ValueError(
+        raise IsojaxInputError(
             f"the stack holds {bad} NaN or inf voxels; replace them first, e.g. with "
             f"np.nan_to_num(stack, nan=np.nanmedian(stack))."
         )
@@ -671,6 +674,7 @@ def predict_stack(
     _run_batches(batches, run, in_flight)
 
     if percentiles is not None:
-        out *= np.float32(hi - lo)
-        out += np.float32(lo)
+        from isojax.synth import denormalize
+
+        denormalize(out, lo, hi, out=out)
     return out

@@ -77,6 +77,7 @@ from isojax.predict import (
     upsample_z,
     upsampled_length,
 )
+from isojax.synth import denormalize
 
 __all__ = [
     "LargePrediction",
@@ -208,7 +209,7 @@ def estimate_percentiles(
         planes.append(np.asarray(part, np.float32).ravel())
     samples = np.concatenate(planes)
     if not np.all(np.isfinite(samples)):
-        raise ValueError(
+        raise IsojaxInputError(
             "the stack holds NaN or inf voxels; replace them first (e.g. with the median)."
         )
     lo, hi = (float(v) for v in np.percentile(samples, percentiles))
@@ -392,7 +393,10 @@ def predict_large(
     percentiles = _check_normalization(normalization)
     output_dtype = np.dtype(output_dtype)
     if not (np.issubdtype(output_dtype, np.floating) or np.issubdtype(output_dtype, np.integer)):
-        raise ValueError(f"output_dtype must be a real number type, got {output_dtype}.")
+        raise IsojaxInputError(
+            f"output_dtype must be a real number type, got {output_dtype} (with --keep-dtype: "
+            "the stack's); convert the stack to an integer or float type, or drop --keep-dtype."
+        )
     chunks = tuple(_positive_int("each chunk size", c) for c in chunks)
     if len(chunks) != 3:
         raise ValueError(f"chunks must be three sizes (z, y, x), got {chunks!r}.")
@@ -407,7 +411,10 @@ def predict_large(
             f"{input_path}: the stack has {n_z} plane; it needs at least 2 (axes (z, y, x))."
         )
     if not (np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating)):
-        raise ValueError(f"the stack must hold real numbers, got dtype {volume.dtype}.")
+        raise IsojaxInputError(
+            f"{input_path}: the stack must hold real numbers, got dtype {volume.dtype}; convert "
+            "it to an integer or float type first."
+        )
     sp = volume.spacing
     if subsample is None:
         if sp is None:
@@ -469,7 +476,7 @@ def predict_large(
         x = volume.read(index).astype(np.float32)
         if not np.all(np.isfinite(x)):
             bad = int(x.size - np.count_nonzero(np.isfinite(x)))
-            raise ValueError(
+            raise IsojaxInputError(
                 f"the stack holds {bad} NaN or inf voxels in region {index}; replace them "
                 "first, e.g. with the median."
             )
@@ -479,8 +486,7 @@ def predict_large(
 
     def finish(values: np.ndarray) -> np.ndarray:
         if percentiles is not None:
-            values *= np.float32(hi - lo)
-            values += np.float32(lo)
+            denormalize(values, lo, hi, out=values)
         return _cast(values, output_dtype)
 
     done = 0

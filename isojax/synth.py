@@ -99,12 +99,19 @@ def estimate_noise(stack, *, n_bins: int = 16) -> tuple[float | None, float]:
       ``(photons, read_noise)`` for :class:`SynthConfig`: photons per unit intensity
       ``1 / a`` (None when no shot noise is detected) and the read-noise standard
       deviation ``sqrt(b)``, both in the stack's units.
+
+    Raises:
+      IsojaxInputError: the stack is not 3D or its planes are smaller than 8 px.
     """
     from scipy import ndimage
 
     x = np.asarray(stack, np.float64)
     if x.ndim != 3 or min(x.shape[1:]) < 8:
-        raise ValueError(f"estimate_noise needs a (z, y, x) stack with planes >= 8 px, got {x.shape}.")
+        raise IsojaxInputError(
+            f"estimating the noise needs a (z, y, x) stack with planes of at least 8 px, got "
+            f"{x.shape}; give the noise (--photons, --read-noise) or turn matching off "
+            "(--no-match-noise)."
+        )
     # at most ~4 M pixels, from evenly spread planes
     step = max(1, int(np.ceil(x.size / 4e6)))
     planes = x[:: max(1, min(step, x.shape[0]))]
@@ -257,17 +264,30 @@ def normalize_percentile(
     return (x - lo) / (hi - lo + EPS), (lo, hi)
 
 
-def denormalize(y: Array, lo: Array | float, hi: Array | float) -> Array:
+def denormalize(
+    y: Array, lo: Array | float, hi: Array | float, *, out: np.ndarray | None = None
+) -> Array:
     """Undo :func:`normalize_percentile`: ``y * (hi - lo + EPS) + lo``.
+
+    The one implementation of the inverse, used by training's callers and by prediction
+    (:func:`isojax.predict.predict_stack`, :func:`isojax.predict_large.predict_large`),
+    which pass ``out`` to restore a large volume without a second copy.
 
     Args:
       y: normalised data (e.g. a restoration), any shape.
       lo: the lower percentile returned by :func:`normalize_percentile`.
       hi: the upper percentile returned by :func:`normalize_percentile`.
+      out: a NumPy float array of y's shape to write the result into (it may be ``y``
+        itself); by default a new JAX array is returned.
 
     Returns:
-      Array of y's shape in the stack's original intensity units.
+      Array of y's shape in the stack's original intensity units (``out`` if given).
     """
+    if out is not None:
+        scale, offset = float(hi) - float(lo) + EPS, float(lo)
+        np.multiply(y, scale, out=out)
+        out += offset
+        return out
     y = jnp.asarray(y)
     return y * (hi - lo + EPS) + lo
 
@@ -282,8 +302,9 @@ class SynthConfig:
 
     Attributes:
       subsample: anisotropy factor, axial step / lateral pixel size, >= 1 (e.g. 10.2).
-      patch_size: side of the square patches in pixels; a multiple of 4, because the
-        U-Net halves the patch twice (two 2x2 poolings at CARE's default depth 2).
+      patch_size: side of the square patches in pixels, >= 1. The network it trains sets
+        the one rule on top of that (:func:`isojax.train.train` checks it): a multiple of
+        its ``UNetConfig.divisor``, ``2**depth`` (4 at CARE's default depth 2).
       interpolation: how degraded samples are brought back, ``"linear"`` or ``"cubic"``;
         use the same at prediction.
       photons: photons per unit intensity of the (normalised) stack for Poisson shot noise
@@ -331,10 +352,10 @@ class SynthConfig:
             )
         object.__setattr__(self, "subsample", s)
         p = self.patch_size
-        if isinstance(p, bool) or not isinstance(p, int) or p < 4 or p % 4:
+        if isinstance(p, bool) or not isinstance(p, int) or p < 1:
             raise ValueError(
-                f"SynthConfig.patch_size must be a positive multiple of 4 pixels (the U-Net "
-                f"halves it twice), got {p!r}; e.g. 64 or 128."
+                f"SynthConfig.patch_size must be a whole number of pixels >= 1, got {p!r}; e.g. "
+                "64 or 128 (a multiple of the network's UNetConfig.divisor)."
             )
         if self.interpolation not in ("linear", "cubic"):
             raise ValueError(
@@ -507,7 +528,7 @@ def make_pairs(
     if p > ny or p > nx:
         raise ValueError(
             f"patch_size {p} px is larger than the stack's lateral planes ({ny} x {nx} px); use "
-            f"SynthConfig(patch_size=...) at most {min(ny, nx) // 4 * 4} (a multiple of 4)."
+            f"SynthConfig(patch_size=...) at most {min(ny, nx)}."
         )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")

@@ -15,7 +15,10 @@ with ``resume=True`` gives the same weights as an uninterrupted run with the sam
 The model folder holds everything prediction needs:
 
 * ``config.json``: human-readable network, training and synthesis settings, the
-  subsample factor, the normalisation, voxel sizes and the isojax version;
+  subsample factor, the normalisation, voxel sizes and the isojax version. Of the
+  normalisation, prediction reads the percentiles ``pmin``/``pmax`` (and recomputes the
+  bounds on its own stack, as CARE does); the training stack's bounds ``lo``/``hi`` are
+  read by ``resume`` to refuse another stack of the same shape;
 * ``psf.tif``: the additional axial PSF used to synthesise training pairs;
 * ``checkpoints/last`` and ``checkpoints/best`` (orbax), ``metrics.jsonl``, ``loss.png``;
 * with ``calibrate_psf=True``, ``psf_trajectory.json``: the spectral pre-calibration and
@@ -451,7 +454,8 @@ def _restore(manager, net: UNetConfig, config: TrainConfig, step=None, extra_tem
     given to :func:`_save`), ``(state, extra)``, ``extra`` None if the checkpoint has none.
 
     Raises:
-      IsojaxInputError: the checkpoint is damaged, or was written with other settings; the
+      IsojaxInputError: the checkpoint is damaged, or was written with other settings (its
+        network or optimiser, or, with ``extra_template``, PSF state of another shape); the
         message names the step folder and the other checkpoints that are intact, with what
         to do for ``purpose`` (resuming or predicting).
     """
@@ -478,11 +482,21 @@ def _restore(manager, net: UNetConfig, config: TrainConfig, step=None, extra_tem
     if extra_template is None:
         return state
     extra_names = sorted(k for k in flat if k.startswith(_EXTRA))
+    if not extra_names:
+        return state, None
     extra_def = jax.tree.structure(extra_template)
-    extra = None
-    if len(extra_names) == extra_def.num_leaves:
-        extra = jax.tree.unflatten(extra_def, [flat[k] for k in extra_names])
-    return state, extra
+    expected = [jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype)
+                for v in jax.tree.leaves(extra_template)]
+    found = [flat[k] for k in extra_names]
+    if len(found) != len(expected) or any(
+            np.shape(a) != e.shape for a, e in zip(found, expected, strict=False)):
+        raise IsojaxInputError(
+            f"checkpoint {step} in {manager.directory} holds PSF state ({len(found)} arrays) "
+            f"that does not fit this run's PSF calibration ({len(expected)} arrays): it was "
+            "written with other calibration settings (--family, the PSF's support). Use the "
+            "model's settings, or train into a new folder."
+        )
+    return state, jax.tree.unflatten(extra_def, found)
 
 
 # ----------------------------------------------------------------------------------------
@@ -959,10 +973,12 @@ def train(
             f"patch size {p} px is larger than the image ({stack.shape[1]} x {stack.shape[2]} "
             "px); use a smaller --patch-size."
         )
-    if p % net.divisor:
+    if p % net.divisor:  # the one rule for the patch size (SynthConfig only needs p >= 1)
+        lower = p // net.divisor * net.divisor
+        choices = f"{lower} or {lower + net.divisor}" if lower else f"{net.divisor}"
         raise IsojaxInputError(
             f"patch size {p} px must be a multiple of {net.divisor} for a network of depth "
-            f"{net.depth}."
+            f"{net.depth} (it halves the patch {net.depth} times): use --patch-size {choices}."
         )
     train_z, val_z = synth.split_slices(stack.shape[0], val_fraction=synth_config.val_fraction)
     joint = None
@@ -1001,7 +1017,7 @@ def train(
         "synth": dataclasses.asdict(synth_config),
         "subsample": float(synth_config.subsample),
         "interpolation": synth_config.interpolation,
-        "normalization": {
+        "normalization": {  # lo, hi: read by the resume check (the same stack?)
             "pmin": float(percentiles[0]),
             "pmax": float(percentiles[1]),
             "lo": float(lo),
@@ -1265,12 +1281,13 @@ def _start_calibration(stack, psf, synth_config, calibration, pixel_size, log) -
     else:
         init = config.init_fwhm if config.init_fwhm is not None else s
         how = "--init-fwhm" if config.init_fwhm is not None else "the subsample factor"
-    spacing = None if pixel_size is None else (s * pixel_size, pixel_size, pixel_size)
     key = jax.random.key(0)
+    # training's factor was chosen (and any override warned about) by the caller: the pixel
+    # size only reports widths in micrometres, it checks nothing
     _, report = calibrate.fit_psf(
         key, stack, subsample=s, family=config.family, init_fwhm=float(init),
         steps=config.steps, n_lobes=config.n_lobes, smoothness=config.smoothness,
-        max_lines=config.max_lines, spacing=spacing,
+        max_lines=config.max_lines, pixel_size=pixel_size,
     )
     log(f"PSF self-calibration ({config.family}) from FWHM {init:.3g} px ({how}): axial FWHM "
         f"{report.fwhm_px:.3g} px, sigma {report.sigma_px:.3g} px, objective {report.loss:.3g} "
@@ -1281,7 +1298,7 @@ def _start_calibration(stack, psf, synth_config, calibration, pixel_size, log) -
                                                 max_lines=config.max_lines)
     return {"config": config, "report": report, "target": target, "segment": segment,
             "psf": report.psf(), "synth": synth_config, "theta": None, "opt": None,
-            "step_fn": None, "trajectory": [], "init_fwhm_px": float(init)}
+            "step_fn": None, "init_fwhm_px": float(init)}
 
 
 def _calibration_meta(joint) -> dict:
