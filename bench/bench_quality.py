@@ -447,7 +447,7 @@ class Row:
 
 
 def _score(pred, ref, data_range) -> tuple[float, float]:
-    from isojax.simulate import psnr, ssim
+    from isojax.metrics import psnr, ssim
 
     return (
         float(psnr(pred, ref, data_range=data_range)),

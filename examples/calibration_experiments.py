@@ -95,9 +95,9 @@ def timing(log):
 def psnr_experiment(log, steps):
     import tempfile
 
+    from isojax.metrics import psnr
     from isojax.predict import predict_stack
     from isojax.psf import gaussian_axial_psf
-    from isojax.simulate import psnr
     from isojax.synth import SynthConfig
     from isojax.train import TrainConfig, load_model, train
     from isojax.unet import UNetConfig

@@ -5,7 +5,8 @@ rest of the public API loads on first use, so ``import isojax`` stays light.
 
 Modules, from the physics outwards: :mod:`isojax.forward` (the operator and noise),
 :mod:`isojax.psf` (PSF models, beads, the additional axial PSF, the check),
-:mod:`isojax.simulate` (stacks with known truth), :mod:`isojax.synth` (training pairs),
+:mod:`isojax.simulate` (stacks with known truth), :mod:`isojax.metrics` (PSNR, SSIM),
+:mod:`isojax.synth` (training pairs), :mod:`isojax.calibrate` (PSF self-calibration),
 :mod:`isojax.unet`, :mod:`isojax.train`, :mod:`isojax.predict`,
 :mod:`isojax.pipeline` (the command line's steps as functions), :mod:`isojax.io`.
 """
@@ -40,8 +41,8 @@ _LAZY = {
     "theoretical_axial_psf": "isojax.psf",
     "PSFReport": "isojax.psf",
     "simulate_stack": "isojax.simulate",
-    "psnr": "isojax.simulate",
-    "ssim": "isojax.simulate",
+    "psnr": "isojax.metrics",
+    "ssim": "isojax.metrics",
     "SynthConfig": "isojax.synth",
     "make_pairs": "isojax.synth",
     "UNetConfig": "isojax.unet",

@@ -912,9 +912,10 @@ def demo(
     import jax
 
     from isojax.io import write_tiff
+    from isojax.metrics import psnr, ssim
     from isojax.plot import save_psf_png, save_views_png
     from isojax.predict import upsample_z
-    from isojax.simulate import psnr, simulate_stack, ssim
+    from isojax.simulate import simulate_stack
 
     t_start = time.perf_counter()
     out = Path(out)

@@ -10,6 +10,7 @@ import pytest
 from jax.test_util import check_grads
 
 from isojax import calibrate
+from isojax.calibrate import spectra as cal_spectra
 from isojax.cli import main
 from isojax.errors import IsojaxInputError
 from isojax.forward import measure, sample_positions
@@ -84,7 +85,7 @@ def test_synthetic_spectrum_uses_measure(spectra):
     target, segment = spectra
     psf = calibrate.psf_from_params("gaussian", {"log_sigma": jnp.float32(math.log(W))}, taps=17)
     y = measure(target.lines, psf, S)
-    ref = calibrate._welch(y, segment)
+    ref = cal_spectra._welch(y, segment)
     np.testing.assert_allclose(
         np.asarray(calibrate.synthetic_spectrum(psf, target, subsample=S, segment=segment)),
         np.asarray(ref), rtol=1e-5)
@@ -107,13 +108,13 @@ def test_observed_spectrum_is_that_of_every_plane_blurred_laterally(sim, spectra
     # the Z lines of all XZ and YZ planes blurred laterally with mirrored edges
     stack, _ = sim
     target, segment = spectra
-    a = calibrate._normalise(stack)
+    a = cal_spectra._normalise(stack)
     planes = jnp.asarray(np.concatenate([a.transpose(1, 0, 2), a.transpose(2, 0, 1)]))
     for sigma in (0.3, W, 3 * W):
         psf = calibrate.psf_from_params("gaussian", {"log_sigma": jnp.float32(math.log(sigma))},
                                         taps=17)
         blurred = blur_last(planes, psf.axial[0])
-        want = calibrate._welch(jnp.swapaxes(blurred, 1, 2).reshape(-1, a.shape[0]), segment)
+        want = cal_spectra._welch(jnp.swapaxes(blurred, 1, 2).reshape(-1, a.shape[0]), segment)
         got = calibrate.observed_spectrum(psf, target, segment=segment)
         # equal up to the weight of the two edge columns (once per mirror period, not twice)
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0.01)
@@ -122,7 +123,7 @@ def test_observed_spectrum_is_that_of_every_plane_blurred_laterally(sim, spectra
 def test_lateral_lines_start_at_every_sampling_phase(sim, spectra):
     stack, _ = sim
     target, _segment = spectra
-    a = calibrate._normalise(stack)
+    a = cal_spectra._normalise(stack)
     lines = np.asarray(target.lines)
     n = a.shape[2]
     n_low = len(sample_positions(n, S))
@@ -186,7 +187,7 @@ def test_spectral_objective_is_smallest_at_the_true_width(spectra):
 
     def profile(sigma):
         log_sigma = jnp.float32(math.log(sigma))
-        nuis = calibrate._init_nuisance(psf_of(log_sigma), target, S, segment)
+        nuis = cal_spectra._init_nuisance(psf_of(log_sigma), target, S, segment)
         return float(profiled(log_sigma, nuis, target))
 
     at = {f: profile(f * W) for f in (0.5, 1.0, 2.0)}

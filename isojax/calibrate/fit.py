@@ -1,0 +1,390 @@
+"""Fitting: the spectral calibration of the PSF from one stack (:func:`fit_psf`).
+
+Its configuration (:class:`CalibrationConfig`, also used by joint training), the compiled
+L-BFGS loop over the PSF parameters and the nuisance constants, the warnings about fits
+that are not determined, and what the fit reports (:class:`CalibrationReport`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from isojax.calibrate.params import (
+    _FWHM_PER_SIGMA,
+    Family,
+    _check_family,
+    _support,
+    init_params,
+    psf_from_params,
+    psf_sigma,
+    smoothness_penalty,
+)
+from isojax.calibrate.spectra import (
+    _MAX_PLANES,
+    _check_stack,
+    _init_nuisance,
+    _log_spectra_jit,
+    _model_log_spectrum,
+    prepare_spectra,
+    spectral_loss,
+)
+from isojax.errors import IsojaxInputError
+from isojax.forward import FactoredPSF
+from isojax.psf import fwhm
+
+Array = jax.Array
+
+__all__ = [
+    "CalibrationConfig",
+    "CalibrationReport",
+    "check_subsample_against_spacing",
+    "fit_psf",
+]
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CalibrationConfig:
+    """How the PSF is calibrated; frozen and checked on construction.
+
+    Attributes:
+      family: ``"gaussian"``, ``"multi-gaussian"`` or ``"free"``.
+      init_fwhm: initial axial FWHM in lateral pixels, or None for ``subsample`` pixels.
+      steps: L-BFGS iterations of the spectral fit.
+      n_lobes: side-lobe pairs of ``"multi-gaussian"``.
+      smoothness: weight of :func:`smoothness_penalty` for ``"free"`` (and ``"multi-gaussian"``).
+      max_lines: lateral lines used by the objective (default: from a time budget).
+      joint_learning_rate: Adam learning rate of the PSF during joint training.
+      joint_every: update the PSF every this many training steps.
+      spectral_weight: weight of the spectral term during joint training (the anchor).
+      consistency_weight: weight of the consistency term during joint training.
+    """
+
+    family: Family = "gaussian"
+    init_fwhm: float | None = None
+    steps: int = 40
+    n_lobes: int = 1
+    smoothness: float = 1.0
+    max_lines: int | None = None
+    joint_learning_rate: float = 2e-3
+    joint_every: int = 5
+    spectral_weight: float = 1.0
+    consistency_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check_family(self.family)
+        if self.init_fwhm is not None:
+            v = self.init_fwhm
+            if isinstance(v, bool) or not isinstance(v, int | float) or not (math.isfinite(v) and v > 0):
+                raise IsojaxInputError(
+                    f"init_fwhm must be a positive number of lateral pixels (or None for the "
+                    f"subsample factor), got {v!r}"
+                )
+        for name in ("steps", "n_lobes", "joint_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise IsojaxInputError(f"{name} must be a whole number >= 1, got {v!r}")
+        for name in ("joint_learning_rate",):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise IsojaxInputError(f"{name} must be a positive number, got {v!r}")
+        for name in ("smoothness", "spectral_weight", "consistency_weight"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise IsojaxInputError(f"{name} must be a number >= 0, got {v!r}")
+        if self.max_lines is not None and (not isinstance(self.max_lines, int) or self.max_lines < 2):
+            raise IsojaxInputError(f"max_lines must be a whole number >= 2, got {self.max_lines!r}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CalibrationReport:
+    """What :func:`fit_psf` found.
+
+    Attributes:
+      family: the PSF family fitted.
+      params: fitted PSF parameters (pytree of arrays) for :func:`psf_from_params`.
+      nuisance: fitted ``{"log_gain", "log_floor"}``.
+      taps: axial kernel length in pixels.
+      sigma_px: axial standard deviation of the fitted PSF (second moment), lateral pixels.
+      fwhm_px: axial FWHM of the fitted PSF, lateral pixels.
+      pixel_size: lateral pixel size in micrometres, or None.
+      subsample: anisotropy factor used.
+      init_fwhm_px: the starting FWHM, pixels.
+      loss: final value of the objective (spectral term plus smoothness penalty).
+      spectral_loss: final value of the spectral term alone.
+      trajectory: per recorded step ``{"step", "loss", "sigma_px", "fwhm_px"}``.
+      frequencies: ``(n_freq,)`` cycles per axial sample.
+      observed: observed Z-line power spectrum ``(n_freq,)``.
+      synthetic: model spectrum ``g P_syn + c`` of the fitted PSF ``(n_freq,)``.
+      initial: model spectrum at the initial PSF ``(n_freq,)``.
+      seconds: wall-clock time of the fit, including compilation.
+      n_lines: lateral lines used; n_z_lines: observed Z lines; segment: Welch length.
+      warnings: problems found (e.g. the fit at the support's edge).
+    """
+
+    family: str
+    params: Any
+    nuisance: Any
+    taps: int
+    sigma_px: float
+    fwhm_px: float
+    pixel_size: float | None
+    subsample: float
+    init_fwhm_px: float
+    loss: float
+    spectral_loss: float
+    trajectory: list
+    frequencies: np.ndarray
+    observed: np.ndarray
+    synthetic: np.ndarray
+    initial: np.ndarray
+    seconds: float
+    n_lines: int
+    n_z_lines: int
+    segment: int
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def sigma_um(self) -> float | None:
+        return None if self.pixel_size is None else self.sigma_px * self.pixel_size
+
+    @property
+    def fwhm_um(self) -> float | None:
+        return None if self.pixel_size is None else self.fwhm_px * self.pixel_size
+
+    def psf(self) -> FactoredPSF:
+        """The fitted PSF as a :class:`~isojax.forward.FactoredPSF`."""
+        return psf_from_params(self.family, self.params, taps=self.taps)
+
+    def to_json(self) -> dict:
+        """A JSON-serialisable summary (widths in pixels and micrometres, final values)."""
+        return {
+            "family": self.family,
+            "sigma_px": self.sigma_px,
+            "fwhm_px": self.fwhm_px,
+            "sigma_um": self.sigma_um,
+            "fwhm_um": self.fwhm_um,
+            "pixel_size_um": self.pixel_size,
+            "subsample": self.subsample,
+            "init_fwhm_px": self.init_fwhm_px,
+            "objective": self.loss,
+            "spectral_loss": self.spectral_loss,
+            "gain": float(np.exp(self.nuisance["log_gain"])),
+            "noise_floor": float(np.exp(self.nuisance["log_floor"])),
+            "taps": self.taps,
+            "params": jax.tree.map(lambda v: np.asarray(v).tolist(), self.params),
+            "n_lateral_lines": self.n_lines,
+            "n_z_lines": self.n_z_lines,
+            "segment": self.segment,
+            "seconds": self.seconds,
+            "warnings": list(self.warnings),
+            "trajectory": self.trajectory,
+        }
+
+
+def _objective(family, taps, smoothness, subsample, segment):
+    def total(theta, target):
+        psf = psf_from_params(family, theta["psf"], taps=taps)
+        spec = spectral_loss(psf, theta["nuisance"], target, subsample=subsample, segment=segment)
+        rough = smoothness_penalty(psf.axial[0]) if family != "gaussian" else 0.0
+        return spec + smoothness * rough, (spec, psf_sigma(psf))
+
+    return total
+
+
+@functools.partial(jax.jit, static_argnames=("family", "taps", "smoothness", "subsample",
+                                             "segment", "steps"))
+def _fit(theta, target, *, family, taps, smoothness, subsample, segment, steps):
+    total = _objective(family, taps, smoothness, subsample, segment)
+
+    def value(th):
+        return total(th, target)[0]
+
+    tx = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(value)
+
+    def step(carry, _):
+        th, opt = carry
+        loss, g = value_and_grad(th, state=opt)
+        upd, opt = tx.update(g, opt, th, value=loss, grad=g, value_fn=value)
+        th = optax.apply_updates(th, upd)
+        spec, sigma = total(th, target)[1]
+        return (th, opt), (loss, spec, sigma)
+
+    (theta, _), hist = jax.lax.scan(step, (theta, tx.init(theta)), None, length=steps)
+    final, (spec, sigma) = total(theta, target)
+    return theta, hist, final, spec, sigma
+
+
+# below this fitted sigma (px) the sampled Gaussian is nearly a delta: fit_psf warns
+_MIN_RESOLVED_SIGMA = 0.5
+
+
+def _adjacent_plane_correlation(a: np.ndarray) -> float:
+    """Correlation of adjacent planes (each pixel's mean over z removed): how much the Z
+    lines, and hence the spectra, still depend on the axial blur."""
+    d = a - a.mean(axis=0, keepdims=True)
+    return float(np.mean(d[1:] * d[:-1]) / max(float(np.mean(d * d)), 1e-30))
+
+
+def _axial_fwhm(axial: np.ndarray) -> float:
+    return float(fwhm(np.asarray(axial, np.float64)))
+
+
+def check_subsample_against_spacing(subsample: float, spacing) -> None:
+    """Refuse a subsample factor that contradicts the voxel size by more than 2%.
+
+    The rule is :func:`isojax.pipeline.subsample_conflict` (symmetric: 2% above or below).
+
+    Raises:
+      IsojaxInputError: naming both values and how to choose between them.
+    """
+    # pipeline sits above calibrate (it imports it): imported here, as before the split
+    from isojax.pipeline import subsample_conflict
+
+    from_meta = subsample_conflict(subsample, spacing)
+    if from_meta is not None:
+        dz, _, dx = (float(v) for v in spacing)
+        raise IsojaxInputError(
+            f"the subsample factor {float(subsample):g} contradicts the voxel size "
+            f"({dz:g} / {dx:g} um gives {from_meta:.4g}): give only one of them. Trust the "
+            "voxel size if the metadata is right (drop --subsample), or fix it with "
+            "--spacing Z Y X if the factor is what you know."
+        )
+
+
+def fit_psf(
+    key: Array,
+    stack,
+    *,
+    subsample: float,
+    family: Family = "gaussian",
+    init_fwhm: float | None = None,
+    steps: int = 40,
+    n_lobes: int = 1,
+    smoothness: float = 1.0,
+    max_lines: int | None = None,
+    spacing: tuple[float, float, float] | None = None,
+    pixel_size: float | None = None,
+) -> tuple[FactoredPSF, CalibrationReport]:
+    """Calibrate the additional axial PSF from the stack itself (spectral matching).
+
+    The PSF of the chosen family and the two nuisance constants (gain, noise floor) are
+    fitted by L-BFGS (optax, zoom line search, one compiled loop) to minimise
+    :func:`spectral_loss` (plus ``smoothness`` times :func:`smoothness_penalty` for the
+    non-Gaussian families). Widths are optimised in log space, so starting 2x too wide or
+    too narrow costs a few iterations. See :mod:`isojax.calibrate` for why this identifies
+    the PSF and when it does not.
+
+    Args:
+      key: a ``jax.random`` key (chooses the lateral lines).
+      stack: anisotropic stack ``(z, y, x)``, raw intensities (normalised here).
+      subsample: anisotropy factor, axial step / lateral pixel size, >= 1.
+      family: ``"gaussian"`` (default), ``"multi-gaussian"`` or ``"free"``.
+      init_fwhm: initial axial FWHM in lateral pixels; default ``subsample``. Must be at
+        least 0.5 px and at most an eighth of the planes' shorter side.
+      steps: L-BFGS iterations (>= 1), each with a zoom line search.
+      n_lobes: side-lobe pairs for ``"multi-gaussian"``.
+      smoothness: weight of the smoothness penalty for ``"free"`` and ``"multi-gaussian"``.
+      max_lines: lateral lines used (default: from a time budget, see :func:`prepare_spectra`).
+      spacing: voxel size ``(dz, dy, dx)`` in micrometres, if known: widths are also
+        reported in micrometres, and a ``subsample`` that contradicts ``dz / dx`` by more
+        than 2% is refused (:func:`check_subsample_against_spacing`). Give the voxel size
+        the stack really has, never one made from ``subsample``.
+      pixel_size: lateral pixel size in micrometres, to report widths in micrometres
+        without checking ``subsample`` (when the caller has already chosen the factor);
+        ignored if ``spacing`` is given.
+
+    Returns:
+      ``(psf, report)``: the fitted PSF, a rank-one :class:`~isojax.forward.FactoredPSF`
+      (``psf.dense()`` is the 2D ``(lateral, axial)`` array to save), and a
+      :class:`CalibrationReport`.
+
+    Raises:
+      IsojaxInputError: a stack too thin, too small, constant or not finite; an unknown
+        family; an initial width outside its range; a factor contradicting ``spacing``.
+
+    Example:
+      >>> import jax
+      >>> from isojax.simulate import simulate_stack
+      >>> stack, _, acq = simulate_stack(jax.random.key(0), shape_zyx=(96, 64, 64),
+      ...                                subsample=4.0, sigma_axial=10**0.5)  # doctest: +SKIP
+      >>> psf, report = fit_psf(jax.random.key(1), stack, subsample=4.0)  # doctest: +SKIP
+      >>> round(report.sigma_px)  # the truth is sqrt(10 - 1) = 3 px  # doctest: +SKIP
+      3
+    """
+    t0 = time.perf_counter()
+    config = CalibrationConfig(
+        family=family, init_fwhm=init_fwhm, steps=steps,
+        n_lobes=n_lobes, smoothness=smoothness, max_lines=max_lines,
+    )
+    a, s = _check_stack(stack, subsample)
+    check_subsample_against_spacing(s, spacing)
+    n_lat = min(a.shape[1:])
+    fwhm0 = float(s if config.init_fwhm is None else config.init_fwhm)
+    if not 0.5 <= fwhm0 <= n_lat / 8:
+        raise IsojaxInputError(
+            f"the initial axial FWHM {fwhm0:g} px is outside its valid range [0.5, "
+            f"{n_lat / 8:g}] px for planes of {n_lat} px (a kernel 3x wider must fit in a "
+            "line); give a smaller --init-fwhm or use larger planes."
+        )
+    target, segment = prepare_spectra(key, a, subsample=s, max_lines=config.max_lines)
+    taps = _support(fwhm0, n_lat // 2)
+    theta_psf = init_params(family, fwhm_px=fwhm0, taps=taps, n_lobes=n_lobes)
+    psf0 = psf_from_params(family, theta_psf, taps=taps)
+    theta = {"psf": theta_psf, "nuisance": _init_nuisance(psf0, target, s, segment)}
+    initial = np.exp(np.asarray(_model_log_spectrum(psf0, theta["nuisance"], target, s, segment)))
+    theta, hist, final, spec, _sigma = _fit(
+        theta, target, family=family, taps=taps, smoothness=float(smoothness), subsample=s,
+        segment=segment, steps=int(steps),
+    )
+    theta = jax.tree.map(np.asarray, theta)
+    psf = psf_from_params(family, theta["psf"], taps=taps)
+    axial = np.asarray(psf.axial[0])
+    sigma_px = float(psf_sigma(psf))
+    fwhm_px = _axial_fwhm(axial)
+    obs_log, model_log = _log_spectra_jit(psf, theta["nuisance"], target, s, segment)
+    model = np.exp(np.asarray(model_log))
+    losses, specs, sigmas = (np.asarray(h) for h in hist)
+    stride = max(1, steps // 100)
+    trajectory = [
+        {"step": i + 1, "loss": float(losses[i]), "spectral_loss": float(specs[i]),
+         "sigma_px": float(sigmas[i]), "fwhm_px": float(sigmas[i]) * _FWHM_PER_SIGMA}
+        for i in range(0, steps, stride)
+    ]
+    problems = []
+    if axial[0] + axial[-1] > 0.02 * axial.max():
+        problems.append(
+            f"the fitted PSF reaches the edges of its {taps}-px support: the initial FWHM "
+            f"({fwhm0:g} px) is probably far too small; start wider"
+        )
+    if not np.isfinite(float(final)):
+        problems.append("the objective is not finite: the stack may be noise-dominated")
+    if sigma_px < _MIN_RESOLVED_SIGMA:
+        problems.append(
+            f"the fitted axial PSF is a near-delta (sigma {sigma_px:.2g} px): the stack shows "
+            f"no additional axial blur that sampling every {s:g} px resolves. Adjacent planes "
+            f"correlate by only {_adjacent_plane_correlation(a):.2f}, so widths well below "
+            "the axial step are weakly identified or not at all; give a measured or "
+            "theoretical PSF if it matters"
+        )
+    report = CalibrationReport(
+        family=family, params=theta["psf"], nuisance=theta["nuisance"], taps=taps,
+        sigma_px=sigma_px, fwhm_px=fwhm_px,
+        pixel_size=(float(spacing[2]) if spacing is not None
+                    else None if pixel_size is None else float(pixel_size)),
+        subsample=s,
+        init_fwhm_px=fwhm0, loss=float(final), spectral_loss=float(spec),
+        trajectory=trajectory, frequencies=np.asarray(target.frequencies),
+        observed=np.exp(np.asarray(obs_log)), synthetic=model, initial=initial,
+        seconds=time.perf_counter() - t0, n_lines=int(target.lines.shape[0]),
+        n_z_lines=int((min(a.shape[1], _MAX_PLANES) + min(a.shape[2], _MAX_PLANES)) * n_lat), segment=segment, warnings=tuple(problems),
+    )
+    return psf, report
+

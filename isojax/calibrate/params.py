@@ -1,0 +1,155 @@
+"""Parameterisations of the additional axial PSF ``h`` that calibration fits.
+
+Each family maps unconstrained parameters to a kernel that is, by construction,
+non-negative, sums to 1 and is symmetric (:func:`psf_from_params`): ``"gaussian"``,
+``"multi-gaussian"`` (a central Gaussian plus symmetric side-lobe pairs) and ``"free"``
+(the softmax of logits, regularised by :func:`smoothness_penalty`). Also the widths of a
+kernel (:func:`psf_sigma`) and the family check shared by the package.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from isojax.errors import IsojaxInputError
+from isojax.forward import FactoredPSF
+
+Array = jax.Array
+Family = Literal["gaussian", "multi-gaussian", "free"]
+
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "init_params",
+    "psf_from_params",
+    "psf_sigma",
+    "smoothness_penalty",
+]
+
+FAMILIES = ("gaussian", "multi-gaussian", "free")
+_FWHM_PER_SIGMA = math.sqrt(8.0 * math.log(2.0))
+
+
+def _support(init_fwhm_px: float, n_max: int) -> int:
+    """Odd kernel length that holds a Gaussian of up to 3x the initial width (+-4 sigma)."""
+    sigma_max = 3.0 * init_fwhm_px / _FWHM_PER_SIGMA
+    taps = 2 * math.ceil(4.0 * max(sigma_max, 1.0)) + 1
+    cap = n_max if n_max % 2 else n_max - 1
+    return max(3, min(taps, cap))
+
+
+def init_params(family: Family, *, fwhm_px: float, taps: int, n_lobes: int = 1) -> dict:
+    """Parameters of a PSF family that start at a Gaussian of the given FWHM.
+
+    Args:
+      family: ``"gaussian"``, ``"multi-gaussian"`` or ``"free"``.
+      fwhm_px: initial axial FWHM in lateral pixels, > 0.
+      taps: odd length of the axial kernel in pixels.
+      n_lobes: side-lobe pairs of ``"multi-gaussian"`` (>= 1).
+
+    Returns:
+      A dict of float32 arrays (a pytree) for :func:`psf_from_params`.
+
+    Raises:
+      IsojaxInputError: unknown family, a non-positive width, an even ``taps``.
+    """
+    _check_family(family)
+    if not (math.isfinite(fwhm_px) and fwhm_px > 0):
+        raise IsojaxInputError(f"the initial FWHM must be a positive number of pixels, got {fwhm_px}")
+    if taps < 1 or taps % 2 == 0:
+        raise IsojaxInputError(f"taps must be a positive odd number of pixels, got {taps}")
+    sigma = fwhm_px / _FWHM_PER_SIGMA
+    if family == "gaussian":
+        return {"log_sigma": jnp.float32(math.log(sigma))}
+    if family == "multi-gaussian":
+        k = int(n_lobes)
+        if k < 1:
+            raise IsojaxInputError(f"n_lobes must be >= 1 for 'multi-gaussian', got {n_lobes}")
+        return {
+            "log_sigma": jnp.full((k + 1,), math.log(sigma), jnp.float32),
+            # lobes start 2 sigma out with 2% of the mass each (a near-Gaussian start)
+            "log_offset": jnp.full((k,), math.log(2.0 * sigma), jnp.float32)
+            + jnp.log(jnp.arange(1, k + 1, dtype=jnp.float32)),
+            "logits": jnp.concatenate(
+                [jnp.zeros(1, jnp.float32), jnp.full((k,), math.log(0.01), jnp.float32)]
+            ),
+        }
+    x = np.arange(taps // 2 + 1, dtype=np.float64)
+    return {"logits": jnp.asarray(np.maximum(-0.5 * (x / sigma) ** 2, -30.0), jnp.float32)}
+
+
+def _gauss(x, mu, sigma):
+    g = jnp.exp(-0.5 * ((x - mu) / sigma) ** 2)
+    return g / jnp.sum(g)
+
+
+def psf_from_params(family: Family, params: dict, *, taps: int, lateral_sigma: float = 0.0) -> FactoredPSF:
+    """The PSF of a family's parameters, as a rank-one :class:`~isojax.forward.FactoredPSF`.
+
+    Every family is non-negative and sums to 1 whatever its parameters, and symmetric
+    about the centre ``taps // 2``. Differentiable in ``params`` (not in the sizes).
+
+    Args:
+      family: ``"gaussian"``, ``"multi-gaussian"`` or ``"free"``.
+      params: from :func:`init_params` (or a fit).
+      taps: odd length of the axial kernel in pixels (static).
+      lateral_sigma: standard deviation of a fixed lateral Gaussian in pixels; 0 (default)
+        is a lateral delta, as for a Gaussian PSF's additional axial part.
+
+    Returns:
+      ``FactoredPSF(lateral (1, n_lat), axial (1, taps))``; ``.dense()`` is the 2D
+      ``(lateral, axial)`` array.
+    """
+    x = jnp.arange(taps, dtype=jnp.float32) - taps // 2
+    if family == "gaussian":
+        axial = _gauss(x, 0.0, jnp.exp(params["log_sigma"]))
+    elif family == "multi-gaussian":
+        sig = jnp.exp(params["log_sigma"])
+        w = jax.nn.softmax(params["logits"])
+        mu = jnp.exp(params["log_offset"])
+        axial = w[0] * _gauss(x, 0.0, sig[0])
+        lobes = jax.vmap(lambda m, s: 0.5 * (_gauss(x, m, s) + _gauss(x, -m, s)))(mu, sig[1:])
+        axial = axial + jnp.sum(w[1:, None] * lobes, axis=0)
+    elif family == "free":
+        half = params["logits"]
+        axial = jax.nn.softmax(jnp.concatenate([half[:0:-1], half]))
+    else:
+        _check_family(family)
+    if lateral_sigma > 0:
+        n_lat = 2 * math.ceil(4.0 * lateral_sigma) + 1
+        xl = jnp.arange(n_lat, dtype=jnp.float32) - n_lat // 2
+        lateral = _gauss(xl, 0.0, jnp.float32(lateral_sigma))
+    else:
+        lateral = jnp.ones((1,), jnp.float32)
+    return FactoredPSF(lateral[None], axial[None])
+
+
+def psf_sigma(psf: FactoredPSF) -> Array:
+    """Axial standard deviation (pixels) of a PSF: the square root of its second moment."""
+    a = psf.axial[0]
+    x = jnp.arange(a.shape[-1], dtype=a.dtype) - a.shape[-1] // 2
+    mean = jnp.sum(x * a)
+    return jnp.sqrt(jnp.sum((x - mean) ** 2 * a))
+
+
+def smoothness_penalty(kernel: Array) -> Array:
+    """Second-difference roughness of a kernel: ``sum (k[i-1] - 2 k[i] + k[i+1])^2 / sum k^2``.
+
+    Scale-free (the ratio does not change when the kernel is scaled); zero for a straight
+    line, small for a wide smooth peak, of order one for a spike or a comb.
+    """
+    k = jnp.ravel(kernel)
+    d2 = k[:-2] - 2.0 * k[1:-1] + k[2:]
+    return jnp.sum(d2**2) / jnp.sum(k**2)
+
+
+def _check_family(family) -> None:
+    if family not in FAMILIES:
+        raise IsojaxInputError(
+            f"family must be one of {', '.join(FAMILIES)}; got {family!r}"
+        )
