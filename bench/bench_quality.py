@@ -30,7 +30,7 @@ resample it with linear interpolation along Z at the positions ``u_k = k (m - 1)
 (``k = 0 .. n - 1``, never past ``m - 1``) to put it on the physical grid. ``--grid-check``
 (default on) verifies this model of CSBDeep's grid with an identity network before the runs.
 
-Every score is PSNR/SSIM (:func:`isojax.simulate.psnr`, :func:`isojax.simulate.ssim`, 3D SSIM)
+Every score is PSNR/SSIM (:func:`isojax.metrics.psnr`, :func:`isojax.metrics.ssim`, 3D SSIM)
 against ``reference[:n]`` with ``data_range`` the range of that reference, in the stack's units.
 Train time is wall-clock and includes data preparation (CSBDeep's ``create_patches``),
 compilation / graph building and validation; predict time is the whole-stack prediction.

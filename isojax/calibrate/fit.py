@@ -237,6 +237,29 @@ def _axial_fwhm(axial: np.ndarray) -> float:
     return float(fwhm(np.asarray(axial, np.float64)))
 
 
+def _fit_warnings(a: np.ndarray, axial: np.ndarray, *, taps: int, fwhm0: float, final,
+                  sigma_px: float, s: float) -> list[str]:
+    """What :func:`fit_psf` warns about its result: a PSF at its support's edges, a
+    non-finite objective, a near-delta that the axial sampling cannot resolve."""
+    problems = []
+    if axial[0] + axial[-1] > 0.02 * axial.max():
+        problems.append(
+            f"the fitted PSF reaches the edges of its {taps}-px support: the initial FWHM "
+            f"({fwhm0:g} px) is probably far too small; start wider"
+        )
+    if not np.isfinite(float(final)):
+        problems.append("the objective is not finite: the stack may be noise-dominated")
+    if sigma_px < _MIN_RESOLVED_SIGMA:
+        problems.append(
+            f"the fitted axial PSF is a near-delta (sigma {sigma_px:.2g} px): the stack shows "
+            f"no additional axial blur that sampling every {s:g} px resolves. Adjacent planes "
+            f"correlate by only {_adjacent_plane_correlation(a):.2f}, so widths well below "
+            "the axial step are weakly identified or not at all; give a measured or "
+            "theoretical PSF if it matters"
+        )
+    return problems
+
+
 def check_subsample_against_spacing(subsample: float, spacing) -> None:
     """Refuse a subsample factor that contradicts the voxel size by more than 2%.
 
@@ -358,22 +381,8 @@ def fit_psf(
          "sigma_px": float(sigmas[i]), "fwhm_px": float(sigmas[i]) * _FWHM_PER_SIGMA}
         for i in range(0, steps, stride)
     ]
-    problems = []
-    if axial[0] + axial[-1] > 0.02 * axial.max():
-        problems.append(
-            f"the fitted PSF reaches the edges of its {taps}-px support: the initial FWHM "
-            f"({fwhm0:g} px) is probably far too small; start wider"
-        )
-    if not np.isfinite(float(final)):
-        problems.append("the objective is not finite: the stack may be noise-dominated")
-    if sigma_px < _MIN_RESOLVED_SIGMA:
-        problems.append(
-            f"the fitted axial PSF is a near-delta (sigma {sigma_px:.2g} px): the stack shows "
-            f"no additional axial blur that sampling every {s:g} px resolves. Adjacent planes "
-            f"correlate by only {_adjacent_plane_correlation(a):.2f}, so widths well below "
-            "the axial step are weakly identified or not at all; give a measured or "
-            "theoretical PSF if it matters"
-        )
+    problems = _fit_warnings(a, axial, taps=taps, fwhm0=fwhm0, final=final,
+                             sigma_px=sigma_px, s=s)
     report = CalibrationReport(
         family=family, params=theta["psf"], nuisance=theta["nuisance"], taps=taps,
         sigma_px=sigma_px, fwhm_px=fwhm_px,
