@@ -462,6 +462,15 @@ def _run_batches(batches, run, in_flight: int) -> None:
         pool.shutdown(wait=True, cancel_futures=True)  # on an error, run no more batches
 
 
+def _cast(values: np.ndarray, dtype) -> np.ndarray:
+    """``values`` as ``dtype``: rounded and clipped to an integer type's range."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype, copy=False)
+
+
 def _run_view(vol, out, *, run, in_flight=1, **view):
     """Restore one view of ``vol`` into ``out`` (see :func:`_view_batches` for ``view``)."""
     _run_batches(_view_batches(vol, out, in_flight=in_flight, **view), run, in_flight)

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from isojax.errors import IsojaxInputError
 from isojax.io import _tifffile_log, write_tiff
-from isojax.predict.core import _geometry, upsampled_length
+from isojax.predict.core import _cast, _geometry, upsampled_length
 from isojax.predict.large import LargePrediction, predict_large
 from isojax.predict.stack import predict_stack
 from isojax.synth import check_contrast
@@ -50,14 +50,6 @@ Log = Callable[[str], None]
 def _warn_to(log: Log, caught) -> None:
     for w in caught:
         log(f"warning: {w.message}")
-
-
-def _cast(volume: np.ndarray, dtype) -> np.ndarray:
-    dtype = np.dtype(dtype)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(volume), info.min, info.max).astype(dtype)
-    return volume.astype(dtype)
 
 
 def _physical_memory() -> int:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -65,6 +66,7 @@ from isojax.predict.core import (
     Fuse,
     _auto_tile,
     _batch_result,
+    _cast,
     _check_interpolation,
     _check_normalization,
     _check_subsample,
@@ -77,7 +79,7 @@ from isojax.predict.core import (
     upsample_z,
     upsampled_length,
 )
-from isojax.synth import denormalize
+from isojax.synth import denormalize, no_contrast_message
 
 __all__ = [
     "LargePrediction",
@@ -285,18 +287,139 @@ def _runner(apply_fn, devices) -> tuple[Callable[[np.ndarray], np.ndarray], int]
 # The driver
 
 
-def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
-    return values.astype(dtype, copy=False)
-
-
 def _scratch_volume(parent: Path, name: str, shape, chunks):
     folder = Path(tempfile.mkdtemp(dir=parent, prefix=f"{name}.{_partial_tag('scratch')}-"))
     return folder, create_volume(
         folder / "xz.zarr", shape, np.float32, spacing=None, format="zarr", chunks=chunks
     )
+
+
+def _open_input(input_path, *, spacing, subsample):
+    """``(volume, subsample, out_shape, out_spacing)`` of a stack file, checked.
+
+    Opens the stack without reading it; the factor defaults to the voxel size's ``dz / dx``.
+    Raises :class:`IsojaxInputError` for fewer than 2 planes, a type that is not real
+    numbers, or no voxel size and no ``subsample``.
+    """
+    volume = open_volume(input_path, spacing=spacing)
+    n_z, n_y, n_x = volume.shape
+    if n_z < 2:
+        raise IsojaxInputError(
+            f"{input_path}: the stack has {n_z} plane; it needs at least 2 (axes (z, y, x))."
+        )
+    if not (np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating)):
+        raise IsojaxInputError(
+            f"{input_path}: the stack must hold real numbers, got dtype {volume.dtype}; convert "
+            "it to an integer or float type first."
+        )
+    sp = volume.spacing
+    if subsample is None:
+        if sp is None:
+            raise IsojaxInputError(
+                f"{input_path}: no voxel size in the metadata; pass subsample= (dz / dx) or "
+                "spacing=(dz, dy, dx) in micrometres."
+            )
+        subsample = sp[0] / sp[2]
+    s = _check_subsample(subsample)
+    n_up = upsampled_length(n_z, s)
+    out_shape = (n_up, n_y, n_x)
+    out_spacing = None if sp is None else (sp[0] / s, sp[1], sp[2])
+    return volume, s, out_shape, out_spacing
+
+
+def _slab_lines_per_view(views, volume, n_up: int, chunks, budget: int) -> dict[int, int]:
+    """Lines per slab of each view (1: y rows of XZ slabs, 2: x columns of YZ slabs).
+
+    :func:`slab_lines` within ``budget`` bytes, rounded down to whole output chunks when at
+    least one fits; one line that exceeds ``budget`` is used anyway, with a warning.
+    """
+    n_z, n_y, n_x = volume.shape
+    itemsize = volume.dtype.itemsize
+    lines = {}
+    for axis in views:
+        n_lat, n_lines = (n_x, n_y) if axis == 1 else (n_y, n_x)
+        t = slab_lines(n_z=n_z, n_up=n_up, n_lateral=n_lat, itemsize=itemsize, budget=budget)
+        need = _slab_bytes(1, n_z=n_z, n_up=n_up, n_lateral=n_lat, itemsize=itemsize)
+        if need > budget:
+            warnings.warn(
+                f"one {'XZ' if axis == 1 else 'YZ'} slice with its copies takes about "
+                f"{need / 1e9:.2f} GB, more than the slab budget ({budget / 1e9:.2f} GB "
+                f"of memory_budget); going on one slice at a time.",
+                stacklevel=3,  # predict_large's caller
+            )
+        lines[axis] = _aligned(t, chunks[axis], n_lines)
+    return lines
+
+
+def _write_slabs(
+    output_path: Path, volume, *, load, finish, fuse, views, lines, geometries, out_shape,
+    out_spacing, output_dtype, out_format, chunks, overwrite, progress, view,
+) -> None:
+    """Restore the views slab by slab into a staged ``output_path`` (the module docstring).
+
+    ``load(index)`` gives a slab's normalised, Z-upsampled voxels; ``finish(values)`` undoes
+    the normalisation and casts. With two views the first one's result waits in the output
+    (float32) or in a float32 scratch store (other types) until the second fuses into it.
+    ``view`` holds :func:`_run_view`'s options shared by every slab.
+    """
+    n_z, n_y, n_x = volume.shape
+    n_up, itemsize = out_shape[0], volume.dtype.itemsize
+    total = sum(-(-(n_y if axis == 1 else n_x) // lines[axis]) for axis in views)
+    done = 0
+    scratch_dir = None
+    try:
+        with staged_output(output_path, overwrite=overwrite) as temp:
+            out = create_volume(
+                temp, out_shape, output_dtype, spacing=out_spacing, format=out_format, chunks=chunks
+            )
+            two_views = len(views) == 2
+            middle = out  # where the first view's normalised result waits for the second
+            if two_views and output_dtype != np.float32:
+                y_chunk, x_chunk = lines[1], lines[2]
+                z_chunk = max(1, min(n_up, 2**23 // (4 * y_chunk * x_chunk)))
+                scratch_dir, middle = _scratch_volume(
+                    output_path.parent, output_path.name, out_shape, (z_chunk, y_chunk, x_chunk)
+                )
+            for v, axis in enumerate(views):
+                n_lat, n_lines = (n_x, n_y) if axis == 1 else (n_y, n_x)
+                t = lines[axis]
+                for a0 in range(0, n_lines, t):
+                    a1 = min(n_lines, a0 + t)
+                    index = [slice(None)] * 3
+                    index[axis] = slice(a0, a1)
+                    index = tuple(index)
+                    up = load(index)
+                    if v == 0:
+                        result = np.empty_like(up)
+                    else:
+                        result = np.asarray(middle.read(index), np.float32)
+                    _run_view(up, result, axis=axis, fuse=None if v == 0 else fuse,
+                              geometry=geometries[axis], **view)
+                    del up
+                    if two_views and v == 0:
+                        middle.write(index, result)
+                    else:
+                        out.write(index, finish(result))
+                    done += 1
+                    if progress is not None:
+                        progress(
+                            SlabProgress(
+                                "xz" if axis == 1 else "yz",
+                                a0,
+                                a1,
+                                result.shape,
+                                _slab_bytes(
+                                    a1 - a0, n_z=n_z, n_up=n_up, n_lateral=n_lat, itemsize=itemsize
+                                ),
+                                done,
+                                total,
+                            )
+                        )
+                    del result
+            del out, middle
+    finally:
+        if scratch_dir is not None:
+            shutil.rmtree(scratch_dir, ignore_errors=True)
 
 
 def predict_large(
@@ -404,29 +527,8 @@ def predict_large(
     output_path = Path(output_path)
     out_format = volume_format(output_path)
     check_outputs([output_path], inputs={"stack": input_path}, overwrite=overwrite)
-    volume = open_volume(input_path, spacing=spacing)
-    n_z, n_y, n_x = volume.shape
-    if n_z < 2:
-        raise IsojaxInputError(
-            f"{input_path}: the stack has {n_z} plane; it needs at least 2 (axes (z, y, x))."
-        )
-    if not (np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating)):
-        raise IsojaxInputError(
-            f"{input_path}: the stack must hold real numbers, got dtype {volume.dtype}; convert "
-            "it to an integer or float type first."
-        )
-    sp = volume.spacing
-    if subsample is None:
-        if sp is None:
-            raise IsojaxInputError(
-                f"{input_path}: no voxel size in the metadata; pass subsample= (dz / dx) or "
-                "spacing=(dz, dy, dx) in micrometres."
-            )
-        subsample = sp[0] / sp[2]
-    s = _check_subsample(subsample)
-    n_up = upsampled_length(n_z, s)
-    out_shape = (n_up, n_y, n_x)
-    out_spacing = None if sp is None else (sp[0] / s, sp[1], sp[2])
+    volume, s, out_shape, out_spacing = _open_input(input_path, spacing=spacing,
+                                                    subsample=subsample)
 
     run, n_dev = _runner(apply_fn, devices)
     views = {"xz": [1], "yz": [2]}.get(fuse, [1, 2])  # 1: slabs of y (XZ), 2: slabs of x (YZ)
@@ -444,30 +546,12 @@ def predict_large(
         batch_size = _default_batch_size(memory_budget // 4, bytes_per_pixel * th * tw,
                                          in_flight)
     batch_size = -(-batch_size // n_dev) * n_dev
-
-    slab_budget = memory_budget - memory_budget // 4
-    itemsize = volume.dtype.itemsize
-    lines, n_slabs = {}, {}
-    for axis in views:
-        n_lat, n_lines = (n_x, n_y) if axis == 1 else (n_y, n_x)
-        t = slab_lines(n_z=n_z, n_up=n_up, n_lateral=n_lat, itemsize=itemsize, budget=slab_budget)
-        need = _slab_bytes(1, n_z=n_z, n_up=n_up, n_lateral=n_lat, itemsize=itemsize)
-        if need > slab_budget:
-            warnings.warn(
-                f"one {'XZ' if axis == 1 else 'YZ'} slice with its copies takes about "
-                f"{need / 1e9:.2f} GB, more than the slab budget ({slab_budget / 1e9:.2f} GB "
-                f"of memory_budget); going on one slice at a time.",
-                stacklevel=2,
-            )
-        lines[axis] = _aligned(t, chunks[axis], n_lines)
-        n_slabs[axis] = -(-n_lines // lines[axis])
-    total = sum(n_slabs.values())
+    lines = _slab_lines_per_view(views, volume, out_shape[0], chunks,
+                                 memory_budget - memory_budget // 4)
 
     if percentiles is not None:
         lo, hi = estimate_percentiles(volume, percentiles, max_samples=max_samples)
         if not hi > lo:
-            from isojax.synth import no_contrast_message
-
             raise IsojaxInputError(
                 no_contrast_message(value=lo, percentiles=percentiles, name=input_path))
 
@@ -489,74 +573,15 @@ def predict_large(
             denormalize(values, lo, hi, out=values)
         return _cast(values, output_dtype)
 
-    done = 0
-    scratch_dir = None
-    try:
-        with staged_output(output_path, overwrite=overwrite) as temp:
-            out = create_volume(
-                temp, out_shape, output_dtype, spacing=out_spacing, format=out_format, chunks=chunks
-            )
-            two_views = len(views) == 2
-            middle = out  # where the first view's normalised result waits for the second
-            if two_views and output_dtype != np.float32:
-                y_chunk, x_chunk = lines[1], lines[2]
-                z_chunk = max(1, min(n_up, 2**23 // (4 * y_chunk * x_chunk)))
-                scratch_dir, middle = _scratch_volume(
-                    output_path.parent, output_path.name, out_shape, (z_chunk, y_chunk, x_chunk)
-                )
-            for v, axis in enumerate(views):
-                n_lat, n_lines = (n_x, n_y) if axis == 1 else (n_y, n_x)
-                t = lines[axis]
-                for a0 in range(0, n_lines, t):
-                    a1 = min(n_lines, a0 + t)
-                    index = [slice(None)] * 3
-                    index[axis] = slice(a0, a1)
-                    index = tuple(index)
-                    up = load(index)
-                    if v == 0:
-                        result = np.empty_like(up)
-                    else:
-                        result = np.asarray(middle.read(index), np.float32)
-                    _run_view(
-                        up,
-                        result,
-                        axis=axis,
-                        fuse=None if v == 0 else fuse,
-                        run=run,
-                        in_flight=in_flight,
-                        geometry=geometries[axis],
-                        batch_size=batch_size,
-                        budget=memory_budget // 4,
-                        bytes_per_pixel=bytes_per_pixel,
-                        on_batch=lambda n: None,
-                    )
-                    del up
-                    if two_views and v == 0:
-                        middle.write(index, result)
-                    else:
-                        out.write(index, finish(result))
-                    done += 1
-                    if progress is not None:
-                        progress(
-                            SlabProgress(
-                                "xz" if axis == 1 else "yz",
-                                a0,
-                                a1,
-                                result.shape,
-                                _slab_bytes(
-                                    a1 - a0, n_z=n_z, n_up=n_up, n_lateral=n_lat, itemsize=itemsize
-                                ),
-                                done,
-                                total,
-                            )
-                        )
-                    del result
-            del out, middle
-    finally:
-        if scratch_dir is not None:
-            import shutil
-
-            shutil.rmtree(scratch_dir, ignore_errors=True)
+    _write_slabs(
+        output_path, volume, load=load, finish=finish, fuse=fuse, views=views, lines=lines,
+        geometries=geometries, out_shape=out_shape, out_spacing=out_spacing,
+        output_dtype=output_dtype, out_format=out_format, chunks=chunks, overwrite=overwrite,
+        progress=progress,
+        view=dict(run=run, in_flight=in_flight, batch_size=batch_size,
+                  budget=memory_budget // 4, bytes_per_pixel=bytes_per_pixel,
+                  on_batch=lambda n: None),
+    )
     return LargePrediction(
         path=output_path,
         shape=out_shape,

@@ -64,6 +64,7 @@ from isojax.predict.core import (
     upsample_z,
     upsampled_length,
 )
+from isojax.synth import check_contrast, denormalize
 
 __all__ = ["predict_stack"]
 
@@ -209,8 +210,6 @@ def predict_stack(
         )
 
     if percentiles is not None:
-        from isojax.synth import check_contrast
-
         lo, hi = check_contrast(x, percentiles=percentiles)
         x = (x - np.float32(lo)) / np.float32(hi - lo)
 
@@ -257,7 +256,5 @@ def predict_stack(
     _run_batches(batches, run, in_flight)
 
     if percentiles is not None:
-        from isojax.synth import denormalize
-
         denormalize(out, lo, hi, out=out)
     return out
