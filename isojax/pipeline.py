@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -531,14 +530,6 @@ def calibrate_file(
     return summary
 
 
-def _cast(volume: np.ndarray, dtype) -> np.ndarray:
-    dtype = np.dtype(dtype)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(volume), info.min, info.max).astype(dtype)
-    return volume.astype(dtype)
-
-
 def predict_file(
     stack_path: str | os.PathLike,
     *,
@@ -578,9 +569,13 @@ def predict_file(
     ``checkpoint`` picks the model folder's checkpoint: ``"best"`` (lowest validation loss,
     the default) or ``"last"`` (the last training step); see :func:`isojax.train.load_model`.
     """
-    from isojax.io import check_outputs, check_writable, write_tiff
-    from isojax.predict import predict_stack
-    from isojax.synth import check_contrast
+    from isojax.io import check_outputs, check_writable
+    from isojax.predict.files import (
+        check_tile_option,
+        predict_stack_file,
+        predict_volume_file,
+        stream_prediction,
+    )
     from isojax.train import load_model
 
     if memory_budget is not None and memory_budget < 1:
@@ -589,189 +584,29 @@ def predict_file(
     check_outputs([output], inputs={"stack": stack_path, "model folder": model},
                   overwrite=overwrite, log=log)
     apply_fn, meta = load_model(model, which=checkpoint)
-    _check_tile_option(tile, meta)
-    if _stream_prediction(stack_path, output, float(meta["subsample"]), memory_budget):
-        return _predict_file_large(
-            stack_path, apply_fn, meta, model=model, output=output, subsample=subsample,
-            spacing=spacing, fuse=fuse, batch_size=batch_size, tile=tile, keep_dtype=keep_dtype,
-            memory_budget=memory_budget, overwrite=overwrite, progress=progress, log=log)
+    check_tile_option(tile, meta)
+    options = dict(model=model, fuse=fuse, batch_size=batch_size, tile=tile,
+                   keep_dtype=keep_dtype, overwrite=overwrite, progress=progress, log=log)
+    if stream_prediction(stack_path, output, float(meta["subsample"]), memory_budget):
+        volume, s, how = _volume_geometry(stack_path, spacing=spacing, subsample=subsample,
+                                          log=log)
+        return predict_volume_file(
+            stack_path, volume, apply_fn, meta, spacing=spacing, subsample=s, how=how,
+            output=output, memory_budget=memory_budget, **options)
     output = check_writable(output)
     stack, sp, s, how = stack_geometry(stack_path, spacing=spacing, subsample=subsample,
                                        log=log)
-    norm = meta["normalization"]
-    check_contrast(stack, percentiles=(norm["pmin"], norm["pmax"]), name=stack_path)
-    _check_model_subsample(s, meta, model, how, log)
-    log(f"stack {stack_path}: shape {stack.shape}, subsample {s:.4g} from {how}")
-    from isojax.predict import upsampled_length
-
-    tile = _affordable_tile(tile, (upsampled_length(stack.shape[0], s), *stack.shape[1:]), fuse,
-                            meta, log)
-    depth = int(meta["unet"]["depth"])
-    norm = meta["normalization"]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(desc="predict", unit="slice", file=sys.stderr, disable=None)
-
-    def report(done, total):
-        if bar is not None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-    t0 = time.perf_counter()
-    try:
-        volume = predict_stack(
-            stack.astype(np.float32),
-            apply_fn,
-            subsample=s,
-            interpolation=meta["interpolation"],
-            fuse=fuse,
-            batch_size=batch_size,
-            tile=tile,
-            overlap=_tile_overlap(meta),
-            multiple=2**depth,
-            normalization=(norm["pmin"], norm["pmax"]),
-            progress=report,
-        )
-    finally:
-        if bar is not None:
-            bar.close()
-    elapsed = time.perf_counter() - t0
-    out_spacing = None if sp is None else (sp[0] / s, sp[1], sp[2])
-    data = _cast(volume, stack.dtype) if keep_dtype else volume.astype(np.float32)
-    write_tiff(output, data, spacing=out_spacing, dtype=data.dtype, overwrite=overwrite)
-    log(
-        f"wrote {output}: shape {data.shape}, {data.dtype}, voxel size "
-        f"{'unknown' if out_spacing is None else ', '.join(f'{v:.4g}' for v in out_spacing)} um; "
-        f"{volume.size / elapsed / 1e6:.2f} Mvoxel/s"
-    )
-    return volume
+    return predict_stack_file(stack_path, stack, apply_fn, meta, spacing=sp, subsample=s,
+                              how=how, output=output, **options)
 
 
-def _physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 * 2**30
+def _volume_geometry(stack_path, *, spacing, subsample, log: Log):
+    """``(volume, subsample, how)``: the streamed sibling of :func:`stack_geometry`.
 
-
-def _stream_prediction(stack_path, output: Path, subsample: float, budget: int | None) -> bool:
-    """Whether ``predict_file`` streams: Zarr in or out, or too large for ``budget`` bytes."""
-    import tifffile
-
-    def is_zarr(path) -> bool:
-        return Path(path).suffix.lower() == ".zarr" or Path(path).is_dir()
-
-    if is_zarr(stack_path) or is_zarr(output):
-        return True
-    from isojax.io import _tifffile_log
-
-    try:
-        with _tifffile_log() as caught, tifffile.TiffFile(stack_path) as tif:
-            shape, dtype = tif.series[0].shape, np.dtype(tif.series[0].dtype)
-            if caught.errors:  # damaged: the in-memory path reports it
-                raise tifffile.TiffFileError("damaged")
-    except (tifffile.TiffFileError, OSError, ValueError, IndexError):
-        return False  # the in-memory path reports the problem
-    voxels = math.prod(shape)
-    # in memory: the stack, its float32 copy, then the upsampled copy and the result
-    need = voxels * (dtype.itemsize + 4) + 2 * 4 * voxels * max(1.0, subsample)
-    return need > (budget if budget is not None else _physical_memory() // 2)
-
-
-def _check_model_subsample(s: float, meta: dict, model, how: str, log: Log) -> None:
-    trained = float(meta["subsample"])
-    if abs(s / trained - 1) > 0.1:
-        raise IsojaxInputError(
-            f"the model in {model} was trained for subsample {trained:.4g}, but this stack has "
-            f"{s:.4g} ({how}); train a model for this stack, or pass --subsample if the voxel "
-            "size in the file is wrong."
-        )
-    if abs(s / trained - 1) > 0.01:
-        log(f"warning: stack subsample {s:.4g} differs from the model's {trained:.4g}")
-
-
-def _tile_overlap(meta: dict) -> int:
-    """Tile overlap for a model: twice its network's receptive radius, at least 96 px."""
-    from isojax.unet import UNetConfig
-
-    return max(96, 2 * UNetConfig(**meta["unet"]).receptive_radius)
-
-
-#: A ``--tile`` whose tiles put more than this many times the slices' own pixels through the
-#: network is raised until they do not: every tile computes again the overlap it shares with
-#: its neighbours, so a tile little larger than the overlap adds only a sliver of new pixels
-#: (``--tile 100`` with the 96 px overlap: 4 px per tile, 9x the time of whole slices).
-_MAX_TILE_COST = 2.0
-
-
-def _tile_multiple(meta: dict) -> int:
-    return 2 ** int(meta["unet"]["depth"])
-
-
-def _check_tile_option(tile: int | None, meta: dict) -> None:
-    """Refuse a ``--tile`` too small for the model's tile overlap (before any work)."""
-    if tile is None:
-        return
-    overlap, multiple = _tile_overlap(meta), _tile_multiple(meta)
-    minimum = overlap // 2 * 2 + multiple
-    if -(-int(tile) // multiple) * multiple < minimum:  # rounded up as prediction does
-        raise IsojaxInputError(
-            f"--tile {tile} is too small for this model: tiles overlap by {overlap} px (at "
-            f"least twice the network's reach), so --tile must be at least {minimum} px; leave "
-            "--tile out to let isojax choose."
-        )
-
-
-def _tile_cost(out_shape, views, tile: int, overlap: int, multiple: int) -> float:
-    """Pixels that tiles of ``tile`` px put through the network, over those of the slices."""
-    from isojax.predict import _geometry
-
-    computed = whole = 0
-    for axis in views:
-        g = _geometry(out_shape, axis, (tile, tile), overlap // 2, multiple)
-        n = out_shape[axis]
-        computed += n * len(g.tiles) * g.tile_shape[0] * g.tile_shape[1]
-        whole += n * (out_shape[3 - axis] + sum(g.pad_lat)) * (out_shape[0] + sum(g.pad_ax))
-    return computed / whole
-
-
-def _affordable_tile(tile: int | None, out_shape, fuse: str, meta: dict, log: Log) -> int | None:
-    """``tile``, or the smallest larger one whose tiles cost at most :data:`_MAX_TILE_COST`.
-
-    ``out_shape`` is the Z-upsampled stack's ``(z, y, x)``; a raised tile is logged as a
-    warning with both costs.
+    Opens the stack without reading it (:func:`isojax.io.open_volume`), checks it as
+    :func:`stack_geometry` does and works out its anisotropy factor by the same rule.
     """
-    if tile is None:
-        return None
-    overlap, multiple = _tile_overlap(meta), _tile_multiple(meta)
-    views = {"xz": [1], "yz": [2]}.get(fuse, [1, 2])
-    t = -(-int(tile) // multiple) * multiple
-    cost = _tile_cost(out_shape, views, t, overlap, multiple)
-    if cost <= _MAX_TILE_COST:
-        return tile
-    largest = max(out_shape[0], *(out_shape[3 - a] for a in views)) + multiple
-    u, new_cost = t, cost
-    while u < largest and new_cost > _MAX_TILE_COST:
-        u += multiple
-        new_cost = _tile_cost(out_shape, views, u, overlap, multiple)
-    log(
-        f"warning: --tile {tile} would put {cost:.1f}x the slices' pixels through the network "
-        f"(neighbouring tiles share {overlap} px, which each tile computes again); using "
-        f"--tile {u} instead ({new_cost:.2f}x); leave --tile out to let isojax choose"
-    )
-    return u
-
-
-def _predict_file_large(
-    stack_path, apply_fn, meta, *, model, output: Path, subsample, spacing, fuse, batch_size,
-    tile, keep_dtype, memory_budget, overwrite, progress, log,
-):
-    """The streaming branch of :func:`predict_file` (see there)."""
     from isojax.io import open_volume
-    from isojax.predict_large import predict_large
 
     volume = open_volume(stack_path, spacing=spacing)
     sp = volume.spacing
@@ -789,56 +624,8 @@ def _predict_file_large(
         )
     s, how = _subsample_from(stack_path, sp, volume.source, subsample, on_conflict="warn",
                              log=log)
-    _check_model_subsample(s, meta, model, how, log)
-    from isojax.predict import upsampled_length
+    return volume, s, how
 
-    tile = _affordable_tile(tile, (upsampled_length(volume.shape[0], s), *volume.shape[1:]),
-                            fuse, meta, log)
-    budget = memory_budget if memory_budget is not None else 2**30
-    log(f"stack {stack_path}: shape {volume.shape}, subsample {s:.4g} from {how}; streaming "
-        f"with a memory budget of {budget / 1e9:.3g} GB")
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(desc="predict", unit="slab", file=sys.stderr, disable=None)
-
-    def report(p):
-        if bar is not None:
-            bar.total = p.total
-            bar.n = p.done
-            bar.refresh()
-
-    norm = meta["normalization"]
-    dtype = volume.dtype if keep_dtype else np.dtype(np.float32)
-    t0 = time.perf_counter()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = predict_large(
-                stack_path, output, apply_fn, subsample=s, spacing=spacing,
-                interpolation=meta["interpolation"], fuse=fuse, memory_budget=budget,
-                batch_size=batch_size, tile=tile, overlap=_tile_overlap(meta),
-                multiple=2 ** int(meta["unet"]["depth"]),
-                normalization=(norm["pmin"], norm["pmax"]), output_dtype=dtype,
-                overwrite=overwrite, progress=report,
-            )
-    finally:
-        if bar is not None:
-            bar.close()
-    _warn_to(log, caught)
-    elapsed = time.perf_counter() - t0
-    sp_out = result.spacing
-    if tile is None and result.tile is not None:
-        cut = " x ".join("whole" if t is None else f"{t}" for t in result.tile)
-        log(f"slices did not fit the network's share of the memory budget: tiles of {cut} px "
-            "(lateral x axial)")
-    log(
-        f"wrote {output}: shape {result.shape}, {result.dtype}, voxel size "
-        f"{'unknown' if sp_out is None else ', '.join(f'{v:.4g}' for v in sp_out)} um; "
-        f"{math.prod(result.shape) / elapsed / 1e6:.2f} Mvoxel/s"
-    )
-    return result
 
 
 def _simulated_bead(key, *, sigma_lateral_px, sigma_axial_px, pixel_size, z_step, photons=3000.0):

@@ -38,3 +38,17 @@ def test_console_script_is_installed():
     )
     for command in ("psf", "train", "predict", "demo"):
         assert command in out.stdout
+
+
+def test_the_predict_package_and_its_compatibility_module_export_one_api():
+    import isojax.predict
+    import isojax.predict_large
+
+    for name in isojax.predict.__all__:
+        assert getattr(isojax.predict, name) is not None, name
+    # the old module path re-exports the very same objects as the package
+    for name in isojax.predict_large.__all__:
+        assert getattr(isojax.predict_large, name) is getattr(isojax.predict.large, name), name
+    assert isojax.predict.predict_large is isojax.predict_large.predict_large
+    assert isojax.predict.predict_stack is isojax.predict_stack
+    assert callable(isojax.predict.predict_large)  # the function, not a submodule

@@ -215,7 +215,7 @@ def test_train_refuses_bad_input_and_writes_nothing(files, capsys, extra, match)
 
 
 def test_tiles_overlap_by_twice_the_models_reach():
-    from isojax.pipeline import _tile_overlap
+    from isojax.predict.files import _tile_overlap
     from isojax.unet import UNetConfig
 
     assert UNetConfig().receptive_radius == 43

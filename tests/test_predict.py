@@ -9,7 +9,7 @@ from scipy import ndimage
 from scipy.signal import correlate2d
 
 import isojax
-import isojax.predict as predict_mod
+import isojax.predict.core as predict_mod
 from isojax.predict import predict_stack, upsample_z, upsampled_length
 
 

@@ -14,7 +14,7 @@ import pytest
 import tifffile
 from jax import lax
 
-import isojax.predict as predict_mod
+import isojax.predict.core as predict_mod
 from isojax.errors import IsojaxInputError
 from isojax.io import open_volume, read_tiff, write_ome_zarr, write_tiff
 from isojax.predict import predict_stack, upsampled_length
