@@ -348,6 +348,8 @@ def axial_psf(
       IsojaxInputError: not a finite 3D array with positive mass, bad spacing, pixel size or
         options, or the PSF reaches too close to the stack's edge to resample it.
     """
+    # Long, and kept whole: it follows the four steps above, which share the centre, the
+    # sampling grids and the planes; split up, they would pass a dozen values around.
     spacing = _spacing3(spacing)
     pixel_size = _positive(pixel_size, "pixel_size", " micrometres")
     a = np.asarray(psf3d, dtype=np.float64)

@@ -120,6 +120,8 @@ def check_psf(
         mass, or a pixel size that differs from the image's (resample with
         :func:`resample_psf`).
     """
+    # Long, and kept whole: it reads top to bottom in the docstring's order (refuse, fix,
+    # measure, warn, report), each step using what the previous ones found.
     try:
         a = np.asarray(psf)
     except (TypeError, ValueError) as exc:
