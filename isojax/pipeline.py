@@ -25,7 +25,6 @@ from typing import Literal
 import numpy as np
 
 from isojax.errors import IsojaxInputError, log_to_stderr
-from isojax.psf.sources import resolve_psf
 
 Log = Callable[[str], None]
 
@@ -151,6 +150,17 @@ def stack_geometry(
     return stack, sp, s, how
 
 
+def __getattr__(name: str):
+    # ``isojax.pipeline.resolve_psf`` now lives in isojax.psf.sources; it is loaded on first
+    # use (PEP 562), like this module's other imports, so that commands which need no PSF
+    # (``isojax predict``) do not pay for the PSF toolkit's scipy imports.
+    if name == "resolve_psf":
+        from isojax.psf.sources import resolve_psf
+
+        return resolve_psf
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def train_file(
     stack_path: str | os.PathLike,
     *,
@@ -204,6 +214,7 @@ def train_file(
     ``steps`` extends a run, keeping the folder's warm-up length. When stderr is not a
     terminal, a progress line is written every ``log_every`` seconds.
     """
+    from isojax.psf.sources import resolve_psf
     from isojax.synth import SynthConfig, check_contrast
     from isojax.train import TrainConfig, train
     from isojax.unet import UNetConfig
@@ -811,6 +822,7 @@ def demo(
     from isojax.io import write_tiff
     from isojax.plot import save_psf_png, save_views_png
     from isojax.predict import upsample_z
+    from isojax.psf.sources import resolve_psf
     from isojax.simulate import psnr, simulate_stack, ssim
 
     t_start = time.perf_counter()
