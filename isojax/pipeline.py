@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -149,108 +148,15 @@ def stack_geometry(
     return stack, sp, s, how
 
 
-#: The theory options (keyword of :func:`isojax.psf.theoretical_axial_psf`: option), the
-#: four required ones first.
-_THEORY_OPTIONS = {
-    "na": "--na",
-    "wavelength_um": "--wavelength",
-    "ri": "--ri",
-    "modality": "--modality",
-    "excitation_um": "--excitation",
-    "sheet_fwhm_um": "--sheet-fwhm",
-}
+def __getattr__(name: str):
+    # ``isojax.pipeline.resolve_psf`` now lives in isojax.psf.sources; it is loaded on first
+    # use (PEP 562), like this module's other imports, so that commands which need no PSF
+    # (``isojax predict``) do not pay for the PSF toolkit's scipy imports.
+    if name == "resolve_psf":
+        from isojax.psf.sources import resolve_psf
 
-
-def resolve_psf(
-    *,
-    pixel_size: float | None,
-    psf: str | os.PathLike | None = None,
-    bead: str | os.PathLike | None = None,
-    bead_spacing: Sequence[float] | None = None,
-    theory: dict | None = None,
-    log: Log = _stderr,
-) -> np.ndarray:
-    """The additional axial PSF at the image's lateral pixel size, from one of three sources.
-
-    Args:
-      pixel_size: the image's lateral pixel size in µm (needed for beads and theory, and
-        to check or resample a PSF file).
-      psf: a 2D ``(lateral, axial)`` PSF TIFF (``isojax psf axial``/``theory`` output).
-      bead: a 3D bead stack; its voxel size from metadata or ``bead_spacing``.
-      theory: keyword arguments of :func:`isojax.psf.theoretical_axial_psf` except
-        ``pixel_size`` (na, wavelength_um, ri, modality, ...).
-
-    Returns:
-      The checked, normalised 2D PSF (float32).
-
-    Raises:
-      IsojaxInputError: not exactly one source (any theory option counts as the theory
-        source), an incomplete theory, or an unusable PSF file or bead.
-    """
-    from isojax.io import read_tiff, require_spacing
-    from isojax.psf import axial_psf, check_psf, process_bead, resample_psf, theoretical_axial_psf
-
-    given = [name for name, v in (("--psf", psf), ("--bead", bead)) if v]
-    if theory:
-        options = [flag for key, flag in _THEORY_OPTIONS.items() if theory.get(key) is not None]
-        given.append(f"theory ({', '.join(options)})" if options else "theory")
-    if len(given) != 1:
-        got = " and ".join([", ".join(given[:-1]), given[-1]] if len(given) > 2 else given)
-        raise IsojaxInputError(
-            "give exactly one PSF source: --psf AXIAL.tif, --bead BEAD.tif, or the theory "
-            f"options (--na, --wavelength, --ri, --modality); got {got or 'none'}."
-        )
-    if theory:
-        missing = [flag for key, flag in list(_THEORY_OPTIONS.items())[:4]
-                   if theory.get(key) is None]
-        if missing:
-            raise IsojaxInputError(
-                "a theoretical PSF needs all of --na, --wavelength, --ri and --modality; "
-                f"missing {', '.join(missing)}."
-            )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if psf is not None:
-            p, sp, _source = read_tiff(psf)
-            if p.ndim != 2:
-                raise IsojaxInputError(
-                    f"{psf}: a PSF file must be 2D (lateral, axial), got shape {p.shape}; derive "
-                    "one from a bead stack with `isojax psf axial` or pass it with --bead."
-                )
-            psf_px = None if sp is None else float(sp[-1])
-            if (
-                psf_px is not None
-                and pixel_size is not None
-                and abs(psf_px / pixel_size - 1) > 0.01
-            ):
-                p = resample_psf(p, pixel_size=psf_px, target_pixel_size=pixel_size)
-                log(f"resampled the PSF from {psf_px:g} to the image's {pixel_size:g} um pixels")
-            elif psf_px is None:
-                log(f"{psf}: no pixel size in the PSF file; assuming it is the image's")
-            out, report = check_psf(p, pixel_size=pixel_size)
-        elif bead is not None:
-            if pixel_size is None:
-                raise IsojaxInputError("deriving a PSF from a bead needs the image's pixel size.")
-            b, sp, _ = read_tiff(bead, spacing=bead_spacing)
-            if b.ndim != 3:
-                raise IsojaxInputError(f"{bead}: a bead stack must be 3D (z, y, x), got {b.shape}.")
-            sp = require_spacing(sp, path=bead)
-            psf3d, sp, _ = process_bead(b, sp)
-            p, info = axial_psf(psf3d, sp, pixel_size)
-            log(
-                f"axial PSF from bead {bead}: {info['method']} {info['iterations']} iterations, "
-                f"FWHM lateral {info['fwhm_input_um'][0]:.3g} -> {info['fwhm_um'][0]:.3g} um, "
-                f"axial {info['fwhm_input_um'][1]:.3g} -> {info['fwhm_um'][1]:.3g} um"
-            )
-            out, report = check_psf(p, pixel_size=pixel_size)
-        else:
-            if pixel_size is None:
-                raise IsojaxInputError("a theoretical PSF needs the image's pixel size.")
-            p, _info = theoretical_axial_psf(pixel_size=pixel_size, **theory)
-            out, report = check_psf(p, pixel_size=pixel_size)
-    _warn_to(log, caught)
-    log(f"axial PSF: shape {report.shape} (lateral, axial), FWHM axial {report.fwhm_px[1]:.3g} px")
-    return np.asarray(out, np.float32)
+        return resolve_psf
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def train_file(
@@ -306,6 +212,7 @@ def train_file(
     ``steps`` extends a run, keeping the folder's warm-up length. When stderr is not a
     terminal, a progress line is written every ``log_every`` seconds.
     """
+    from isojax.psf.sources import resolve_psf
     from isojax.synth import SynthConfig, check_contrast
     from isojax.train import TrainConfig, train
     from isojax.unet import UNetConfig
@@ -702,6 +609,7 @@ def demo(
     from isojax.metrics import psnr, ssim
     from isojax.plot import save_psf_png, save_views_png
     from isojax.predict import upsample_z
+    from isojax.psf.sources import resolve_psf
     from isojax.simulate import simulate_stack
 
     t_start = time.perf_counter()
