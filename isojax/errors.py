@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["WARNING_PREFIX", "IsojaxInputError", "log_to_stderr"]
+__all__ = ["WARNING_PREFIX", "IsojaxInputError", "log_to_stderr", "log_warnings"]
 
 WARNING_PREFIX = "isojax: warning: "
 
@@ -36,3 +36,14 @@ def log_to_stderr(message: str) -> None:
     if message.startswith("warning: "):
         message = WARNING_PREFIX + message[len("warning: "):]
     print(message, file=sys.stderr, flush=True)
+
+
+def log_warnings(log, caught) -> None:
+    """Send each caught warning to ``log`` as one ``warning: ...`` line.
+
+    Args:
+      log: a callable of one line of text (e.g. :func:`log_to_stderr`).
+      caught: the ``warnings.WarningMessage`` list of ``warnings.catch_warnings(record=True)``.
+    """
+    for item in caught:
+        log(f"warning: {item.message}")

@@ -30,10 +30,6 @@ Log = Callable[[str], None]
 _stderr = log_to_stderr
 
 
-def _warn_to(log: Log, caught) -> None:
-    for w in caught:
-        log(f"warning: {w.message}")
-
 
 #: How far ``--subsample`` may differ from the voxel size's ``dz / dx`` before it counts as a
 #: contradiction (2%, the same either way: see :func:`subsample_conflict`).

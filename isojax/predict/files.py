@@ -29,7 +29,7 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
-from isojax.errors import IsojaxInputError
+from isojax.errors import IsojaxInputError, log_warnings
 from isojax.io import _tifffile_log, write_tiff
 from isojax.predict.core import _cast, _geometry, upsampled_length
 from isojax.predict.large import LargePrediction, predict_large
@@ -46,10 +46,6 @@ __all__ = [
 
 Log = Callable[[str], None]
 
-
-def _warn_to(log: Log, caught) -> None:
-    for w in caught:
-        log(f"warning: {w.message}")
 
 
 def _physical_memory() -> int:
@@ -371,7 +367,7 @@ def predict_volume_file(
     finally:
         if bar is not None:
             bar.close()
-    _warn_to(log, caught)
+    log_warnings(log, caught)
     elapsed = time.perf_counter() - t0
     sp_out = result.spacing
     if tile is None and result.tile is not None:

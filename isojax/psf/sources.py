@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from isojax.errors import IsojaxInputError, log_to_stderr
+from isojax.errors import IsojaxInputError, log_to_stderr, log_warnings
 from isojax.io import read_tiff, require_spacing
 from isojax.psf.bead import axial_psf, process_bead, resample_psf
 from isojax.psf.check import check_psf
@@ -25,11 +25,6 @@ __all__ = ["resolve_psf"]
 
 Log = Callable[[str], None]
 
-
-def _warn_to(log: Log, caught) -> None:
-    """Log each caught warning as one ``warning: ...`` line."""
-    for w in caught:
-        log(f"warning: {w.message}")
 
 
 #: The theory options (keyword of :func:`isojax.psf.theoretical_axial_psf`: option), the
@@ -128,6 +123,6 @@ def resolve_psf(
                 raise IsojaxInputError("a theoretical PSF needs the image's pixel size.")
             p, _info = theoretical_axial_psf(pixel_size=pixel_size, **theory)
             out, report = check_psf(p, pixel_size=pixel_size)
-    _warn_to(log, caught)
+    log_warnings(log, caught)
     log(f"axial PSF: shape {report.shape} (lateral, axial), FWHM axial {report.fwhm_px[1]:.3g} px")
     return np.asarray(out, np.float32)
