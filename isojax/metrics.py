@@ -25,7 +25,7 @@ Array = jax.Array
 __all__ = ["psnr", "ssim"]
 
 
-# the same check as isojax.simulate's, kept here so that metrics imports nothing of simulate
+# also isojax.simulate's number check (simulate imports metrics, never the other way)
 def _check_positive(value, name: str, *, allow_zero: bool = False) -> float:
     try:
         v = float(value)

@@ -48,7 +48,7 @@ import numpy as np
 from jax import lax
 
 from isojax.forward import FactoredPSF, add_noise, measure, sample_positions
-from isojax.metrics import psnr, ssim
+from isojax.metrics import _check_positive, psnr, ssim  # one number check for both
 
 Array = jax.Array
 
@@ -68,16 +68,6 @@ _STEP = 0.5  # spacing of the points that trace a filament, in pixels
 # ----------------------------------------------------------------------------------------
 # Small helpers
 
-
-def _check_positive(value, name: str, *, allow_zero: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}.") from None
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}.")
-    return v
 
 
 def _check_range(value, name: str) -> tuple[float, float]:
