@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from isojax.errors import WARNING_PREFIX, IsojaxInputError
+from isojax.errors import WARNING_PREFIX, IsojaxInputError, log_to_stderr
 
 __all__ = ["build_parser", "main"]
 
@@ -109,7 +109,7 @@ def _check_psf_outputs(args: argparse.Namespace, inputs: dict) -> Path:
     output = check_writable(args.output)
     check_writable(_png_path(output))
     check_outputs([output, _png_path(output)], inputs=inputs, overwrite=args.overwrite,
-                  log=lambda msg: print(f"isojax: {msg}", file=sys.stderr))
+                  log=log_to_stderr)
     return output
 
 

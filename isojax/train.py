@@ -699,6 +699,20 @@ def _data_parallel(batch_size: int) -> _Placement:
 # The loop
 
 
+def _metric_records(lines: list[str]) -> list[tuple[str, dict]]:
+    """The lines of ``metrics.jsonl`` with their records, up to the first cut line.
+
+    A line cut by a kill (or anything after it) is not JSON: it and what follows are dropped.
+    """
+    records = []
+    for line in lines:
+        try:
+            records.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
 def _metrics_lines(path: Path, upto: int) -> None:
     """Keep only the metric lines of steps <= upto (after a resume).
 
@@ -710,13 +724,7 @@ def _metrics_lines(path: Path, upto: int) -> None:
     if not path.exists():
         return
     lines = path.read_text().splitlines()
-    kept = []
-    for line in lines:
-        try:
-            if json.loads(line).get("step", 0) <= upto:
-                kept.append(line)
-        except json.JSONDecodeError:
-            break  # a line cut by a kill: drop it and what follows
+    kept = [line for line, record in _metric_records(lines) if record.get("step", 0) <= upto]
     if kept == lines:
         return
     text = "".join(ln + "\n" for ln in kept)
@@ -838,23 +846,25 @@ def _agree_on_stop(signum: int | None) -> int | None:
 
 
 def _summary_from_metrics(path: Path, step: int) -> dict:
-    records = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+    lines = path.read_text().splitlines() if path.exists() else []
+    records = [record for _, record in _metric_records(lines)]
     summary: dict[str, Any] = {"step": step, "loss": float("nan"), "best_val_loss": None,
                                "best_step": None, "steps_run": 0}
     done = [r for r in records if r.get("step", 0) <= step]
     if done:
         summary["loss"] = done[-1].get("loss", float("nan"))
-    vals = [r for r in done if "val_loss" in r]
-    if vals:
-        b = min(vals, key=lambda r: r["val_loss"])
-        summary.update(best_val_loss=b["val_loss"], best_step=b["step"])
+    summary.update(_best_validation(done))
     return summary
+
+
+def _best_validation(records: list[dict]) -> dict:
+    """``best_val_loss`` and ``best_step`` of the metric records with the lowest validation
+    loss, or {} when none has one."""
+    vals = [r for r in records if "val_loss" in r]
+    if not vals:
+        return {}
+    b = min(vals, key=lambda r: r["val_loss"])
+    return {"best_val_loss": b["val_loss"], "best_step": b["step"]}
 
 
 def train(
@@ -1249,15 +1259,12 @@ def train(
     summary.update(step=int(state.step), loss=last_loss, steps_run=int(state.step) - start)
     if not main:
         return summary
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    records = [record for _, record in _metric_records(metrics_path.read_text().splitlines())]
     save_loss_png(workdir / "loss.png", records)
     if joint is not None:
         summary["psf"] = _finish_calibration(joint, records, workdir, psf_pixel_size)
-    if summary["best_step"] is None and records:
-        vals = [r for r in records if "val_loss" in r]
-        if vals:
-            b = min(vals, key=lambda r: r["val_loss"])
-            summary.update(best_val_loss=b["val_loss"], best_step=b["step"])
+    if summary["best_step"] is None:
+        summary.update(_best_validation(records))
     return summary
 
 

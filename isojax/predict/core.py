@@ -110,6 +110,15 @@ def _check_interpolation(interpolation) -> None:
         )
 
 
+def _check_run(interpolation, fuse, apply_fn) -> None:
+    """The checks that both predictors make of how the network is run and the views fused."""
+    _check_interpolation(interpolation)
+    if fuse not in _FUSES:
+        raise ValueError(f"fuse must be one of {_FUSES}, got {fuse!r}.")
+    if not callable(apply_fn):
+        raise ValueError(f"apply_fn must be a callable (b, h, w) -> (b, h, w), got {apply_fn!r}.")
+
+
 def _positive_int(name: str, value, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")

@@ -61,14 +61,13 @@ from isojax.io import (
 )
 from isojax.predict.core import (
     _BYTES_PER_PIXEL,
-    _FUSES,
     DEFAULT_PERCENTILES,
     Fuse,
     _auto_tile,
     _batch_result,
     _cast,
-    _check_interpolation,
     _check_normalization,
+    _check_run,
     _check_subsample,
     _check_tile,
     _default_batch_size,
@@ -501,11 +500,7 @@ def predict_large(
         the batch shape. Whatever fails, nothing is left at ``output_path`` (nor temporary
         files next to it).
     """
-    _check_interpolation(interpolation)
-    if fuse not in _FUSES:
-        raise ValueError(f"fuse must be one of {_FUSES}, got {fuse!r}.")
-    if not callable(apply_fn):
-        raise ValueError(f"apply_fn must be a callable (b, h, w) -> (b, h, w), got {apply_fn!r}.")
+    _check_run(interpolation, fuse, apply_fn)
     multiple = _positive_int("multiple", multiple)
     memory_budget = _positive_int("memory_budget", memory_budget)
     bytes_per_pixel = _positive_int("bytes_per_pixel", bytes_per_pixel)

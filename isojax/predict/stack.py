@@ -45,14 +45,13 @@ from isojax.forward import Interpolation
 from isojax.predict.core import (
     _BYTES_PER_PIXEL,
     _DEFAULT_BUDGET,
-    _FUSES,
     DEFAULT_PERCENTILES,
     Array,
     Fuse,
     _auto_tile,
     _batch_result,
-    _check_interpolation,
     _check_normalization,
+    _check_run,
     _check_stack_shape,
     _check_subsample,
     _check_tile,
@@ -181,11 +180,7 @@ def predict_stack(
       (5, 8, 8)
     """
     s = _check_subsample(subsample)
-    _check_interpolation(interpolation)
-    if fuse not in _FUSES:
-        raise ValueError(f"fuse must be one of {_FUSES}, got {fuse!r}.")
-    if not callable(apply_fn):
-        raise ValueError(f"apply_fn must be a callable (b, h, w) -> (b, h, w), got {apply_fn!r}.")
+    _check_run(interpolation, fuse, apply_fn)
     multiple = _positive_int("multiple", multiple)
     if batch_size is not None:
         batch_size = _positive_int("batch_size", batch_size)
