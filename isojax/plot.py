@@ -173,7 +173,10 @@ def psf_figure(psf2d, *, pixel_size: float | None = None, title: str = "Addition
     peak = np.unravel_index(int(np.argmax(psf)), psf.shape)
     lateral = (np.arange(n_lat) - n_lat // 2) * scale
     axial = (np.arange(n_ax) - n_ax // 2) * scale
-    stretch = max(1.0, (n_ax / n_lat) / 4)  # draw the image at most 4 times wider than tall
+    # draw the image at most 4 times wider than tall, or 2 times taller than wide (the panel
+    # is wide), so that a thin PSF stays visible and its tick labels apart
+    ratio = n_ax / n_lat
+    stretch = ratio / 4 if ratio > 4 else 2 * ratio if ratio < 1 / 2 else 1.0
 
     fig = _figure((9, 3.6))
     ax_img, ax_prof = fig.subplots(1, 2, width_ratios=[1.3, 1])
@@ -188,13 +191,12 @@ def psf_figure(psf2d, *, pixel_size: float | None = None, title: str = "Addition
     bar.set_label(f"{value}\n{psf.min():.3g} to {psf.max():.3g}", fontsize=9)
     ax_img.set_xlabel(axis_label("axial", unit))
     ax_img.set_ylabel(axis_label("lateral", unit))
-    if n_lat <= 3:
-        ax_img.yaxis.set_major_locator(FixedLocator(lateral))
-    else:
-        ax_img.yaxis.set_major_locator(MaxNLocator(nbins=4))
+    for axis, offsets in ((ax_img.yaxis, lateral), (ax_img.xaxis, axial)):
+        axis.set_major_locator(FixedLocator(offsets) if len(offsets) <= 3 else MaxNLocator(4))
     shape = f"{n_lat} × {n_ax} px"
-    ax_img.set_title(shape if stretch == 1 else f"{shape}, drawn {stretch:.3g}× taller",
-                     fontsize=10)
+    drawn = (f", drawn {stretch:.3g}× taller" if stretch > 1
+             else f", drawn {1 / stretch:.3g}× wider" if stretch < 1 else "")
+    ax_img.set_title(shape + drawn, fontsize=10)
     add_scale_bar(ax_img, unit=unit)
     along_ax = psf[peak[0], :]
     along_lat = psf[:, peak[1]]
@@ -433,7 +435,8 @@ def views_figure(
     across, down = nx * dx + nz * dz, ny * dy + nz * dz
     ratio = min(max(down / across, 0.3), 3.0)
     panel = 3.4 if ncols > 1 else 4.6  # inches of image across one block
-    fig = _figure((ncols * (panel + 0.9) + 1.3, nrows * (panel * ratio + 0.9) + 0.9))
+    size = (ncols * (panel + 0.9) + 1.3, nrows * (panel * ratio + 0.9) + 0.9)
+    fig = _figure(tuple(round(s, 2) for s in size))  # whole pixels at 100 dpi
     outer = fig.add_gridspec(nrows, ncols + 1, width_ratios=[1] * ncols + [0.04])
     image = None
     for k, name in enumerate(names):
