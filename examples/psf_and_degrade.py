@@ -59,6 +59,7 @@ def main():
     save_views_png(
         args.out / "degraded.png",
         {"isotropic": volume, f"degraded along X (subsample {subsample:.3g})": degraded},
+        spacing=(pixel, pixel, pixel),
         title="XY planes degraded like the axial direction",
     )
     print(f"wrote {args.out}/axial.tif, axial.png, volume.tif, degraded_x.tif, degraded.png")

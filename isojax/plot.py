@@ -107,8 +107,10 @@ def add_scale_bar(ax, *, unit: str, length: float | None = None, colour: str = "
     if length is None:
         length = nice_length(abs(x1 - x0), unit=unit)
     bar = AnchoredSizeBar(ax.transData, length, f"{length:g} {unit}", loc, pad=0.3,
-                          sep=2, color=colour, frameon=False, size_vertical=abs(y1 - y0) / 60,
+                          sep=2, color=colour, frameon=True, size_vertical=abs(y1 - y0) / 60,
                           fontproperties=FontProperties(size=8))
+    backdrop = "black" if colour == "white" else "white"  # readable on any image
+    bar.patch.set(facecolor=backdrop, edgecolor="none", alpha=0.45)
     ax.add_artist(bar)
     return length
 
@@ -372,7 +374,8 @@ def _ortho_block(fig, spec, v: np.ndarray, name: str, *, cuts, spacing, unit: st
     ax_yz.axhline(y, color=PLANE_COLOURS["XZ"], **line)
     for ax, plane in ((ax_xy, "XY"), (ax_xz, "XZ"), (ax_yz, "YZ")):
         ax.text(0.03, 0.97, plane, transform=ax.transAxes, ha="left", va="top", fontsize=8,
-                color=PLANE_COLOURS[plane], fontweight="bold")
+                color=PLANE_COLOURS[plane], fontweight="bold",
+                bbox={"facecolor": "black", "alpha": 0.45, "edgecolor": "none", "pad": 1.5})
         for spine in ax.spines.values():
             spine.set_edgecolor(PLANE_COLOURS[plane])
         ax.tick_params(labelsize=7)
@@ -417,7 +420,8 @@ def views_figure(
       physical shape.
 
     Raises:
-      IsojaxInputError: no volume, or one that is not 3D or is empty.
+      IsojaxInputError: no volume, or one that is not 3D or is empty, or ``spacing`` is not
+        three positive numbers.
     """
     from matplotlib.lines import Line2D
 
@@ -427,6 +431,9 @@ def views_figure(
     lo, hi = _display_range(ref)
     unit = "px" if spacing is None else MICROMETRE
     spacing = (1.0, 1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing)
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise IsojaxInputError(f"save_views_png needs a voxel size (dz, dy, dx) of three "
+                               f"positive micrometres, or None, got spacing={spacing}")
     dz, dy, dx = spacing
     nz, ny, nx = ref.shape
     cuts = (nz // 2, ny // 2, nx // 2)
@@ -442,8 +449,8 @@ def views_figure(
     for k, name in enumerate(names):
         image = _ortho_block(fig, outer[k // ncols, k % ncols], vols[name], name, cuts=cuts,
                              spacing=spacing, unit=unit, lo=lo, hi=hi)
-    clipped_lo = any(np.nanmin(v) < lo for v in vols.values())
-    clipped_hi = any(np.nanmax(v) > hi for v in vols.values())
+    clipped_lo = any(np.any(v < lo) for v in vols.values())  # NaN compares False
+    clipped_hi = any(np.any(v > hi) for v in vols.values())
     extend = {(True, True): "both", (True, False): "min", (False, True): "max"}.get(
         (clipped_lo, clipped_hi), "neither")
     cax = fig.add_subplot(outer[:, -1])

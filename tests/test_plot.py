@@ -209,10 +209,23 @@ def test_views_without_voxel_size_are_in_pixels_labelled_px():
     assert any(t.endswith(" px") and t[0].isdigit() for t in texts)  # the scale bar
 
 
-@pytest.mark.parametrize("volumes", [{}, {"flat": np.ones((4, 4))}, {"empty": np.ones((0, 4, 4))}])
-def test_views_refuse_what_they_cannot_draw(volumes):
+@pytest.mark.parametrize(("volumes", "spacing"), [
+    ({}, None),
+    ({"flat": np.ones((4, 4))}, None),
+    ({"empty": np.ones((0, 4, 4))}, None),
+    ({"v": np.ones((4, 4, 4))}, (0.1, 0.1)),
+    ({"v": np.ones((4, 4, 4))}, (0.0, 0.1, 0.1)),
+])
+def test_views_refuse_what_they_cannot_draw(volumes, spacing):
     with pytest.raises(IsojaxInputError, match="save_views_png needs"):
-        views_figure(volumes)
+        views_figure(volumes, spacing=spacing)
+
+
+def test_views_of_a_constant_or_partly_nan_volume_still_draw(tmp_path):
+    v = np.full((4, 6, 6), 3.0)
+    v[0, 0, 0] = np.nan
+    image = mpimg.imread(save_views_png(tmp_path / "v.png", {"constant": v}))
+    assert image[..., :3].std() > 0.05  # labels, frames and colour bar at least
 
 
 def test_psf_text_is_in_micrometres_or_pixels():
