@@ -49,6 +49,7 @@ from jax import lax
 
 from isojax.errors import IsojaxInputError
 from isojax.forward import FactoredPSF, add_noise, degrade, measure, upsample
+from isojax.geometry import check_subsample
 
 Array = jax.Array
 
@@ -341,15 +342,7 @@ class SynthConfig:
     val_fraction: float = 0.1
 
     def __post_init__(self) -> None:
-        try:
-            s = float(self.subsample)
-        except (TypeError, ValueError):
-            s = math.nan
-        if not math.isfinite(s) or s < 1:
-            raise ValueError(
-                f"SynthConfig.subsample must be a finite number >= 1 (axial step / lateral pixel "
-                f"size), got {self.subsample!r}."
-            )
+        s = check_subsample(self.subsample, name="SynthConfig.subsample")
         object.__setattr__(self, "subsample", s)
         p = self.patch_size
         if isinstance(p, bool) or not isinstance(p, int) or p < 1:
