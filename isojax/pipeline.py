@@ -148,7 +148,7 @@ def train_file(
         axial = resolve_psf(
             pixel_size=pixel, psf=psf, bead=bead, bead_spacing=bead_spacing, theory=theory,
             log=log,
-        )
+        ).kernel  # checked once; train() takes the array (it re-checks: see train.py)
     synth_config = SynthConfig(
         subsample=g.subsample,
         patch_size=patch_size,
@@ -527,7 +527,7 @@ def demo(
         k_bead, sigma_lateral_px=sxy, sigma_axial_px=sz, pixel_size=pixel, z_step=2 * pixel
     )
     write_tiff(out / "bead.tif", bead, spacing=bead_spacing)
-    axial = resolve_psf(pixel_size=pixel, bead=out / "bead.tif", log=log)
+    axial = resolve_psf(pixel_size=pixel, bead=out / "bead.tif", log=log).dense()
     write_tiff(out / "psf.tif", axial, pixel_size=pixel)
     save_psf_png(out / "psf.png", axial, pixel_size=pixel, title="Axial PSF derived from the bead")
     from isojax.psf import fwhm

@@ -438,15 +438,11 @@ def split_slices(
 
 
 def _psf_shape(psf) -> tuple[int, int]:
-    if isinstance(psf, FactoredPSF):
-        return int(psf.lateral.shape[-1]), int(psf.axial.shape[-1])
-    shape = jnp.shape(psf)
-    if len(shape) != 2:
-        raise ValueError(
-            f"psf must be 2D (lateral, axial) or a FactoredPSF, got shape {shape}; a 1D axial "
-            "profile v becomes v[None, :]."
-        )
-    return int(shape[0]), int(shape[1])
+    """The ``(lateral, axial)`` extent of a PSF, for the margin; its dimensionality is checked
+    once, by the operator (:func:`isojax.forward.measure`), or before (an
+    :class:`~isojax.psf.AxialPSF`'s kernel)."""
+    shape = psf.shape if isinstance(psf, FactoredPSF) else jnp.shape(psf)
+    return (int(shape[-2]) if len(shape) > 1 else 1), int(shape[-1])
 
 
 def _margin(psf_shape: tuple[int, int], config: SynthConfig) -> int:
