@@ -112,3 +112,21 @@ def test_prediction_refuses_a_stack_without_voxel_size_alike_at_any_size(stack, 
     assert lines[0] == lines[1], lines
     assert "--spacing Z Y X" in lines[0]
     assert "--subsample F" in lines[0]
+
+
+def test_the_same_command_warns_alike_whole_or_streamed_by_the_memory_budget(stack, model,
+                                                                               capsys):
+    """One TIFF-to-TIFF command, in memory or streamed (a budget too small for the stack):
+    the geometry's warnings are the same."""
+    warned = []
+    for name, budget in (("budget_whole.tif", []), ("budget_streamed.tif", ["--memory-budget",
+                                                                          "0.0003"])):
+        capsys.readouterr()
+        code = main(["predict", str(stack), "--model", str(model), "-o",
+                     str(stack.parent / name), "--subsample", "3.1", "--quiet", *budget])
+        err = capsys.readouterr().err
+        assert code == 0, err
+        assert ("streaming" in err) == bool(budget), err
+        warned.append([line for line in err.splitlines() if line.startswith("isojax: warning:")])
+    assert warned[0] == warned[1]
+    assert any("overrides the factor 3" in line for line in warned[0])
