@@ -29,6 +29,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -263,13 +264,16 @@ class StackGeometry:
 
 
 def _no_voxel_size(name) -> IsojaxInputError:
-    """The message for a stack with neither a voxel size nor a factor (quotes free text)."""
+    """The message for a stack with neither a voxel size nor a factor (quotes a TIFF's text)."""
+    factor = "or pass only the anisotropy factor with --subsample F (subsample= in Python)"
+    if name is not None and (Path(name).suffix.lower() == ".zarr" or Path(name).is_dir()):
+        return IsojaxInputError(
+            f"{name}: no voxel size in the OME-Zarr metadata; pass it with --spacing Z Y X "
+            f"(command line) or spacing=(dz, dy, dx) (Python), in micrometres; {factor}")
     try:
         require_spacing(None, path=name)
     except IsojaxInputError as exc:
-        return IsojaxInputError(
-            f"{exc}; or pass only the anisotropy factor with --subsample F (subsample= in "
-            "Python)")
+        return IsojaxInputError(f"{exc}; {factor}")
     raise AssertionError("unreachable: require_spacing(None) raises")
 
 

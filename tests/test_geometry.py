@@ -95,6 +95,9 @@ def test_from_metadata_names_the_file_and_the_fix():
         from_metadata((0.3, 0.1, 0.2), source="ome", name="s.tif")
     with pytest.raises(IsojaxInputError, match=r"--spacing Z Y X.*--subsample F"):
         from_metadata(None, source="none", name="s.tif")
+    with pytest.raises(IsojaxInputError, match=r"^s\.zarr: no voxel size in the OME-Zarr "
+                       r"metadata; pass it with --spacing Z Y X.*--subsample F"):
+        from_metadata(None, source="none", name="s.zarr")
 
 
 @pytest.fixture(scope="module")
