@@ -22,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 
+from isojax import geometry
 from isojax.errors import IsojaxInputError, log_to_stderr
 
 Log = Callable[[str], None]
@@ -31,71 +32,9 @@ _stderr = log_to_stderr
 
 
 
-#: How far ``--subsample`` may differ from the voxel size's ``dz / dx`` before it counts as a
-#: contradiction (2%, the same either way: see :func:`subsample_conflict`).
-SUBSAMPLE_TOLERANCE = 0.02
-
-
-def subsample_conflict(subsample: float, spacing: Sequence[float] | None) -> float | None:
-    """The voxel size's factor ``dz / dx`` if ``subsample`` contradicts it, else None.
-
-    The one rule for a given factor against the voxel size (prediction and training warn,
-    calibration refuses): they contradict each other when they differ by more than
-    :data:`SUBSAMPLE_TOLERANCE` (2%), measured symmetrically, ``|log(subsample / (dz /
-    dx))| > log(1.02)``, so that a factor 2% above the voxel size's and one 2% below it
-    count alike.
-
-    Args:
-      subsample: the given anisotropy factor.
-      spacing: voxel size ``(dz, dy, dx)`` in micrometres, or None (nothing to contradict).
-
-    Returns:
-      ``dz / dx`` when the two differ by more than 2%, otherwise None.
-    """
-    if spacing is None:
-        return None
-    dz, _, dx = (float(v) for v in spacing)
-    from_spacing = dz / dx
-    if abs(math.log(float(subsample) / from_spacing)) > math.log1p(SUBSAMPLE_TOLERANCE):
-        return from_spacing
-    return None
-
-
-def _subsample_from(
-    path, sp, source: str, subsample: float | None, *, on_conflict: str, log: Log
-) -> tuple[float, str]:
-    """``(factor, where it came from)``: ``subsample`` if given, else the voxel size's.
-
-    The rule shared by :func:`stack_geometry` and the streamed prediction: a ``subsample``
-    that contradicts the voxel size (:func:`subsample_conflict`) is refused with
-    ``on_conflict="error"``, otherwise used with a warning.
-    """
-    if subsample is not None:
-        s, how = float(subsample), "--subsample"
-        from_spacing = subsample_conflict(s, sp)
-        if from_spacing is not None and on_conflict == "error":
-            from isojax.calibrate import check_subsample_against_spacing
-
-            check_subsample_against_spacing(s, sp)
-            raise AssertionError("unreachable")  # the check uses the same rule
-        if from_spacing is not None:
-            log(
-                f"warning: --subsample {s:g} overrides the factor {from_spacing:.4g} from the "
-                f"voxel size ({source})"
-            )
-    elif sp is not None:
-        s, how = sp[0] / sp[2], f"voxel size {sp[0]:g} / {sp[2]:g} um ({source})"
-    else:
-        from isojax.io import require_spacing
-
-        require_spacing(None, path=path)  # raises with the description quoted
-        raise AssertionError("unreachable")
-    if not (math.isfinite(s) and s >= 1):
-        raise IsojaxInputError(
-            f"{path}: anisotropy factor {s:g} is below 1 (z step smaller than the pixel); "
-            "isojax restores coarse Z stacks: check the voxel size or pass --subsample."
-        )
-    return s, how
+# The stack geometry lives in isojax.geometry; these names stay importable from here.
+SUBSAMPLE_TOLERANCE = geometry.SUBSAMPLE_TOLERANCE
+subsample_conflict = geometry.subsample_conflict
 
 
 def stack_geometry(
@@ -106,42 +45,18 @@ def stack_geometry(
     on_conflict: str = "warn",
     log: Log = _stderr,
 ) -> tuple[np.ndarray, tuple[float, float, float] | None, float, str]:
-    """Read a 3D stack and work out its anisotropy factor.
+    """Read a 3D stack and work out its anisotropy factor (:func:`isojax.geometry.read_stack`).
 
-    ``on_conflict="error"`` refuses a ``subsample`` that differs from the voxel size's
-    ``dz / dx`` by more than 2% (PSF calibration, where a wrong factor gives a wrong PSF);
-    the default warns (through ``log``) and uses ``subsample``. Both follow
-    :func:`subsample_conflict`.
-
-    Returns:
-      ``(stack, spacing, subsample, how)``: the array ``(z, y, x)``, its voxel size in µm
-      (None when unknown and ``subsample`` was given), the factor ``dz / dx``, and where the
-      factor came from.
+    Kept for scripts: ``(stack, spacing, subsample, how)`` are the array ``(z, y, x)``, the
+    fields ``spacing`` and ``subsample`` of its :class:`~isojax.geometry.StackGeometry` and
+    where the factor came from (``geometry.how``).
 
     Raises:
-      IsojaxInputError: unreadable file, not 3D, non-square pixels, or no way to know the
-        factor (no voxel size in the file and no ``subsample``/``spacing`` given); with
-        ``on_conflict="error"``, a ``subsample`` contradicting the voxel size.
+      IsojaxInputError: as :func:`isojax.geometry.read_stack`.
     """
-    from isojax.io import read_tiff
-
-    stack, sp, source = read_tiff(path, spacing=spacing)
-    if stack.ndim != 3:
-        raise IsojaxInputError(
-            f"{path}: expected a 3D stack (z, y, x), got shape {stack.shape}; select one "
-            "channel or time point first."
-        )
-    if stack.shape[0] < 2:
-        raise IsojaxInputError(
-            f"{path}: the stack has {stack.shape[0]} plane; it needs at least 2."
-        )
-    if sp is not None and abs(sp[1] / sp[2] - 1) > 0.01:
-        raise IsojaxInputError(
-            f"{path}: pixels are not square ({sp[1]:g} x {sp[2]:g} um); resample the stack so "
-            "that y and x have the same pixel size."
-        )
-    s, how = _subsample_from(path, sp, source, subsample, on_conflict=on_conflict, log=log)
-    return stack, sp, s, how
+    stack, g = geometry.read_stack(path, spacing=spacing, subsample=subsample,
+                                   on_conflict=on_conflict, log=log)
+    return stack, g.spacing, g.subsample, g.how
 
 
 def __getattr__(name: str):
@@ -214,11 +129,11 @@ def train_file(
     from isojax.unet import UNetConfig
 
     _check_model_folder(model, inputs={"stack": stack_path, "PSF": psf, "bead stack": bead})
-    stack, sp, s, how = stack_geometry(stack_path, spacing=spacing, subsample=subsample,
-                                       log=log)
+    stack, g = geometry.read_stack(stack_path, spacing=spacing, subsample=subsample, log=log)
     check_contrast(stack, percentiles=(1.0, 99.8), name=stack_path)  # train's percentiles
-    log(f"stack {stack_path}: shape {stack.shape} (z, y, x), subsample {s:.4g} from {how}")
-    pixel = None if sp is None else float(sp[2])
+    log(f"stack {stack_path}: shape {stack.shape} (z, y, x), subsample {g.subsample:.4g} "
+        f"from {g.how}")
+    pixel = g.pixel_size
     calibration = None
     if calibrate_psf:
         from isojax.calibrate import CalibrationConfig
@@ -233,9 +148,9 @@ def train_file(
         axial = resolve_psf(
             pixel_size=pixel, psf=psf, bead=bead, bead_spacing=bead_spacing, theory=theory,
             log=log,
-        )
+        ).kernel  # checked once; train() takes the array (it re-checks: see train.py)
     synth_config = SynthConfig(
-        subsample=s,
+        subsample=g.subsample,
         patch_size=patch_size,
         interpolation=interpolation,
         photons=photons,
@@ -268,7 +183,7 @@ def train_file(
         synth_config=synth_config,
         config=config,
         net=net,
-        spacing=sp,
+        spacing=g.spacing,
         psf_pixel_size=pixel,
         resume=resume,
         progress=progress,
@@ -396,11 +311,11 @@ def calibrate_file(
     check_writable(png_path)
     check_outputs([output, json_path, png_path], inputs={"stack": stack_path},
                   overwrite=overwrite, log=log)
-    stack, sp, s, how = stack_geometry(
-        stack_path, spacing=spacing, subsample=subsample, on_conflict="error", log=log
-    )
+    stack, g = geometry.read_stack(stack_path, spacing=spacing, subsample=subsample,
+                                   on_conflict="error", log=log)
+    sp, s, how = g.spacing, g.subsample, g.how
     check_contrast(stack, percentiles=(1.0, 99.8), name=stack_path)
-    pixel = None if sp is None else float(sp[2])
+    pixel = g.pixel_size
     init_px = _um_to_px(init_fwhm, pixel, "--init-fwhm")
     log(f"stack {stack_path}: shape {stack.shape} (z, y, x), subsample {s:.4g} from {how}")
     import jax
@@ -491,44 +406,14 @@ def predict_file(
     options = dict(model=model, fuse=fuse, batch_size=batch_size, tile=tile,
                    keep_dtype=keep_dtype, overwrite=overwrite, progress=progress, log=log)
     if stream_prediction(stack_path, output, float(meta["subsample"]), memory_budget):
-        volume, s, how = _volume_geometry(stack_path, spacing=spacing, subsample=subsample,
-                                          log=log)
-        return predict_volume_file(
-            stack_path, volume, apply_fn, meta, spacing=spacing, subsample=s, how=how,
-            output=output, memory_budget=memory_budget, **options)
+        volume, g = geometry.open_stack(stack_path, spacing=spacing, subsample=subsample,
+                                        log=log)
+        return predict_volume_file(stack_path, volume, apply_fn, meta, geometry=g,
+                                   output=output, memory_budget=memory_budget, **options)
     output = check_writable(output)
-    stack, sp, s, how = stack_geometry(stack_path, spacing=spacing, subsample=subsample,
-                                       log=log)
-    return predict_stack_file(stack_path, stack, apply_fn, meta, spacing=sp, subsample=s,
-                              how=how, output=output, **options)
-
-
-def _volume_geometry(stack_path, *, spacing, subsample, log: Log):
-    """``(volume, subsample, how)``: the streamed sibling of :func:`stack_geometry`.
-
-    Opens the stack without reading it (:func:`isojax.io.open_volume`), checks it as
-    :func:`stack_geometry` does and works out its anisotropy factor by the same rule.
-    """
-    from isojax.io import open_volume
-
-    volume = open_volume(stack_path, spacing=spacing)
-    sp = volume.spacing
-    if volume.shape[0] < 2:
-        raise IsojaxInputError(f"{stack_path}: the stack has {volume.shape[0]} plane; it needs at least 2.")
-    if sp is not None and abs(sp[1] / sp[2] - 1) > 0.01:
-        raise IsojaxInputError(
-            f"{stack_path}: pixels are not square ({sp[1]:g} x {sp[2]:g} um); resample the "
-            "stack so that y and x have the same pixel size."
-        )
-    if subsample is None and sp is None:
-        raise IsojaxInputError(
-            f"{stack_path}: no voxel size in the metadata; pass --spacing Z Y X (micrometres) "
-            "or --subsample F."
-        )
-    s, how = _subsample_from(stack_path, sp, volume.source, subsample, on_conflict="warn",
-                             log=log)
-    return volume, s, how
-
+    stack, g = geometry.read_stack(stack_path, spacing=spacing, subsample=subsample, log=log)
+    return predict_stack_file(stack_path, stack, apply_fn, meta, geometry=g, output=output,
+                              **options)
 
 
 def _simulated_bead(key, *, sigma_lateral_px, sigma_axial_px, pixel_size, z_step, photons=3000.0):
@@ -642,7 +527,7 @@ def demo(
         k_bead, sigma_lateral_px=sxy, sigma_axial_px=sz, pixel_size=pixel, z_step=2 * pixel
     )
     write_tiff(out / "bead.tif", bead, spacing=bead_spacing)
-    axial = resolve_psf(pixel_size=pixel, bead=out / "bead.tif", log=log)
+    axial = resolve_psf(pixel_size=pixel, bead=out / "bead.tif", log=log).dense()
     write_tiff(out / "psf.tif", axial, pixel_size=pixel)
     save_psf_png(out / "psf.png", axial, pixel_size=pixel, title="Axial PSF derived from the bead")
     from isojax.psf import fwhm

@@ -48,6 +48,7 @@ import numpy as np
 from jax import lax
 
 from isojax.forward import FactoredPSF, add_noise, measure, sample_positions
+from isojax.geometry import check_subsample
 from isojax.metrics import _check_positive, psnr, ssim  # one number check for both
 
 Array = jax.Array
@@ -601,12 +602,7 @@ def acquire(
     truth = jnp.asarray(truth, jnp.float32)
     if truth.ndim != 3:
         raise ValueError(f"truth must be a 3D (z, y, x) volume, got shape {truth.shape}.")
-    s = float(subsample)
-    if not math.isfinite(s) or s < 1:
-        raise ValueError(
-            f"subsample must be a finite number >= 1 (axial step / lateral pixel size), got "
-            f"{subsample!r}."
-        )
+    s = check_subsample(subsample)
     if truth.shape[0] < 2:
         raise ValueError(f"truth needs at least 2 planes in z, got {truth.shape[0]}.")
     sl = _check_positive(sigma_lateral, "sigma_lateral", allow_zero=True)

@@ -49,6 +49,7 @@ from jax import lax
 
 from isojax.errors import IsojaxInputError
 from isojax.forward import FactoredPSF, add_noise, degrade, measure, upsample
+from isojax.geometry import check_subsample
 
 Array = jax.Array
 
@@ -341,15 +342,7 @@ class SynthConfig:
     val_fraction: float = 0.1
 
     def __post_init__(self) -> None:
-        try:
-            s = float(self.subsample)
-        except (TypeError, ValueError):
-            s = math.nan
-        if not math.isfinite(s) or s < 1:
-            raise ValueError(
-                f"SynthConfig.subsample must be a finite number >= 1 (axial step / lateral pixel "
-                f"size), got {self.subsample!r}."
-            )
+        s = check_subsample(self.subsample, name="SynthConfig.subsample")
         object.__setattr__(self, "subsample", s)
         p = self.patch_size
         if isinstance(p, bool) or not isinstance(p, int) or p < 1:
@@ -445,15 +438,11 @@ def split_slices(
 
 
 def _psf_shape(psf) -> tuple[int, int]:
-    if isinstance(psf, FactoredPSF):
-        return int(psf.lateral.shape[-1]), int(psf.axial.shape[-1])
-    shape = jnp.shape(psf)
-    if len(shape) != 2:
-        raise ValueError(
-            f"psf must be 2D (lateral, axial) or a FactoredPSF, got shape {shape}; a 1D axial "
-            "profile v becomes v[None, :]."
-        )
-    return int(shape[0]), int(shape[1])
+    """The ``(lateral, axial)`` extent of a PSF, for the margin; its dimensionality is checked
+    once, by the operator (:func:`isojax.forward.measure`), or before (an
+    :class:`~isojax.psf.AxialPSF`'s kernel)."""
+    shape = psf.shape if isinstance(psf, FactoredPSF) else jnp.shape(psf)
+    return (int(shape[-2]) if len(shape) > 1 else 1), int(shape[-1])
 
 
 def _margin(psf_shape: tuple[int, int], config: SynthConfig) -> int:

@@ -420,10 +420,11 @@ def test_zarr_regions_touch_a_bounded_number_of_chunks(tmp_path, monkeypatch):
     import math
 
     import isojax.io as io
+    import isojax.io.omezarr
 
     chunks = (8, 7, 6)
     limit = 5  # chunks per tensorstore call
-    monkeypatch.setattr(io, "_ZARR_PIECE_BYTES", math.prod(chunks) * 2 * limit)
+    monkeypatch.setattr(isojax.io.omezarr, "_ZARR_PIECE_BYTES", math.prod(chunks) * 2 * limit)
     shape = (37, 50, 45)
     volume = io.create_volume(tmp_path / "v.zarr", shape, np.uint16, spacing=None,
                               format="zarr", chunks=chunks)

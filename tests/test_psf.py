@@ -462,3 +462,103 @@ def test_resample_psf_halves_width():
     assert math.sqrt(_variance(coarse[0])) == pytest.approx(2.0, rel=0.01)
     fixed, _ = check_psf(coarse, pixel_size=0.1, image_pixel_size=0.1)
     assert fixed.shape == (1, 21)
+
+
+# --------------------------------------------------------------------------------------------
+# The checked PSF object and its sources
+
+
+def test_axial_psf_is_checked_once_normalised_and_read_only():
+    from isojax.psf import AxialPSF
+
+    raw = 3.0 * np.asarray(gaussian_axial_psf(2.0), np.float64)  # sums to 3
+    with pytest.warns(UserWarning, match="renormalised"):
+        p = AxialPSF.checked(raw, pixel_size=0.1, provenance="test")
+    assert p.kernel.dtype == np.float32
+    assert p.kernel.sum() == pytest.approx(1.0, abs=1e-6)
+    assert p.shape == raw.shape
+    assert p.dense() is p.kernel
+    assert (p.pixel_size, p.provenance) == (0.1, "test")
+    assert p.report.total == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="read-only"):
+        p.kernel[0, 0] = 1.0
+    np.testing.assert_allclose(np.asarray(p.factored().dense()), p.kernel, atol=1e-6)
+
+
+def test_a_factored_psf_stays_factored():
+    from isojax.forward import FactoredPSF
+    from isojax.psf import AxialPSF
+
+    axial = np.asarray(gaussian_axial_psf(2.0), np.float32)
+    f = FactoredPSF(np.ones((1, 1), np.float32), axial)
+    p = AxialPSF.checked(f, pixel_size=None, provenance="calibration (gaussian)")
+    assert isinstance(p.kernel, FactoredPSF)
+    assert p.factored() is p.kernel
+    assert p.shape == axial.shape
+    np.testing.assert_allclose(p.dense(), axial, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"kernel": np.ones((3, 3))}, "float32 2D"),
+        ({"kernel": np.ones((3,), np.float32)}, "float32 2D"),
+        ({"kernel": np.ones((3, 3), np.float32), "pixel_size": 0.0}, "pixel size must be"),
+        ({"kernel": np.ones((3, 3), np.float32), "provenance": " "}, "provenance"),
+    ],
+)
+def test_an_unchecked_psf_object_is_refused(kwargs, match):
+    from isojax.psf import AxialPSF
+
+    with pytest.raises(IsojaxInputError, match=match):
+        AxialPSF(**{"pixel_size": 0.1, "provenance": "test", **kwargs})
+
+
+@pytest.fixture
+def check_calls(monkeypatch):
+    """Counts the calls of check_psf (the real one runs)."""
+    import isojax.psf.check as check_module
+
+    calls = []
+    real = check_module.check_psf
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(check_module, "check_psf", counted)
+    return calls
+
+
+def test_resolve_psf_checks_each_source_once(tmp_path, check_calls):
+    from isojax.io import write_tiff
+    from isojax.psf import AxialPSF
+    from isojax.psf.sources import resolve_psf
+
+    lines = []
+    p = np.asarray(gaussian_axial_psf(2.0, sigma_lateral_px=1.0), np.float32)
+    write_tiff(tmp_path / "psf.tif", p, pixel_size=0.2)  # resampled to 0.1 um
+    out = resolve_psf(pixel_size=0.1, psf=tmp_path / "psf.tif", log=lines.append)
+    assert isinstance(out, AxialPSF)
+    assert len(check_calls) == 1
+    assert out.provenance == f"file {tmp_path / 'psf.tif'}"
+    assert out.pixel_size == 0.1
+    assert out.report.fwhm_px[1] == pytest.approx(2 * fwhm(p[p.shape[0] // 2]), rel=0.05)
+    assert any("resampled the PSF from 0.2" in line for line in lines)
+    theory = resolve_psf(pixel_size=0.1, theory={"na": 0.8, "wavelength_um": 0.5, "ri": 1.33,
+                                                 "modality": "widefield"}, log=lines.append)
+    assert len(check_calls) == 2
+    assert theory.provenance.startswith("theory (na 0.8, wavelength_um 0.5")
+    assert theory.kernel.dtype == np.float32
+
+
+def test_resolve_psf_names_the_file_it_refuses(tmp_path):
+    from isojax.io import write_tiff
+    from isojax.psf.sources import resolve_psf
+
+    write_tiff(tmp_path / "bead.tif", np.ones((5, 9, 9), np.float32), spacing=(0.3, 0.2, 0.2))
+    with pytest.raises(IsojaxInputError, match=r"bead\.tif: resample_psf needs a 2D.*psf axial"):
+        resolve_psf(pixel_size=0.1, psf=tmp_path / "bead.tif", log=lambda m: None)
+    write_tiff(tmp_path / "same.tif", np.ones((5, 9, 9), np.float32), spacing=(0.3, 0.1, 0.1))
+    with pytest.raises(IsojaxInputError, match=r"same\.tif: the PSF is 3D"):
+        resolve_psf(pixel_size=0.1, psf=tmp_path / "same.tif", log=lambda m: None)

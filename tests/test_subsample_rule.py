@@ -95,3 +95,38 @@ def test_fit_psf_reports_micrometres_from_a_pixel_size_and_checks_only_a_real_sp
     assert report.sigma_um == pytest.approx(report.sigma_px * 0.1)
     with pytest.raises(IsojaxInputError, match="contradicts the voxel size"):
         fit_psf(jax.random.key(0), stack, subsample=4.4, steps=2, spacing=(0.4, 0.1, 0.1))
+
+
+def test_prediction_refuses_a_stack_without_voxel_size_alike_at_any_size(stack, model, capsys):
+    """Whole-stack and streamed prediction build the geometry the same way: same message."""
+    bare = stack.parent / "bare.tif"
+    write_tiff(bare, np.ones((10, 32, 32), np.float32))  # no voxel size
+    lines = []
+    for output in ("bare_whole.tif", "bare_streamed.zarr"):
+        capsys.readouterr()
+        code = main(["predict", str(bare), "--model", str(model), "-o",
+                     str(stack.parent / output), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 1, err
+        lines.append(err.strip().splitlines()[-1])
+    assert lines[0] == lines[1], lines
+    assert "--spacing Z Y X" in lines[0]
+    assert "--subsample F" in lines[0]
+
+
+def test_the_same_command_warns_alike_whole_or_streamed_by_the_memory_budget(stack, model,
+                                                                               capsys):
+    """One TIFF-to-TIFF command, in memory or streamed (a budget too small for the stack):
+    the geometry's warnings are the same."""
+    warned = []
+    for name, budget in (("budget_whole.tif", []), ("budget_streamed.tif", ["--memory-budget",
+                                                                          "0.0003"])):
+        capsys.readouterr()
+        code = main(["predict", str(stack), "--model", str(model), "-o",
+                     str(stack.parent / name), "--subsample", "3.1", "--quiet", *budget])
+        err = capsys.readouterr().err
+        assert code == 0, err
+        assert ("streaming" in err) == bool(budget), err
+        warned.append([line for line in err.splitlines() if line.startswith("isojax: warning:")])
+    assert warned[0] == warned[1]
+    assert any("overrides the factor 3" in line for line in warned[0])

@@ -38,6 +38,7 @@ from isojax.calibrate.spectra import (
 )
 from isojax.errors import IsojaxInputError
 from isojax.forward import FactoredPSF
+from isojax.geometry import check_subsample_against_spacing
 from isojax.psf import fwhm
 
 Array = jax.Array
@@ -258,28 +259,6 @@ def _fit_warnings(a: np.ndarray, axial: np.ndarray, *, taps: int, fwhm0: float, 
             "theoretical PSF if it matters"
         )
     return problems
-
-
-def check_subsample_against_spacing(subsample: float, spacing) -> None:
-    """Refuse a subsample factor that contradicts the voxel size by more than 2%.
-
-    The rule is :func:`isojax.pipeline.subsample_conflict` (symmetric: 2% above or below).
-
-    Raises:
-      IsojaxInputError: naming both values and how to choose between them.
-    """
-    # pipeline sits above calibrate (it imports it): imported here, as before the split
-    from isojax.pipeline import subsample_conflict
-
-    from_meta = subsample_conflict(subsample, spacing)
-    if from_meta is not None:
-        dz, _, dx = (float(v) for v in spacing)
-        raise IsojaxInputError(
-            f"the subsample factor {float(subsample):g} contradicts the voxel size "
-            f"({dz:g} / {dx:g} um gives {from_meta:.4g}): give only one of them. Trust the "
-            "voxel size if the metadata is right (drop --subsample), or fix it with "
-            "--spacing Z Y X if the factor is what you know."
-        )
 
 
 def fit_psf(

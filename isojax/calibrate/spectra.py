@@ -20,6 +20,7 @@ import numpy as np
 
 from isojax.errors import IsojaxInputError
 from isojax.forward import FactoredPSF, measure, sample_positions
+from isojax.geometry import check_subsample
 from isojax.synth import check_contrast
 
 Array = jax.Array
@@ -113,15 +114,7 @@ def _check_stack(stack, subsample: float) -> tuple[np.ndarray, float]:
             f"PSF calibration needs a 3D stack (z, y, x), got shape {a.shape}; select one "
             "channel or time point first."
         )
-    try:
-        s = float(subsample)
-    except (TypeError, ValueError):
-        raise IsojaxInputError(f"subsample must be a number, got {subsample!r}") from None
-    if not (math.isfinite(s) and s >= 1):
-        raise IsojaxInputError(
-            f"subsample must be a finite number >= 1 (axial step / lateral pixel size), got "
-            f"{subsample!r}"
-        )
+    s = check_subsample(subsample)
     nz, ny, nx = a.shape
     if nz < MIN_SAMPLES:
         raise IsojaxInputError(

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from isojax.forward import Interpolation, upsample
+from isojax.geometry import check_subsample
 
 Array = jax.Array
 Fuse = Literal["mean", "geometric", "xz", "yz"]
@@ -66,25 +67,6 @@ def _in_flight() -> int:
 
 # ----------------------------------------------------------------------------------------
 # Checks
-
-
-def _check_subsample(subsample) -> float:
-    if isinstance(subsample, jax.core.Tracer):
-        raise ValueError(
-            "subsample must be a plain Python number (it sets the output shape), not a traced "
-            "value; mark it static, e.g. jax.jit(f, static_argnames='subsample')."
-        )
-    try:
-        s = float(subsample)
-    except (TypeError, ValueError):
-        raise ValueError(f"subsample must be a number >= 1, got {subsample!r}.") from None
-    if not math.isfinite(s) or s < 1.0:
-        raise ValueError(
-            f"subsample must be a finite number >= 1: the Z step over the lateral pixel size, "
-            f"dz / dx (spacing (2.04, 0.2, 0.2) µm gives 10.2), got {subsample!r}. If Z is "
-            f"finer than X, the stack is not anisotropic in the sense isojax restores."
-        )
-    return s
 
 
 def _check_stack_shape(shape) -> None:
@@ -178,7 +160,7 @@ def upsampled_length(n_z: int, subsample: float) -> int:
       >>> upsampled_length(6, 3.5)
       18
     """
-    s = _check_subsample(subsample)
+    s = check_subsample(subsample)
     return math.floor((int(n_z) - 1) * s + 1e-9) + 1
 
 
@@ -218,7 +200,7 @@ def upsample_z(stack, subsample: float, *, interpolation: Interpolation = "linea
       >>> upsample_z(jnp.array([0.0, 7.0]).reshape(2, 1, 1), 3.5)[:, 0, 0]
       Array([0., 2., 4., 6.], dtype=float32)
     """
-    s = _check_subsample(subsample)
+    s = check_subsample(subsample)
     _check_interpolation(interpolation)
     stack = jnp.asarray(stack)
     _check_stack_shape(stack.shape)

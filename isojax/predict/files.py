@@ -11,8 +11,9 @@ or :func:`isojax.predict.predict_large` on the other:
 * the cast of the result to the stack's type (``--keep-dtype``), the output file, the
   progress bar and the log lines (:func:`predict_stack_file`, :func:`predict_volume_file`).
 
-Reading the stack and working out its voxel size stay in :mod:`isojax.pipeline`
-(``stack_geometry``), shared with training and calibration.
+Reading the stack and working out its geometry are :mod:`isojax.geometry`'s
+(:func:`~isojax.geometry.read_stack`, :func:`~isojax.geometry.open_stack`), shared with
+training and calibration; the functions here receive the :class:`~isojax.geometry.StackGeometry`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ import tifffile
 from tqdm import tqdm
 
 from isojax.errors import IsojaxInputError, log_warnings
+from isojax.geometry import StackGeometry
 from isojax.io import _tifffile_log, write_tiff
 from isojax.predict.core import _cast, _geometry, upsampled_length
 from isojax.predict.large import LargePrediction, predict_large
@@ -187,9 +189,7 @@ def predict_stack_file(
     apply_fn: Callable,
     meta: dict,
     *,
-    spacing: Sequence[float] | None,
-    subsample: float,
-    how: str,
+    geometry: StackGeometry,
     model,
     output: Path,
     fuse: str,
@@ -212,9 +212,7 @@ def predict_stack_file(
       stack: its array ``(z, y, x)``.
       apply_fn: the network (:func:`isojax.train.load_model`).
       meta: the model's configuration.
-      spacing: the stack's voxel size ``(dz, dy, dx)`` in µm, or None.
-      subsample: the anisotropy factor ``dz / dx`` of the stack.
-      how: where the factor came from (for messages).
+      geometry: the stack's geometry (:func:`isojax.geometry.read_stack`).
       model: the model folder (for messages).
       output: the TIFF to write (checked writable).
       fuse: how the two views are fused (:func:`isojax.predict.predict_stack`).
@@ -232,11 +230,11 @@ def predict_stack_file(
       IsojaxInputError: a constant stack, a subsample more than 10% from the model's, or
         an output that may not be written.
     """
-    s, sp = subsample, spacing
+    s = geometry.subsample
     norm = meta["normalization"]
     check_contrast(stack, percentiles=(norm["pmin"], norm["pmax"]), name=stack_path)
-    _check_model_subsample(s, meta, model, how, log)
-    log(f"stack {stack_path}: shape {stack.shape}, subsample {s:.4g} from {how}")
+    _check_model_subsample(s, meta, model, geometry.how, log)
+    log(f"stack {stack_path}: shape {stack.shape}, subsample {s:.4g} from {geometry.how}")
     tile = _affordable_tile(tile, (upsampled_length(stack.shape[0], s), *stack.shape[1:]), fuse,
                             meta, log)
     depth = int(meta["unet"]["depth"])
@@ -269,7 +267,7 @@ def predict_stack_file(
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - t0
-    out_spacing = None if sp is None else (sp[0] / s, sp[1], sp[2])
+    out_spacing = geometry.isotropic_spacing
     data = _cast(volume, stack.dtype) if keep_dtype else volume.astype(np.float32)
     write_tiff(output, data, spacing=out_spacing, dtype=data.dtype, overwrite=overwrite)
     log(
@@ -286,9 +284,7 @@ def predict_volume_file(
     apply_fn: Callable,
     meta: dict,
     *,
-    spacing: Sequence[float] | None,
-    subsample: float,
-    how: str,
+    geometry: StackGeometry,
     model,
     output: Path,
     fuse: str,
@@ -311,10 +307,8 @@ def predict_volume_file(
       volume: the stack opened by :func:`isojax.io.open_volume` (for its shape and type).
       apply_fn: the network (:func:`isojax.train.load_model`).
       meta: the model's configuration.
-      spacing: the voxel size ``(dz, dy, dx)`` given by the user to override the file's,
-        or None.
-      subsample: the anisotropy factor ``dz / dx`` of the stack.
-      how: where the factor came from (for messages).
+      geometry: the stack's geometry (:func:`isojax.geometry.open_stack`), built with the
+        same rule and warnings as :func:`predict_stack_file`'s.
       model: the model folder (for messages).
       output: the ``.zarr`` or ``.tif`` to write.
       fuse: how the two views are fused.
@@ -333,7 +327,7 @@ def predict_volume_file(
       IsojaxInputError: a subsample more than 10% from the model's, or what
         :func:`isojax.predict.predict_large` refuses.
     """
-    s = subsample
+    s, how = geometry.subsample, geometry.how
     _check_model_subsample(s, meta, model, how, log)
     tile = _affordable_tile(tile, (upsampled_length(volume.shape[0], s), *volume.shape[1:]),
                             fuse, meta, log)
@@ -357,7 +351,7 @@ def predict_volume_file(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = predict_large(
-                stack_path, output, apply_fn, subsample=s, spacing=spacing,
+                stack_path, output, apply_fn, subsample=s, spacing=geometry.spacing,
                 interpolation=meta["interpolation"], fuse=fuse, memory_budget=budget,
                 batch_size=batch_size, tile=tile, overlap=_tile_overlap(meta),
                 multiple=2 ** int(meta["unet"]["depth"]),

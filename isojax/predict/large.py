@@ -51,11 +51,11 @@ import numpy as np
 
 from isojax.errors import IsojaxInputError
 from isojax.forward import Interpolation
+from isojax.geometry import open_stack
 from isojax.io import (
     _partial_tag,
     check_outputs,
     create_volume,
-    open_volume,
     staged_output,
     volume_format,
 )
@@ -68,7 +68,6 @@ from isojax.predict.core import (
     _cast,
     _check_normalization,
     _check_run,
-    _check_subsample,
     _check_tile,
     _default_batch_size,
     _geometry,
@@ -296,34 +295,22 @@ def _scratch_volume(parent: Path, name: str, shape, chunks):
 def _open_input(input_path, *, spacing, subsample):
     """``(volume, subsample, out_shape, out_spacing)`` of a stack file, checked.
 
-    Opens the stack without reading it; the factor defaults to the voxel size's ``dz / dx``.
+    Opens the stack without reading it and builds its geometry as ``isojax predict`` does
+    (:func:`isojax.geometry.open_stack`, without its warning: a caller that passes both a
+    factor and a voxel size has chosen); the factor defaults to the voxel size's ``dz / dx``.
     Raises :class:`IsojaxInputError` for fewer than 2 planes, a type that is not real
     numbers, or no voxel size and no ``subsample``.
     """
-    volume = open_volume(input_path, spacing=spacing)
+    volume, geometry = open_stack(input_path, spacing=spacing, subsample=subsample, log=None)
     n_z, n_y, n_x = volume.shape
-    if n_z < 2:
-        raise IsojaxInputError(
-            f"{input_path}: the stack has {n_z} plane; it needs at least 2 (axes (z, y, x))."
-        )
     if not (np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating)):
         raise IsojaxInputError(
             f"{input_path}: the stack must hold real numbers, got dtype {volume.dtype}; convert "
             "it to an integer or float type first."
         )
-    sp = volume.spacing
-    if subsample is None:
-        if sp is None:
-            raise IsojaxInputError(
-                f"{input_path}: no voxel size in the metadata; pass subsample= (dz / dx) or "
-                "spacing=(dz, dy, dx) in micrometres."
-            )
-        subsample = sp[0] / sp[2]
-    s = _check_subsample(subsample)
-    n_up = upsampled_length(n_z, s)
-    out_shape = (n_up, n_y, n_x)
-    out_spacing = None if sp is None else (sp[0] / s, sp[1], sp[2])
-    return volume, s, out_shape, out_spacing
+    s = geometry.subsample
+    out_shape = (upsampled_length(n_z, s), n_y, n_x)
+    return volume, s, out_shape, geometry.isotropic_spacing
 
 
 def _slab_lines_per_view(views, volume, n_up: int, chunks, budget: int) -> dict[int, int]:

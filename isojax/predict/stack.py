@@ -42,6 +42,7 @@ import numpy as np
 
 from isojax.errors import IsojaxInputError
 from isojax.forward import Interpolation
+from isojax.geometry import check_subsample
 from isojax.predict.core import (
     _BYTES_PER_PIXEL,
     _DEFAULT_BUDGET,
@@ -53,7 +54,6 @@ from isojax.predict.core import (
     _check_normalization,
     _check_run,
     _check_stack_shape,
-    _check_subsample,
     _check_tile,
     _geometry,
     _in_flight,
@@ -179,7 +179,7 @@ def predict_stack(
       >>> predict_stack(stack, lambda b: b, subsample=2.0, normalization=None).shape
       (5, 8, 8)
     """
-    s = _check_subsample(subsample)
+    s = check_subsample(subsample)
     _check_run(interpolation, fuse, apply_fn)
     multiple = _positive_int("multiple", multiple)
     if batch_size is not None:

@@ -2,7 +2,8 @@
 
 Modules: :mod:`isojax.psf.models` (Gaussian and theoretical PSFs, FWHM),
 :mod:`isojax.psf.bead` (bead processing, the additional axial PSF by deconvolution,
-resampling), :mod:`isojax.psf.check` (:func:`check_psf` and its report) and
+resampling), :mod:`isojax.psf.check` (:func:`check_psf`, its report and :class:`AxialPSF`, the checked PSF
+with its pixel size and provenance) and
 :mod:`isojax.psf.sources` (:func:`~isojax.psf.sources.resolve_psf`: a PSF file, a bead or
 theory options to one checked PSF; it reads files, so this package does not import it: use
 ``isojax.psf.sources.resolve_psf`` or ``isojax.pipeline.resolve_psf``). This package
@@ -21,7 +22,7 @@ The Gaussian widths and the references are in :mod:`isojax.psf.models` and
 """
 
 from isojax.psf.bead import axial_psf, process_bead, resample_psf
-from isojax.psf.check import PSFReport, check_psf
+from isojax.psf.check import AxialPSF, PSFReport, check_psf
 from isojax.psf.models import (
     FWHM_PER_SIGMA,
     GaussianSigmas,
@@ -35,6 +36,7 @@ from isojax.psf.models import (
 
 __all__ = [
     "FWHM_PER_SIGMA",
+    "AxialPSF",
     "GaussianSigmas",
     "PSFReport",
     "axial_psf",

@@ -465,7 +465,11 @@ def resample_psf(psf2d, *, pixel_size: float, target_pixel_size: float,
     pixel_size = _positive(pixel_size, "pixel_size", " micrometres")
     target = _positive(target_pixel_size, "target_pixel_size", " micrometres")
     a = np.asarray(psf2d, dtype=np.float64)
-    if a.ndim != 2 or not np.all(np.isfinite(a)) or a.sum() <= 0:
+    if a.ndim != 2:
+        raise IsojaxInputError(
+            f"resample_psf needs a 2D (lateral, axial) PSF, got shape {a.shape}; reduce a 3D "
+            "bead stack to one with `isojax psf axial` (or pass it with --bead)")
+    if not np.all(np.isfinite(a)) or a.sum() <= 0:
         raise IsojaxInputError("resample_psf needs a finite 2D PSF with positive mass")
     coords = []
     for n in a.shape:

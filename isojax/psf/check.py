@@ -1,20 +1,25 @@
-"""The PSF check: :func:`check_psf` and the :class:`PSFReport` it returns.
+"""The PSF check: :func:`check_psf`, the :class:`PSFReport` it returns, and :class:`AxialPSF`.
 
 Before a 2D ``(lateral, axial)`` PSF reaches the forward operator, the check measures it, fixes
 what is safe (with a warning), warns about what it cannot fix and refuses what is unusable.
+:class:`AxialPSF` is the checked PSF as it travels on: built once by :meth:`AxialPSF.checked`
+(from :func:`isojax.psf.sources.resolve_psf` for files, beads, theory and calibrations), it
+carries the PSF, its pixel size and its provenance into synthesis and training, which trust it.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from isojax.errors import IsojaxInputError
+from isojax.forward import FactoredPSF, factorize_psf
 from isojax.psf.models import _positive, fwhm
 
-__all__ = ["PSFReport", "check_psf"]
+__all__ = ["AxialPSF", "PSFReport", "check_psf"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,3 +237,117 @@ def check_psf(
         notes=tuple(notes),
     )
     return values.astype(dtype), report
+
+
+# --------------------------------------------------------------------------------------------
+# The checked PSF
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class AxialPSF:
+    """The additional axial PSF once checked, with its pixel size and where it came from.
+
+    Build it with :meth:`checked` (:func:`check_psf` runs once there); everything downstream
+    (synthesis, training, the model folder) takes :attr:`kernel` as the forward operator's
+    PSF and :meth:`dense` as the array to save or compare, without checking, normalising or
+    casting it again.
+
+    A measured or theoretical PSF is kept dense: the operator's dense path is exact, and the
+    file written is the PSF that was checked. A calibrated PSF is kept as the
+    :class:`~isojax.forward.FactoredPSF` it was fitted as (rank one), the operator's cheap
+    path. :meth:`factored` gives either as factors.
+
+    Attributes:
+      kernel: the PSF as the operator takes it: a read-only float32 ``(lateral, axial)``
+        array, non-negative and summing to 1, or a :class:`~isojax.forward.FactoredPSF`.
+      pixel_size: its pixel size in micrometres on both axes (the image's lateral pixel
+        size), or None when unknown.
+      provenance: where it came from, one line (e.g. ``"file psf.tif"``).
+      report: what :func:`check_psf` found, or None.
+
+    Raises:
+      IsojaxInputError: a kernel that is not such an array or factors of matching rank, a
+        pixel size that is not positive, an empty provenance.
+    """
+
+    kernel: np.ndarray | FactoredPSF
+    pixel_size: float | None
+    provenance: str
+    report: PSFReport | None = None
+
+    def __post_init__(self) -> None:
+        k = self.kernel
+        if isinstance(k, FactoredPSF):
+            lat, ax = np.shape(k.lateral), np.shape(k.axial)
+            if len(lat) != 2 or len(ax) != 2 or lat[0] != ax[0] or lat[0] < 1:
+                raise IsojaxInputError(
+                    f"an AxialPSF's factors must be (rank, n_lateral) and (rank, n_axial) with "
+                    f"the same rank >= 1, got {lat} and {ax}; build it with AxialPSF.checked.")
+        elif not (isinstance(k, np.ndarray) and k.ndim == 2 and k.dtype == np.float32):
+            raise IsojaxInputError(
+                f"an AxialPSF's kernel must be a float32 2D (lateral, axial) numpy array or a "
+                f"FactoredPSF, got {type(k).__name__} {np.shape(k)}; build it with "
+                "AxialPSF.checked.")
+        else:
+            k.flags.writeable = False
+        if self.pixel_size is not None:
+            px = float(self.pixel_size)
+            if not (math.isfinite(px) and px > 0):
+                raise IsojaxInputError(
+                    f"an AxialPSF's pixel size must be positive micrometres or None, got "
+                    f"{self.pixel_size!r}.")
+            object.__setattr__(self, "pixel_size", px)
+        if not (isinstance(self.provenance, str) and self.provenance.strip()):
+            raise IsojaxInputError("an AxialPSF needs its provenance, e.g. 'file psf.tif'.")
+
+    @classmethod
+    def checked(
+        cls,
+        psf,
+        *,
+        pixel_size: float | None,
+        provenance: str,
+        image_pixel_size: float | None = None,
+    ) -> AxialPSF:
+        """Check a PSF once (:func:`check_psf`) and wrap it.
+
+        Args:
+          psf: a 2D ``(lateral, axial)`` array-like, or a
+            :class:`~isojax.forward.FactoredPSF` (checked through its dense form, kept
+            factored when the check changed nothing).
+          pixel_size: its pixel size in micrometres, or None.
+          provenance: where it came from, one line.
+          image_pixel_size: the image's lateral pixel size in micrometres, to refuse a PSF
+            at another pixel size (:func:`check_psf`).
+
+        Returns:
+          The :class:`AxialPSF`; a dense kernel is float32, non-negative and sums to 1.
+
+        Raises:
+          IsojaxInputError: what :func:`check_psf` refuses.
+        """
+        dense = np.asarray(psf.dense()) if isinstance(psf, FactoredPSF) else psf
+        fixed, report = check_psf(dense, pixel_size=pixel_size, image_pixel_size=image_pixel_size)
+        if isinstance(psf, FactoredPSF) and not report.fixes:
+            kernel = FactoredPSF(np.asarray(psf.lateral, np.float32),
+                                 np.asarray(psf.axial, np.float32))
+        else:
+            kernel = np.asarray(fixed, np.float32)
+        return cls(kernel, pixel_size, provenance, report)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The ``(lateral, axial)`` shape of the dense PSF."""
+        k = self.kernel
+        return k.shape if isinstance(k, FactoredPSF) else (int(k.shape[0]), int(k.shape[1]))
+
+    def dense(self) -> np.ndarray:
+        """The PSF as a float32 ``(lateral, axial)`` numpy array (read-only when kept dense)."""
+        k = self.kernel
+        return np.asarray(k.dense(), np.float32) if isinstance(k, FactoredPSF) else k
+
+    def factored(self, *, rtol: float = 1e-4) -> FactoredPSF:
+        """The PSF as separable terms (:func:`isojax.forward.factorize_psf` for a dense one)."""
+        k = self.kernel
+        return k if isinstance(k, FactoredPSF) else factorize_psf(k, rtol=rtol)
