@@ -479,7 +479,7 @@ def predict_file(
         predict_volume_file,
         stream_prediction,
     )
-    from isojax.train import load_model
+    from isojax.model_folder import load_model
 
     if memory_budget is not None and memory_budget < 1:
         raise IsojaxInputError(f"the memory budget must be positive, got {memory_budget} bytes")
