@@ -413,6 +413,13 @@ def _add_stack_geometry(p: argparse.ArgumentParser) -> None:
 
 
 def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
+    _add_train_command(commands)
+    _add_predict_command(commands)
+    _add_calibrate_command(commands)
+    _add_demo_command(commands)
+
+
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
     t = commands.add_parser(
         "train", help="train a restoration model on a stack",
         description="Train a network that restores the axial resolution of STACK, from pairs "
@@ -420,6 +427,20 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
     t.add_argument("stack", type=Path, metavar="STACK.tif", help="anisotropic stack TIFF (z, y, x)")
     t.add_argument("--model", type=Path, required=True, metavar="DIR",
                    help="model folder to write (refused if it holds a model, unless --resume)")
+    _add_psf_source_options(t)
+    _add_stack_geometry(t)
+    _add_training_options(t)
+    _add_calibration_options(t)
+    _add_multihost_options(t)
+    t.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    t.add_argument("--log-every", type=_positive_float, default=60.0, metavar="S",
+                   help="when stderr is not a terminal (log file, SLURM, nohup): seconds "
+                   "between progress lines, also written at each validation")
+    t.set_defaults(func=_cmd_train)
+
+
+def _add_psf_source_options(t: argparse.ArgumentParser) -> None:
+    """``isojax train``'s PSF source: a file, a bead stack or the theory options."""
     src = t.add_argument_group("PSF (one of: a file, a bead stack, or a theoretical model)")
     src.add_argument("--psf", type=Path, metavar="AXIAL.tif", help="2D (lateral, axial) axial PSF TIFF from `isojax psf axial|theory`")
     src.add_argument("--bead", type=Path, metavar="BEAD.tif",
@@ -441,7 +462,10 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
     src.add_argument("--sheet-fwhm", type=_positive_float, metavar="UM",
                      help="light-sheet thickness (FWHM along z) in micrometres, lightsheet only "
                      "(default: no sheet)")
-    _add_stack_geometry(t)
+
+
+def _add_training_options(t: argparse.ArgumentParser) -> None:
+    """``isojax train``'s optimisation, synthesis and network options, and --resume."""
     t.add_argument("--steps", type=_positive_int, required=True,
                    help="optimiser steps in all (with --resume: the new total)")
     t.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
@@ -473,6 +497,10 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
                    help="steps between checkpoints and validations")
     t.add_argument("--resume", action="store_true", help="continue the model folder's training from its last checkpoint (same "
                    "stack, PSF and settings; a larger --steps extends it)")
+
+
+def _add_calibration_options(t: argparse.ArgumentParser) -> None:
+    """``isojax train --calibrate-psf`` and its options."""
     cal = t.add_argument_group("PSF self-calibration")
     cal.add_argument("--calibrate-psf", action="store_true",
                      help="learn the PSF from the stack jointly with the network; a PSF source "
@@ -482,6 +510,10 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
     cal.add_argument("--init-fwhm", type=_positive_float, metavar="UM",
                      help="initial axial FWHM in micrometres without a PSF source "
                      "(default: one axial step)")
+
+
+def _add_multihost_options(t: argparse.ArgumentParser) -> None:
+    """``isojax train``'s multi-host options (:mod:`isojax.distributed`)."""
     mh = t.add_argument_group(
         "multi-host training (every host runs the same command; see isojax.distributed)")
     mh.add_argument("--distributed", action="store_true",
@@ -496,12 +528,9 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
     mh.add_argument("--host-timeout", type=_positive_int, default=60, metavar="S",
                     help="seconds without a heartbeat before a host counts as dead and the "
                     "others stop")
-    t.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
-    t.add_argument("--log-every", type=_positive_float, default=60.0, metavar="S",
-                   help="when stderr is not a terminal (log file, SLURM, nohup): seconds "
-                   "between progress lines, also written at each validation")
-    t.set_defaults(func=_cmd_train)
 
+
+def _add_predict_command(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "predict", help="restore a stack with a trained model",
         description="Upsample STACK along Z on the physical grid, restore its XZ and YZ slices "
@@ -540,6 +569,8 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
 
+
+def _add_calibrate_command(commands: argparse._SubParsersAction) -> None:
     c = commands.add_parser(
         "calibrate", help="learn the axial PSF from the stack itself",
         description="Self-calibrate the additional axial PSF from STACK: degraded XY lines "
@@ -561,6 +592,8 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
                    help="replace an existing AXIAL.tif and its .json and .png (never the stack)")
     c.set_defaults(func=_cmd_calibrate)
 
+
+def _add_demo_command(commands: argparse._SubParsersAction) -> None:
     d = commands.add_parser(
         "demo", help="simulate, derive the PSF, train, predict and score",
         description="The whole pipeline on a simulated stack with known ground truth; prints "

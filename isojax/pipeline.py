@@ -388,13 +388,13 @@ def predict_file(
     the default) or ``"last"`` (the last training step); see :func:`isojax.train.load_model`.
     """
     from isojax.io import check_outputs, check_writable
+    from isojax.model_folder import load_model
     from isojax.predict.files import (
         check_tile_option,
         predict_stack_file,
         predict_volume_file,
         stream_prediction,
     )
-    from isojax.train import load_model
 
     if memory_budget is not None and memory_budget < 1:
         raise IsojaxInputError(f"the memory budget must be positive, got {memory_budget} bytes")

@@ -476,7 +476,7 @@ def test_tile_too_small_is_refused_and_an_expensive_one_raised(files, capsys, mo
     pixels through the network, counted at the network itself, with the same result."""
     import jax
 
-    import isojax.train
+    import isojax.model_folder
 
     rng = np.random.default_rng(3)
     wide = write_tiff(files / "wide.tif", (rng.random((10, 160, 160)) * 1000).astype(np.uint16),
@@ -493,7 +493,7 @@ def test_tile_too_small_is_refused_and_an_expensive_one_raised(files, capsys, mo
     assert not small.exists()
 
     pixels = []
-    load_model = isojax.train.load_model
+    load_model = isojax.model_folder.load_model  # prediction's import of it
 
     def counting_load_model(*args, **kwargs):  # the real network, its input sizes recorded
         apply_fn, meta = load_model(*args, **kwargs)
@@ -504,7 +504,7 @@ def test_tile_too_small_is_refused_and_an_expensive_one_raised(files, capsys, mo
 
         return counted, meta
 
-    monkeypatch.setattr(isojax.train, "load_model", counting_load_model)
+    monkeypatch.setattr(isojax.model_folder, "load_model", counting_load_model)
     whole_out, tiled_out = files / "wide_whole.tif", files / "wide_tiled.tif"
     assert main(["predict", str(wide), "--model", model, "-o", str(whole_out), "--quiet"]) == 0
     whole_pixels = sum(pixels)

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -326,3 +327,28 @@ def test_damaged_psf_file_names_it(trained, model, tmp_path, capsys, how):
     assert line.startswith(f"isojax: error: {psf}: ")
     assert "restore psf.tif from a copy" in line
     assert not out.exists()
+
+
+IMPORT_ORDERS = textwrap.dedent(
+    """
+    import importlib, sys
+    first = sys.argv[1]
+    importlib.import_module(first)  # any module first: no import cycle between the layers
+    import isojax.model_folder as mf
+    import isojax.train as t
+    from isojax.train import loop
+    assert t.train is loop.train and t.load_model is mf.load_model
+    assert t.read_model_config is mf.read_model_config and t.FORMAT == mf.FORMAT == 1
+    assert t._managers is mf.open_managers and t._restore is mf.restore_state
+    print("ok", first)
+    """
+)
+
+
+@pytest.mark.parametrize("first", ["isojax.model_folder.checkpoints", "isojax.train.loop"])
+def test_model_folder_and_training_import_in_any_order(first):
+    """isojax.train re-exports the model folder's names; the layers import without a cycle."""
+    r = subprocess.run([sys.executable, "-c", IMPORT_ORDERS, first], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"ok {first}"

@@ -1,30 +1,36 @@
-"""Checks of a model folder: ``config.json`` against its schema, ``psf.tif``, damaged checkpoints.
+"""A model folder's ``config.json`` and ``psf.tif``: writing, reading and the schema check.
 
-A model folder (:mod:`isojax.train`) is read long after it was written, often by another
-isojax, and it can be damaged on the way (a full disk, a copy cut short, a hand edit). These
-checks turn what would be a ``KeyError`` or a storage library's traceback into one line that
-names the file, the isojax version that wrote the folder, and what to do.
+A model folder (:func:`isojax.train.train`) is read long after it was written, often by
+another isojax, and it can be damaged on the way (a full disk, a copy cut short, a hand
+edit). These checks turn what would be a ``KeyError`` into one line that names the file,
+the isojax version that wrote the folder, and what to do.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
-import re
-import sys
-import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+import tifffile
+
+from isojax import __version__
 from isojax.errors import IsojaxInputError
+from isojax.synth import SynthConfig
+from isojax.train.config import TrainConfig
+from isojax.unet import UNetConfig
 
 __all__ = [
-    "check_config", "check_psf_file", "damaged_step", "describe_damage", "quiet_abandoned_reads",
+    "FORMAT", "check_config", "check_psf_file", "json_default", "read_model_config",
+    "write_json", "write_model_config",
 ]
+
+FORMAT = 1  # version of the model-folder layout; bump when it changes incompatibly
 
 # Keys that format 1 gained after it first shipped: a folder written before lacks them, and
 # their absence means the default. Every other key of the schema is required.
@@ -112,12 +118,7 @@ def _hint_check(hint):
     return lambda v: None
 
 
-def _sections() -> dict[str, type]:
-    from isojax.synth import SynthConfig
-    from isojax.train import TrainConfig
-    from isojax.unet import UNetConfig
-
-    return {"unet": UNetConfig, "train": TrainConfig, "synth": SynthConfig}
+_SECTIONS: dict[str, type] = {"unet": UNetConfig, "train": TrainConfig, "synth": SynthConfig}
 
 
 _FIELDS: dict[str, Any] = {
@@ -183,9 +184,7 @@ def check_config(meta: Any, *, path: str | os.PathLike) -> None:
             if expected is not None:
                 fail(f'key "{name}" is {json.dumps(value)}, where {expected} is needed')
 
-    from isojax import __version__
-
-    for section, cls in _sections().items():
+    for section, cls in _SECTIONS.items():
         values = meta.get(section)
         if section not in meta:
             fail(f'missing key "{section}"')
@@ -230,9 +229,6 @@ def check_psf_file(path: Path, meta: dict) -> None:
       IsojaxInputError: the file is unreadable, not a finite 2D array, or not the shape
         ``config.json`` records.
     """
-    import numpy as np
-    import tifffile
-
     fix = (f"(written by {_version(meta)}); the folder is damaged: retrain with `isojax train`, "
            "or restore psf.tif from a copy")
     try:
@@ -250,129 +246,82 @@ def check_psf_file(path: Path, meta: dict) -> None:
         raise IsojaxInputError(f"{path}: holds NaN or inf values {fix}.")
 
 
-# ---------------------------------------------------------------------- damaged checkpoints
+def json_default(o):
+    """``json.dumps``'s ``default``: numpy scalars as Python numbers.
 
-# tensorstore's status codes, as a reader would say them
-_STATUS = {
-    "NOT_FOUND": "missing",
-    "OUT_OF_RANGE": "truncated",
-    "DATA_LOSS": "corrupt",
-    "FAILED_PRECONDITION": "unreadable",
-}
-# the JSON files orbax writes in a step folder (StandardCheckpointHandler with metrics)
-_JSON_FILES = ("_CHECKPOINT_METADATA", "default/_METADATA", "default/_sharding",
-               "default/array_metadatas/*", "metrics/metrics")
+    Raises:
+      TypeError: anything else that JSON cannot hold.
+    """
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _bad_json(step_dir: Path) -> tuple[Path, str] | None:
-    for pattern in _JSON_FILES:
-        for path in sorted(step_dir.glob(pattern)):
-            try:
-                json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                return path, f"not valid JSON ({exc})"
-    return None
-
-
-def describe_damage(step_dir: Path, exc: BaseException | None) -> str:
-    """Which file of a checkpoint step folder is damaged, and how, in a few words.
+def write_json(path: Path, value) -> None:
+    """Write ``value`` as indented JSON, atomically (a temporary file renamed over ``path``).
 
     Args:
-      step_dir: the step folder (``.../checkpoints/best/<step>``).
-      exc: what reading it raised (orbax, tensorstore or ``json``), or None when the
-        reading gave nothing back.
-
-    Returns:
-      ``"<file> is <how>"``, or a shortened reason when the file cannot be known.
+      path: the file (``config.json``, ``psf_trajectory.json``); its folder must exist.
+      value: JSON-serialisable, numpy scalars allowed (:func:`json_default`).
     """
-    texts = []
-    e = exc
-    while e is not None and len(texts) < 4:
-        texts.append(str(e))
-        e = e.__cause__ or e.__context__
-    for text in texts:
-        text = text.split(" [tensorstore_spec=")[0]
-        files = [f for f in re.findall(r'local file "([^"]+)"', text)
-                 if Path(f).is_relative_to(step_dir)]
-        if files:
-            code = text.split(":", 1)[0]
-            tail = text.rsplit(f'"{files[-1]}"', 1)[-1].lstrip(": ").strip()
-            how = _STATUS.get(code, "unreadable")
-            if tail and how != "missing":
-                how += f" ({tail})"
-            if files[-1].endswith("/"):  # the OCDBT database: one of its data files
-                return f"a data file of the checkpoint database {files[-1]} is {how}"
-            return f"{files[-1]} is {how}"
-    bad = _bad_json(step_dir)
-    if bad is not None:
-        return f"{bad[0]} is {bad[1]}"
-    for needed in ("default", "default/_METADATA", "default/manifest.ocdbt"):
-        if not (step_dir / needed).exists():
-            return f"{step_dir / needed} is missing"
-    if exc is None:
-        return f"{step_dir / 'default' / '_METADATA'} describes no arrays"
-    reason = " ".join(texts[0].split(" [tensorstore_spec=")[0].split())
-    return f"unreadable ({reason[:300]})"
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=json_default) + "\n")
+    os.replace(tmp, path)
 
 
-def damaged_step(root: Path) -> Path:
-    """The first step folder under a checkpoint folder whose JSON files do not parse.
+def write_model_config(workdir: Path, meta: dict) -> None:
+    """Write ``config.json`` atomically.
 
     Args:
-      root: ``.../checkpoints/best`` or ``.../checkpoints/last``.
-
-    Returns:
-      That step folder, or ``root`` itself when none is found.
+      workdir: the model folder (it must exist).
+      meta: the settings (:func:`isojax.train.train` builds them).
     """
-    steps = sorted((p for p in Path(root).iterdir() if p.is_dir() and p.name.isdigit()),
-                   key=lambda p: int(p.name)) if Path(root).is_dir() else []
-    for step_dir in steps:
-        if _bad_json(step_dir) is not None:
-            return step_dir
-    return Path(root)
+    write_json(Path(workdir) / "config.json", meta)
 
 
-_quiet: set[str] = set()  # the damaged step folders whose abandoned reads are silenced
+def read_model_config(workdir: str | os.PathLike) -> dict:
+    """Read and check a model folder's ``config.json`` (and its ``psf.tif``).
 
+    ``config.json`` is checked against the folder's schema
+    (:func:`check_config`): required keys, types and ranges, and the
+    network, training and synthesis sections must build their settings.
 
-def _abandoned_read(unraisable) -> bool:
-    """Whether an unraisable exception is an abandoned read of orbax's reporting back."""
-    exc, obj = unraisable.exc_value, unraisable.object
-    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
-        return True  # tensorstore finishing a read for the event loop orbax has closed
-    return isinstance(obj, types.CoroutineType) and "orbax" in obj.cr_code.co_filename
-
-
-class _AbandonedFutures(logging.Filter):
-    """Drops asyncio's "exception was never retrieved" about a damaged checkpoint's reads."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        return not ("exception was never retrieved" in text
-                    and any(step in text for step in _quiet))
-
-
-def quiet_abandoned_reads(step_dir: Path) -> None:
-    """Silence the reads orbax abandons when one read of a damaged checkpoint fails.
-
-    orbax reads a checkpoint's arrays concurrently in an event loop that it closes as
-    soon as one read fails; the other reads, still running in tensorstore's threads, then
-    report to that closed loop (``RuntimeError("Event loop is closed")``), their coroutines
-    are dropped unfinished, and asyncio logs their failures as "Future exception was never
-    retrieved": tracebacks on stderr, up to seconds after the one-line error. This drops
-    exactly those reports (asyncio's only when they name ``step_dir``) and hands every
-    other one to the previous handlers.
-
-    Args:
-      step_dir: the damaged checkpoint step folder.
+    Raises:
+      IsojaxInputError: missing folder or files, a damaged ``config.json`` or ``psf.tif``,
+        or a folder written by an incompatible isojax; the message names the file, the key
+        and the isojax version that wrote the folder, and says what to do.
     """
-    if not _quiet:
-        previous = sys.unraisablehook
-
-        def hook(unraisable):
-            if not _abandoned_read(unraisable):
-                previous(unraisable)
-
-        sys.unraisablehook = hook
-        logging.getLogger("asyncio").addFilter(_AbandonedFutures())
-    _quiet.add(str(step_dir))
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise IsojaxInputError(f"{workdir}: no such model folder; train one with `isojax train`.")
+    missing = [n for n in ("config.json", "psf.tif", "checkpoints") if not (workdir / n).exists()]
+    if missing:
+        raise IsojaxInputError(
+            f"{workdir}: not a complete isojax model folder, missing {', '.join(missing)}; "
+            "train it again with `isojax train`."
+        )
+    path = workdir / "config.json"
+    damaged = "the folder is damaged: retrain with `isojax train`, or restore config.json from a copy"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # also json.JSONDecodeError, UnicodeDecodeError
+        raise IsojaxInputError(f"{path}: unreadable ({e}); {damaged}.") from e
+    if not isinstance(meta, dict):
+        raise IsojaxInputError(
+            f"{path}: holds a JSON {type(meta).__name__}, not an object; {damaged}."
+        )
+    if "format" not in meta:
+        raise IsojaxInputError(
+            f'{path}: missing key "format" (written by isojax '
+            f"{meta.get('isojax_version', '?')}); {damaged}."
+        )
+    if meta.get("format") != FORMAT:
+        raise IsojaxInputError(
+            f"{workdir}: model folder format {meta.get('format')!r} written by isojax "
+            f"{meta.get('isojax_version', '?')}; this isojax reads format {FORMAT}. Retrain "
+            "the model with this version, or predict with the version that wrote it."
+        )
+    check_config(meta, path=path)
+    check_psf_file(workdir / "psf.tif", meta)
+    return meta
