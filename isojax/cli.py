@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from isojax.errors import WARNING_PREFIX, IsojaxInputError, log_to_stderr
+from isojax.export.command import add_export_command
 
 __all__ = ["build_parser", "main"]
 
@@ -584,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      parser_class=_Parser)
     _add_psf_commands(commands)
     _add_pipeline_commands(commands)
+    add_export_command(commands)
     return parser
 
 
