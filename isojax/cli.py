@@ -512,7 +512,7 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("stack", type=Path, metavar="STACK.tif|STACK.zarr",
                    help="anisotropic stack (z, y, x): TIFF or OME-Zarr 0.5")
     p.add_argument("--model", type=Path, required=True, metavar="DIR",
-                   help="model folder written by `isojax train`")
+                   help="model folder written by `isojax train`, or a package of `isojax export`")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.tif|OUT.zarr",
                    help="the isotropic stack to write: TIFF, or OME-Zarr for a .zarr name")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best",

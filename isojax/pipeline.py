@@ -475,18 +475,18 @@ def predict_file(
     from isojax.io import check_outputs, check_writable
     from isojax.predict.files import (
         check_tile_option,
+        load_predictor,
         predict_stack_file,
         predict_volume_file,
         stream_prediction,
     )
-    from isojax.train import load_model
 
     if memory_budget is not None and memory_budget < 1:
         raise IsojaxInputError(f"the memory budget must be positive, got {memory_budget} bytes")
     output = Path(output)
     check_outputs([output], inputs={"stack": stack_path, "model folder": model},
                   overwrite=overwrite, log=log)
-    apply_fn, meta = load_model(model, which=checkpoint)
+    apply_fn, meta = load_predictor(model, which=checkpoint)
     check_tile_option(tile, meta)
     options = dict(model=model, fuse=fuse, batch_size=batch_size, tile=tile,
                    keep_dtype=keep_dtype, overwrite=overwrite, progress=progress, log=log)
