@@ -126,8 +126,8 @@ Trained on the stack itself, as isojax does: its lateral (XY) planes, of a stack
 {" x ".join(str(v) for v in meta["stack_shape"])} voxels (z, y, x), are the ground truth;
 planes {meta["train_planes"][0]}-{meta["train_planes"][1]} trained and
 {meta["val_planes"][0]}-{meta["val_planes"][1]} validated. Training pairs are patches of
-{synth["patch_size"]} pixels degraded by isojax's forward operator: blurred with the axial
-PSF above along one lateral axis, sampled every {s:.4g} pixels and brought back to the fine
+{synth["patch_size"]} pixels degraded by isojax's forward operator along one of their axes
+(which plays Z): blurred with the axial PSF above, sampled every {s:.4g} pixels and brought back to the fine
 grid by {interp} interpolation, {noise}. {train["steps"]} steps of batch
 {train["batch_size"]}, learning rate {train["learning_rate"]:g}, loss {train["loss"]},
 seed {train["seed"]}{"; the PSF was refined jointly (self-calibration)" if meta.get("calibrate_psf") else ""}.

@@ -302,11 +302,21 @@ def export_model(
         ranges = {o: float(np.ptp(v)) or 1.0 for o, v in zip(outputs, test_outputs, strict=True)}
         rdf = _rdf(name=package_name, authors=list(authors), license_id=license_id, meta=meta,
                    net=net, files=files, outputs=outputs, output_ranges=ranges)
-        yaml = require("yaml", "isojax export")
-        (work / "rdf.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False, allow_unicode=True))
+        (work / "rdf.yaml").write_text(_yaml(rdf))
         atomic_write(output, lambda temp: _write_package(temp, work), overwrite=overwrite)
     log(f"wrote {output}: bioimage.io model package (ONNX, outputs {', '.join(outputs)})")
     return output
+
+
+def _yaml(content: dict) -> str:
+    """``content`` as YAML, without anchors and aliases (each size written out)."""
+    yaml = require("yaml", "isojax export")
+
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data):
+            return True
+
+    return yaml.dump(content, Dumper=Dumper, sort_keys=False, allow_unicode=True)
 
 
 def _opset(path: Path) -> int:
