@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from isojax.errors import WARNING_PREFIX, IsojaxInputError, log_to_stderr
+from isojax.export.command import add_export_command
 
 __all__ = ["build_parser", "main"]
 
@@ -540,7 +541,7 @@ def _add_predict_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("stack", type=Path, metavar="STACK.tif|STACK.zarr",
                    help="anisotropic stack (z, y, x): TIFF or OME-Zarr 0.5")
     p.add_argument("--model", type=Path, required=True, metavar="DIR",
-                   help="model folder written by `isojax train`")
+                   help="model folder written by `isojax train`, or a package of `isojax export`")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.tif|OUT.zarr",
                    help="the isotropic stack to write: TIFF, or OME-Zarr for a .zarr name")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best",
@@ -617,6 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      parser_class=_Parser)
     _add_psf_commands(commands)
     _add_pipeline_commands(commands)
+    add_export_command(commands)
     return parser
 
 

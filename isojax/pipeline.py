@@ -391,6 +391,7 @@ def predict_file(
     from isojax.model_folder import load_model
     from isojax.predict.files import (
         check_tile_option,
+        load_predictor,
         predict_stack_file,
         predict_volume_file,
         stream_prediction,
@@ -401,7 +402,7 @@ def predict_file(
     output = Path(output)
     check_outputs([output], inputs={"stack": stack_path, "model folder": model},
                   overwrite=overwrite, log=log)
-    apply_fn, meta = load_model(model, which=checkpoint)
+    apply_fn, meta = load_predictor(model, which=checkpoint)
     check_tile_option(tile, meta)
     options = dict(model=model, fuse=fuse, batch_size=batch_size, tile=tile,
                    keep_dtype=keep_dtype, overwrite=overwrite, progress=progress, log=log)

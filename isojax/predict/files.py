@@ -41,6 +41,7 @@ from isojax.unet import UNetConfig
 
 __all__ = [
     "check_tile_option",
+    "load_predictor",
     "predict_stack_file",
     "predict_volume_file",
     "stream_prediction",
@@ -48,6 +49,19 @@ __all__ = [
 
 Log = Callable[[str], None]
 
+
+
+def load_predictor(model, *, which: str = "best"):
+    """``(apply_fn, meta)`` of ``--model``: a model folder, or a package of ``isojax export``.
+
+    A ``.zip`` is run by onnxruntime (:func:`isojax.export.load_package`); anything else is
+    a model folder (:func:`isojax.train.load_model`).
+    """
+    from isojax import export, train
+
+    if export.is_package(model):
+        return export.load_package(model, which=which)
+    return train.load_model(model, which=which)
 
 
 def _physical_memory() -> int:
