@@ -140,7 +140,7 @@ def check_subsample_against_spacing(subsample: float, spacing: Sequence[float] |
       IsojaxInputError: naming both values and how to choose between them.
     """
     from_meta = subsample_conflict(subsample, spacing)
-    if from_meta is not None:
+    if from_meta is not None and spacing is not None:  # a conflict needs a voxel size
         dz, _, dx = (float(v) for v in spacing)
         raise IsojaxInputError(
             f"the subsample factor {float(subsample):g} contradicts the voxel size "
@@ -233,7 +233,7 @@ class StackGeometry:
     @property
     def how(self) -> str:
         """Where the factor came from, for messages (``"--subsample"``, ``"voxel size ..."``)."""
-        if self.subsample_source == "metadata":
+        if self.subsample_source == "metadata" and self.spacing is not None:  # __post_init__
             dz, _, dx = self.spacing
             return f"voxel size {dz:g} / {dx:g} um ({self.spacing_detail or 'metadata'})"
         return {"override": "--subsample", "model": "the model folder",
@@ -317,9 +317,11 @@ def from_metadata(
     if subsample is None and spacing is None:
         raise _no_voxel_size(name)
     prefix = "" if name is None else f"{name}: "
-    spacing_source = None if spacing is None else "override" if source == "override" else "metadata"
+    spacing_source: Source | None = (
+        None if spacing is None else "override" if source == "override" else "metadata")
     try:
         if subsample is None:
+            assert spacing is not None, "refused above"
             dz, _, dx = (float(v) for v in spacing)
             try:
                 s = check_subsample(dz / dx, name="the anisotropy factor")
@@ -328,8 +330,11 @@ def from_metadata(
                     f"anisotropy factor {dz / dx:g} from the voxel size {dz:g} / {dx:g} um is "
                     "below 1 (z step smaller than the pixel); isojax restores coarse Z stacks: "
                     "check the voxel size or pass --subsample.") from None
-            return StackGeometry(s, spacing, "metadata", spacing_source, source, axes)
-        geometry = StackGeometry(subsample, spacing, "override", spacing_source, source, axes)
+            return StackGeometry(s, _check_spacing(spacing), "metadata", spacing_source, source,
+                                 axes)
+        geometry = StackGeometry(check_subsample(subsample),
+                                 None if spacing is None else _check_spacing(spacing),
+                                 "override", spacing_source, source, axes)
     except IsojaxInputError as exc:
         raise IsojaxInputError(f"{prefix}{exc}") from None
     if on_conflict == "error":

@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -42,7 +42,7 @@ def stack_geometry(
     *,
     spacing: Sequence[float] | None = None,
     subsample: float | None = None,
-    on_conflict: str = "warn",
+    on_conflict: Literal["warn", "error"] = "warn",
     log: Log = _stderr,
 ) -> tuple[np.ndarray, tuple[float, float, float] | None, float, str]:
     """Read a 3D stack and work out its anisotropy factor (:func:`isojax.geometry.read_stack`).
@@ -84,8 +84,8 @@ def train_file(
     batch_size: int = 16,
     patch_size: int = 128,
     learning_rate: float = 4e-4,
-    loss: str = "mae",
-    interpolation: str = "linear",
+    loss: Literal["mae", "mse", "laplace"] = "mae",
+    interpolation: Literal["linear", "cubic"] = "linear",
     photons: float | None = None,
     read_noise: float = 0.0,
     first_filters: int = 32,
@@ -97,10 +97,10 @@ def train_file(
     progress: bool = True,
     log: Log = _stderr,
     calibrate_psf: bool = False,
-    family: str = "gaussian",
+    family: Literal["gaussian", "multi-gaussian", "free"] = "gaussian",
     init_fwhm: float | None = None,
     match_noise: bool = True,
-    compute_dtype: str = "float32",
+    compute_dtype: Literal["float32", "bfloat16"] = "float32",
     log_every: float = 60.0,
 ) -> dict:
     """``isojax train``: train a model folder from a stack and a PSF.
@@ -355,7 +355,7 @@ def predict_file(
     output: str | os.PathLike,
     subsample: float | None = None,
     spacing: Sequence[float] | None = None,
-    fuse: str = "mean",
+    fuse: Literal["mean", "geometric", "xz", "yz"] = "mean",
     batch_size: int | None = None,
     tile: int | None = None,
     keep_dtype: bool = False,
@@ -403,7 +403,7 @@ def predict_file(
                   overwrite=overwrite, log=log)
     apply_fn, meta = load_model(model, which=checkpoint)
     check_tile_option(tile, meta)
-    options = dict(model=model, fuse=fuse, batch_size=batch_size, tile=tile,
+    options: dict[str, Any] = dict(model=model, fuse=fuse, batch_size=batch_size, tile=tile,
                    keep_dtype=keep_dtype, overwrite=overwrite, progress=progress, log=log)
     if stream_prediction(stack_path, output, float(meta["subsample"]), memory_budget):
         volume, g = geometry.open_stack(stack_path, spacing=spacing, subsample=subsample,
@@ -507,7 +507,7 @@ def demo(
     log(
         f"1/4 simulating a {tuple(shape)} isotropic specimen and its acquisition (subsample {subsample:g})"
     )
-    stack, _, acq = simulate_stack(
+    simulated, _, acq = simulate_stack(
         k_spec,
         shape_zyx=tuple(shape),
         subsample=subsample,
@@ -517,7 +517,7 @@ def demo(
         read_noise=0.002,
         pixel_size=pixel,
     )
-    stack = np.asarray(stack) * 1000  # camera-like units
+    stack = np.asarray(simulated) * 1000  # camera-like units
     reference = np.asarray(acq.reference) * 1000
     write_tiff(out / "stack.tif", stack, spacing=acq.spacing)
     write_tiff(out / "truth.tif", reference, spacing=acq.spacing_fine)
@@ -565,14 +565,15 @@ def demo(
     write_tiff(out / "linear.tif", linear, spacing=acq.spacing_fine)
     truth = reference[: pred.shape[0]]
     rng = float(truth.max() - truth.min())
-    scores = {
+    methods = {
         name: {
             "psnr_db": float(psnr(v, truth, data_range=rng)),
             "ssim": float(ssim(v, truth, data_range=rng)),
         }
         for name, v in (("linear", linear), ("isojax", pred))
     }
-    scores["seconds"] = time.perf_counter() - t_start
+    seconds = time.perf_counter() - t_start
+    scores: dict[str, dict[str, float] | float] = {**methods, "seconds": seconds}
     (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
     save_views_png(
         out / "views.png",
@@ -582,8 +583,8 @@ def demo(
     )
     print(f"{'method':<10} {'PSNR (dB)':>10} {'SSIM':>8}")
     for name in ("linear", "isojax"):
-        print(f"{name:<10} {scores[name]['psnr_db']:>10.2f} {scores[name]['ssim']:>8.4f}")
+        print(f"{name:<10} {methods[name]['psnr_db']:>10.2f} {methods[name]['ssim']:>8.4f}")
     print(
-        f"outputs in {out}/ (views.png shows truth, input and restoration); {scores['seconds']:.0f} s"
+        f"outputs in {out}/ (views.png shows truth, input and restoration); {seconds:.0f} s"
     )
     return scores

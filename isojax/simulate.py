@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import operator
 from collections.abc import Sequence
 from typing import Literal
 
@@ -115,11 +116,9 @@ def _blur_axis(v: Array, sigma: float, axis: int) -> Array:
     widths = [(0, 0)] * v.ndim
     widths[axis] = (r, r)
     vp = jnp.pad(v, widths, mode="reflect" if n > 1 else "edge")
-    out = None
-    for i, w in enumerate(kernel):
-        term = lax.slice_in_dim(vp, i, i + n, axis=axis) * jnp.asarray(w, v.dtype)
-        out = term if out is None else out + term
-    return out
+    terms = [lax.slice_in_dim(vp, i, i + n, axis=axis) * jnp.asarray(w, v.dtype)
+             for i, w in enumerate(kernel)]
+    return functools.reduce(operator.add, terms)
 
 
 # ----------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from isojax.errors import IsojaxInputError
 
@@ -319,7 +320,7 @@ def remove_stale_partials(path: str | os.PathLike, *, log=None) -> list[Path]:
     except OSError:
         return []
     new, new_tmp, old, old_tmp, replaced = _partial_patterns(path.name)
-    host, removed = _host(), []
+    host, removed = _host(), list[Path]()
     for name in names:
         aside = replaced.fullmatch(name)
         if aside is not None:
@@ -404,7 +405,7 @@ class staged_output:  # lower case: used as a context manager, like open
         self.temp = holder
         return holder
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         if exc_type is not None:
             _remove(self.temp)
             return False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tifffile
@@ -96,7 +97,7 @@ class TiffVolume:
         for z0 in range(zs.start, zs.stop, per):
             yield z0, min(zs.stop, z0 + per), z0 - zs.start
 
-    def _map(self, z0: int, z1: int, mode: str) -> np.memmap:
+    def _map(self, z0: int, z1: int, mode: Literal["r", "r+"]) -> np.memmap:
         return np.memmap(self.path, dtype=self._stored, mode=mode,
                          offset=self.offset + z0 * self._plane,
                          shape=(z1 - z0, *self.shape[1:]))

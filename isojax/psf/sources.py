@@ -80,11 +80,13 @@ def resolve_psf(
         else:
             if pixel_size is None:
                 raise IsojaxInputError("a theoretical PSF needs the image's pixel size.")
+            assert theory is not None, "_check_one_source: exactly one source is given"
             p, _info = theoretical_axial_psf(pixel_size=pixel_size, **theory)
             shown = ", ".join(f"{key} {theory[key]}" for key in _THEORY_OPTIONS
                               if theory.get(key) is not None)
             out = AxialPSF.checked(p, pixel_size=pixel_size, provenance=f"theory ({shown})")
     log_warnings(log, caught)
+    assert out.report is not None, "AxialPSF.checked always reports"
     log(f"axial PSF: shape {out.shape} (lateral, axial), FWHM axial "
         f"{out.report.fwhm_px[1]:.3g} px")
     return out
