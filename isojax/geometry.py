@@ -398,6 +398,13 @@ def open_stack(
 
     The streamed sibling of :func:`read_stack`: the same checks, the same warnings.
 
+    Args:
+      path: a TIFF or an OME-Zarr (``.zarr``) holding a 3D ``(z, y, x)`` stack.
+      spacing: voxel size ``(dz, dy, dx)`` in micrometres overriding the metadata, or None.
+      subsample: the anisotropy factor, overriding the voxel size's ``dz / dx``, or None.
+      on_conflict: ``"warn"`` or ``"error"`` when ``subsample`` contradicts the voxel size.
+      log: where warnings go, or None.
+
     Returns:
       ``(volume, geometry)``: the opened :class:`~isojax.io.TiffVolume` or
       :class:`~isojax.io.ZarrVolume` (nothing read yet) and its :class:`StackGeometry`.

@@ -51,6 +51,17 @@ def stack_geometry(
     fields ``spacing`` and ``subsample`` of its :class:`~isojax.geometry.StackGeometry` and
     where the factor came from (``geometry.how``).
 
+    Args:
+      path: a TIFF or OME-Zarr holding a 3D ``(z, y, x)`` stack.
+      spacing: voxel size ``(dz, dy, dx)`` in micrometres overriding the metadata, or None.
+      subsample: the anisotropy factor overriding the voxel size's ``dz / dx``, or None.
+      on_conflict: ``"warn"`` or ``"error"`` when ``subsample`` contradicts the voxel size.
+      log: where warnings go.
+
+    Returns:
+      ``(stack, spacing, subsample, how)``: the stack as a NumPy array ``(z, y, x)``, the
+      voxel size in micrometres or None, the factor, and where the factor came from.
+
     Raises:
       IsojaxInputError: as :func:`isojax.geometry.read_stack`.
     """
@@ -122,6 +133,52 @@ def train_file(
     ``resume`` continues the folder's training (:func:`isojax.train.train`): a larger
     ``steps`` extends a run, keeping the folder's warm-up length. When stderr is not a
     terminal, a progress line is written every ``log_every`` seconds.
+
+    Args:
+      stack_path: the anisotropic 3D stack ``(z, y, x)``, TIFF or OME-Zarr.
+      model: the model folder to create (or, with ``resume``, continue).
+      psf: a PSF file ``(lateral, axial)`` (TIFF), or None.
+      bead: a bead stack to derive the PSF from, or None.
+      bead_spacing: the bead stack's voxel size ``(dz, dy, dx)`` in micrometres, or None
+        (from its metadata).
+      theory: options of :func:`isojax.psf.theoretical_axial_psf` for a theoretical PSF,
+        or None; exactly one PSF source unless ``calibrate_psf``.
+      subsample: the anisotropy factor, overriding the voxel size, or None.
+      spacing: the stack's voxel size ``(dz, dy, dx)`` in micrometres overriding its
+        metadata, or None.
+      steps: training steps.
+      batch_size: patches per step.
+      patch_size: side of the square training patches in pixels.
+      learning_rate: peak learning rate of the schedule.
+      loss: ``"mae"``, ``"mse"`` or ``"laplace"`` (probabilistic output).
+      interpolation: ``"linear"`` or ``"cubic"`` upsampling of the synthetic inputs.
+      photons: photons per unit intensity of the synthetic noise, or None (estimated with
+        ``match_noise``, else noise-free).
+      read_noise: Gaussian read noise of the synthetic inputs, in normalised intensity.
+      first_filters: filters of the U-Net's first level.
+      depth: levels of the U-Net.
+      seed: the random seed.
+      checkpoint_every: steps between checkpoints.
+      val_every: steps between validation losses.
+      resume: continue the folder's training.
+      progress: show progress.
+      log: where messages go.
+      calibrate_psf: learn the PSF jointly with the network.
+      family: the PSF's parameterisation when calibrating (``"gaussian"``,
+        ``"multi-gaussian"`` or ``"free"``).
+      init_fwhm: initial axial FWHM in micrometres when calibrating without a PSF source,
+        or None.
+      match_noise: estimate the stack's noise and add it to the synthetic inputs.
+      compute_dtype: ``"float32"`` or ``"bfloat16"`` (mixed precision).
+      log_every: seconds between progress lines when stderr is not a terminal.
+
+    Returns:
+      The training summary of :func:`isojax.train.train` (``step``, ``loss``,
+      ``best_val_loss``, ``best_step``, ...).
+
+    Raises:
+      IsojaxInputError: an unusable stack, PSF source or model folder (the message names
+        the fix).
     """
     from isojax.psf.sources import resolve_psf
     from isojax.synth import SynthConfig, check_contrast
@@ -386,6 +443,32 @@ def predict_file(
 
     ``checkpoint`` picks the model folder's checkpoint: ``"best"`` (lowest validation loss,
     the default) or ``"last"`` (the last training step); see :func:`isojax.train.load_model`.
+
+    Args:
+      stack_path: the anisotropic 3D stack ``(z, y, x)``, TIFF or OME-Zarr.
+      model: a model folder written by :func:`train_file`.
+      output: the isotropic volume to write (``.tif`` or ``.zarr``).
+      subsample: the anisotropy factor, overriding the voxel size, or None.
+      spacing: the stack's voxel size ``(dz, dy, dx)`` in micrometres overriding its
+        metadata, or None.
+      fuse: how the XZ and YZ views are fused: ``"mean"``, ``"geometric"``, ``"xz"`` or
+        ``"yz"``.
+      batch_size: slices per network call, or None (from the memory budget).
+      tile: tile size in pixels, or None (from the memory budget).
+      keep_dtype: write the input's dtype instead of float32.
+      memory_budget: bytes the in-memory prediction may use, or None (half the memory).
+      overwrite: replace an existing ``output``.
+      progress: show progress.
+      log: where messages go.
+      checkpoint: ``"best"`` or ``"last"``.
+
+    Returns:
+      The restored array (in memory), or a :class:`isojax.predict_large.LargePrediction`
+      summary (streamed).
+
+    Raises:
+      IsojaxInputError: an unusable stack, model folder or output path, or a memory budget
+        that is not positive.
     """
     from isojax.io import check_outputs, check_writable
     from isojax.predict.files import (
@@ -474,6 +557,19 @@ def demo(
     ``scores.json`` (:data:`DEMO_FILES`). An existing ``out`` that is not empty is refused
     unless ``overwrite``; then only these files are replaced and any other file in ``out``
     is kept.
+
+    Args:
+      out: the folder to write into.
+      seed: the random seed of the simulation and the training.
+      subsample: the simulated anisotropy factor.
+      shape: the isotropic specimen's shape ``(z, y, x)`` in voxels.
+      steps: training steps.
+      batch_size: patches per training step.
+      patch_size: side of the square training patches in pixels.
+      first_filters: filters of the U-Net's first level.
+      overwrite: replace the demo's own files in a non-empty ``out``.
+      progress: show progress.
+      log: where messages go.
 
     Returns:
       The scores: PSNR and SSIM of linear interpolation and of isojax.

@@ -60,6 +60,14 @@ def axis_label(name: str, unit: str, *, arrow: bool = False) -> str:
 
     The arrow points the way the coordinate grows when the label is drawn along its axis
     (for a vertical axis whose values grow downwards, draw the label with ``rotation=270``).
+
+    Args:
+      name: what the axis measures, e.g. ``"axial offset"``.
+      unit: its unit, e.g. :data:`MICROMETRE` or ``"px"``.
+      arrow: end the label in an arrow.
+
+    Returns:
+      The label text.
     """
     return f"{name} ({unit})" + (" →" if arrow else "")
 

@@ -91,7 +91,8 @@ def _check_shape(shape_zyx) -> tuple[int, int, int]:
         raise ValueError(
             f"shape_zyx must be three sizes (z, y, x) of at least 2 pixels each, got {shape_zyx!r}."
         )
-    return shape  # type: ignore[return-value]
+    nz, ny, nx = shape
+    return nz, ny, nx
 
 
 def _gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:

@@ -124,6 +124,13 @@ def _remove(path: Path) -> None:
 def check_new_output(path: str | os.PathLike, *, overwrite: bool) -> Path:
     """Fail early if ``path`` cannot be written or exists (and ``overwrite`` is False).
 
+    Args:
+      path: the output file or folder about to be written.
+      overwrite: whether an existing ``path`` may be replaced.
+
+    Returns:
+      ``path`` as a :class:`~pathlib.Path`, its folder checked.
+
     Raises:
       IsojaxInputError: the folder is missing or not writable, or ``path`` exists and
         ``overwrite`` is False (the message names the ``--overwrite`` option).

@@ -50,6 +50,12 @@ def volume_format(path: str | os.PathLike) -> str:
     A folder, or a path ending in ``.zarr``, is Zarr; ``.tif``, ``.tiff``, ``.btf`` and
     ``.tf8`` are TIFF.
 
+    Args:
+      path: the volume's path (it need not exist).
+
+    Returns:
+      ``"zarr"`` or ``"tiff"``.
+
     Raises:
       IsojaxInputError: the suffix is neither.
     """
@@ -302,6 +308,10 @@ def write_ome_zarr(
 
     Returns:
       The path written.
+
+    Raises:
+      IsojaxInputError: ``array`` is not 3D, or what :func:`isojax.io.check_new_output`
+        refuses (an existing ``path`` without ``overwrite``, a folder that is not writable).
     """
     data = np.asarray(array)
     if data.ndim != 3:

@@ -59,8 +59,11 @@ def resolve_psf(
         to check or resample a PSF file).
       psf: a 2D ``(lateral, axial)`` PSF TIFF (``isojax psf axial``/``theory`` output).
       bead: a 3D bead stack; its voxel size from metadata or ``bead_spacing``.
+      bead_spacing: the bead stack's voxel size ``(dz, dy, dx)`` in micrometres, or None
+        (from its metadata).
       theory: keyword arguments of :func:`isojax.psf.theoretical_axial_psf` except
         ``pixel_size`` (na, wavelength_um, ri, modality, ...).
+      log: where the PSF's summary line and warnings go.
 
     Returns:
       The checked PSF: a float32 ``(lateral, axial)`` kernel summing to 1, at ``pixel_size``
