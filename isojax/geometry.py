@@ -322,7 +322,8 @@ def from_metadata(
     try:
         if subsample is None:
             assert spacing is not None, "refused above"
-            dz, _, dx = (float(v) for v in spacing)
+            voxel = _check_spacing(spacing)  # three positive sizes, square pixels
+            dz, _, dx = voxel
             try:
                 s = check_subsample(dz / dx, name="the anisotropy factor")
             except IsojaxInputError:
@@ -330,8 +331,7 @@ def from_metadata(
                     f"anisotropy factor {dz / dx:g} from the voxel size {dz:g} / {dx:g} um is "
                     "below 1 (z step smaller than the pixel); isojax restores coarse Z stacks: "
                     "check the voxel size or pass --subsample.") from None
-            return StackGeometry(s, _check_spacing(spacing), "metadata", spacing_source, source,
-                                 axes)
+            return StackGeometry(s, voxel, "metadata", spacing_source, source, axes)
         geometry = StackGeometry(check_subsample(subsample),
                                  None if spacing is None else _check_spacing(spacing),
                                  "override", spacing_source, source, axes)
