@@ -127,17 +127,29 @@ def initialize(
 
 
 def process_count() -> int:
-    """Number of processes (hosts) in the job; 1 without :func:`initialize`."""
+    """Number of processes (hosts) in the job; 1 without :func:`initialize`.
+
+    Returns:
+      ``jax.process_count()``.
+    """
     return jax.process_count()
 
 
 def is_main_process() -> bool:
-    """True on process 0, the one that writes logs, metrics and output files."""
+    """True on process 0, the one that writes logs, metrics and output files.
+
+    Returns:
+      Whether this process is process 0.
+    """
     return jax.process_index() == 0
 
 
 def barrier(name: str) -> None:
-    """Wait until every process reaches the barrier ``name`` (no-op on one process)."""
+    """Wait until every process reaches the barrier ``name`` (no-op on one process).
+
+    Args:
+      name: the barrier's name, the same on every process.
+    """
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 

@@ -140,7 +140,7 @@ def check_subsample_against_spacing(subsample: float, spacing: Sequence[float] |
       IsojaxInputError: naming both values and how to choose between them.
     """
     from_meta = subsample_conflict(subsample, spacing)
-    if from_meta is not None:
+    if from_meta is not None and spacing is not None:  # a conflict needs a voxel size
         dz, _, dx = (float(v) for v in spacing)
         raise IsojaxInputError(
             f"the subsample factor {float(subsample):g} contradicts the voxel size "
@@ -233,7 +233,7 @@ class StackGeometry:
     @property
     def how(self) -> str:
         """Where the factor came from, for messages (``"--subsample"``, ``"voxel size ..."``)."""
-        if self.subsample_source == "metadata":
+        if self.subsample_source == "metadata" and self.spacing is not None:  # __post_init__
             dz, _, dx = self.spacing
             return f"voxel size {dz:g} / {dx:g} um ({self.spacing_detail or 'metadata'})"
         return {"override": "--subsample", "model": "the model folder",
@@ -317,10 +317,13 @@ def from_metadata(
     if subsample is None and spacing is None:
         raise _no_voxel_size(name)
     prefix = "" if name is None else f"{name}: "
-    spacing_source = None if spacing is None else "override" if source == "override" else "metadata"
+    spacing_source: Source | None = (
+        None if spacing is None else "override" if source == "override" else "metadata")
     try:
         if subsample is None:
-            dz, _, dx = (float(v) for v in spacing)
+            assert spacing is not None, "refused above"
+            voxel = _check_spacing(spacing)  # three positive sizes, square pixels
+            dz, _, dx = voxel
             try:
                 s = check_subsample(dz / dx, name="the anisotropy factor")
             except IsojaxInputError:
@@ -328,8 +331,10 @@ def from_metadata(
                     f"anisotropy factor {dz / dx:g} from the voxel size {dz:g} / {dx:g} um is "
                     "below 1 (z step smaller than the pixel); isojax restores coarse Z stacks: "
                     "check the voxel size or pass --subsample.") from None
-            return StackGeometry(s, spacing, "metadata", spacing_source, source, axes)
-        geometry = StackGeometry(subsample, spacing, "override", spacing_source, source, axes)
+            return StackGeometry(s, voxel, "metadata", spacing_source, source, axes)
+        geometry = StackGeometry(check_subsample(subsample),
+                                 None if spacing is None else _check_spacing(spacing),
+                                 "override", spacing_source, source, axes)
     except IsojaxInputError as exc:
         raise IsojaxInputError(f"{prefix}{exc}") from None
     if on_conflict == "error":
@@ -392,6 +397,13 @@ def open_stack(
     """Open a stack for streaming (:func:`isojax.io.open_volume`) and build its geometry.
 
     The streamed sibling of :func:`read_stack`: the same checks, the same warnings.
+
+    Args:
+      path: a TIFF or an OME-Zarr (``.zarr``) holding a 3D ``(z, y, x)`` stack.
+      spacing: voxel size ``(dz, dy, dx)`` in micrometres overriding the metadata, or None.
+      subsample: the anisotropy factor, overriding the voxel size's ``dz / dx``, or None.
+      on_conflict: ``"warn"`` or ``"error"`` when ``subsample`` contradicts the voxel size.
+      log: where warnings go, or None.
 
     Returns:
       ``(volume, geometry)``: the opened :class:`~isojax.io.TiffVolume` or

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import ArrayLike
 
 Array = jax.Array
 
@@ -62,7 +64,7 @@ def _psnr(pred, truth, data_range):
     return jnp.where(mse == 0, jnp.inf, 10.0 * jnp.log10(dr * dr / jnp.where(mse == 0, 1, mse)))
 
 
-def psnr(pred: Array, truth: Array, *, data_range: float | Array | None = None) -> Array:
+def psnr(pred: ArrayLike, truth: ArrayLike, *, data_range: ArrayLike | None = None) -> Array:
     """Peak signal-to-noise ratio in decibels, ``10 log10(data_range^2 / MSE)``.
 
     Args:
@@ -90,10 +92,10 @@ def _blur_valid(v: Array, kernel: np.ndarray) -> Array:
     k = len(kernel)
     for axis in range(v.ndim):
         n = v.shape[axis] - k + 1
-        v = sum(
+        v = functools.reduce(operator.add, [
             lax.slice_in_dim(v, i, i + n, axis=axis) * jnp.asarray(w, v.dtype)
             for i, w in enumerate(kernel)
-        )
+        ])
     return v
 
 
@@ -116,10 +118,10 @@ def _ssim(pred, truth, data_range, k1, k2, *, sigma, truncate):
 
 
 def ssim(
-    pred: Array,
-    truth: Array,
+    pred: ArrayLike,
+    truth: ArrayLike,
     *,
-    data_range: float | Array | None = None,
+    data_range: ArrayLike | None = None,
     sigma: float = 1.5,
     truncate: float = 3.5,
     k1: float = 0.01,

@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -42,7 +42,7 @@ def stack_geometry(
     *,
     spacing: Sequence[float] | None = None,
     subsample: float | None = None,
-    on_conflict: str = "warn",
+    on_conflict: Literal["warn", "error"] = "warn",
     log: Log = _stderr,
 ) -> tuple[np.ndarray, tuple[float, float, float] | None, float, str]:
     """Read a 3D stack and work out its anisotropy factor (:func:`isojax.geometry.read_stack`).
@@ -50,6 +50,17 @@ def stack_geometry(
     Kept for scripts: ``(stack, spacing, subsample, how)`` are the array ``(z, y, x)``, the
     fields ``spacing`` and ``subsample`` of its :class:`~isojax.geometry.StackGeometry` and
     where the factor came from (``geometry.how``).
+
+    Args:
+      path: a TIFF or OME-Zarr holding a 3D ``(z, y, x)`` stack.
+      spacing: voxel size ``(dz, dy, dx)`` in micrometres overriding the metadata, or None.
+      subsample: the anisotropy factor overriding the voxel size's ``dz / dx``, or None.
+      on_conflict: ``"warn"`` or ``"error"`` when ``subsample`` contradicts the voxel size.
+      log: where warnings go.
+
+    Returns:
+      ``(stack, spacing, subsample, how)``: the stack as a NumPy array ``(z, y, x)``, the
+      voxel size in micrometres or None, the factor, and where the factor came from.
 
     Raises:
       IsojaxInputError: as :func:`isojax.geometry.read_stack`.
@@ -84,8 +95,8 @@ def train_file(
     batch_size: int = 16,
     patch_size: int = 128,
     learning_rate: float = 4e-4,
-    loss: str = "mae",
-    interpolation: str = "linear",
+    loss: Literal["mae", "mse", "laplace"] = "mae",
+    interpolation: Literal["linear", "cubic"] = "linear",
     photons: float | None = None,
     read_noise: float = 0.0,
     first_filters: int = 32,
@@ -97,10 +108,10 @@ def train_file(
     progress: bool = True,
     log: Log = _stderr,
     calibrate_psf: bool = False,
-    family: str = "gaussian",
+    family: Literal["gaussian", "multi-gaussian", "free"] = "gaussian",
     init_fwhm: float | None = None,
     match_noise: bool = True,
-    compute_dtype: str = "float32",
+    compute_dtype: Literal["float32", "bfloat16"] = "float32",
     log_every: float = 60.0,
 ) -> dict:
     """``isojax train``: train a model folder from a stack and a PSF.
@@ -122,6 +133,52 @@ def train_file(
     ``resume`` continues the folder's training (:func:`isojax.train.train`): a larger
     ``steps`` extends a run, keeping the folder's warm-up length. When stderr is not a
     terminal, a progress line is written every ``log_every`` seconds.
+
+    Args:
+      stack_path: the anisotropic 3D stack ``(z, y, x)``, TIFF or OME-Zarr.
+      model: the model folder to create (or, with ``resume``, continue).
+      psf: a PSF file ``(lateral, axial)`` (TIFF), or None.
+      bead: a bead stack to derive the PSF from, or None.
+      bead_spacing: the bead stack's voxel size ``(dz, dy, dx)`` in micrometres, or None
+        (from its metadata).
+      theory: options of :func:`isojax.psf.theoretical_axial_psf` for a theoretical PSF,
+        or None; exactly one PSF source unless ``calibrate_psf``.
+      subsample: the anisotropy factor, overriding the voxel size, or None.
+      spacing: the stack's voxel size ``(dz, dy, dx)`` in micrometres overriding its
+        metadata, or None.
+      steps: training steps.
+      batch_size: patches per step.
+      patch_size: side of the square training patches in pixels.
+      learning_rate: peak learning rate of the schedule.
+      loss: ``"mae"``, ``"mse"`` or ``"laplace"`` (probabilistic output).
+      interpolation: ``"linear"`` or ``"cubic"`` upsampling of the synthetic inputs.
+      photons: photons per unit intensity of the synthetic noise, or None (estimated with
+        ``match_noise``, else noise-free).
+      read_noise: Gaussian read noise of the synthetic inputs, in normalised intensity.
+      first_filters: filters of the U-Net's first level.
+      depth: levels of the U-Net.
+      seed: the random seed.
+      checkpoint_every: steps between checkpoints.
+      val_every: steps between validation losses.
+      resume: continue the folder's training.
+      progress: show progress.
+      log: where messages go.
+      calibrate_psf: learn the PSF jointly with the network.
+      family: the PSF's parameterisation when calibrating (``"gaussian"``,
+        ``"multi-gaussian"`` or ``"free"``).
+      init_fwhm: initial axial FWHM in micrometres when calibrating without a PSF source,
+        or None.
+      match_noise: estimate the stack's noise and add it to the synthetic inputs.
+      compute_dtype: ``"float32"`` or ``"bfloat16"`` (mixed precision).
+      log_every: seconds between progress lines when stderr is not a terminal.
+
+    Returns:
+      The training summary of :func:`isojax.train.train` (``step``, ``loss``,
+      ``best_val_loss``, ``best_step``, ...).
+
+    Raises:
+      IsojaxInputError: an unusable stack, PSF source or model folder (the message names
+        the fix).
     """
     from isojax.psf.sources import resolve_psf
     from isojax.synth import SynthConfig, check_contrast
@@ -355,7 +412,7 @@ def predict_file(
     output: str | os.PathLike,
     subsample: float | None = None,
     spacing: Sequence[float] | None = None,
-    fuse: str = "mean",
+    fuse: Literal["mean", "geometric", "xz", "yz"] = "mean",
     batch_size: int | None = None,
     tile: int | None = None,
     keep_dtype: bool = False,
@@ -386,6 +443,32 @@ def predict_file(
 
     ``checkpoint`` picks the model folder's checkpoint: ``"best"`` (lowest validation loss,
     the default) or ``"last"`` (the last training step); see :func:`isojax.train.load_model`.
+
+    Args:
+      stack_path: the anisotropic 3D stack ``(z, y, x)``, TIFF or OME-Zarr.
+      model: a model folder written by :func:`train_file`.
+      output: the isotropic volume to write (``.tif`` or ``.zarr``).
+      subsample: the anisotropy factor, overriding the voxel size, or None.
+      spacing: the stack's voxel size ``(dz, dy, dx)`` in micrometres overriding its
+        metadata, or None.
+      fuse: how the XZ and YZ views are fused: ``"mean"``, ``"geometric"``, ``"xz"`` or
+        ``"yz"``.
+      batch_size: slices per network call, or None (from the memory budget).
+      tile: tile size in pixels, or None (from the memory budget).
+      keep_dtype: write the input's dtype instead of float32.
+      memory_budget: bytes the in-memory prediction may use, or None (half the memory).
+      overwrite: replace an existing ``output``.
+      progress: show progress.
+      log: where messages go.
+      checkpoint: ``"best"`` or ``"last"``.
+
+    Returns:
+      The restored array (in memory), or a :class:`isojax.predict_large.LargePrediction`
+      summary (streamed).
+
+    Raises:
+      IsojaxInputError: an unusable stack, model folder or output path, or a memory budget
+        that is not positive.
     """
     from isojax.io import check_outputs, check_writable
     from isojax.model_folder import load_model
@@ -404,7 +487,7 @@ def predict_file(
                   overwrite=overwrite, log=log)
     apply_fn, meta = load_predictor(model, which=checkpoint)
     check_tile_option(tile, meta)
-    options = dict(model=model, fuse=fuse, batch_size=batch_size, tile=tile,
+    options: dict[str, Any] = dict(model=model, fuse=fuse, batch_size=batch_size, tile=tile,
                    keep_dtype=keep_dtype, overwrite=overwrite, progress=progress, log=log)
     if stream_prediction(stack_path, output, float(meta["subsample"]), memory_budget):
         volume, g = geometry.open_stack(stack_path, spacing=spacing, subsample=subsample,
@@ -476,6 +559,19 @@ def demo(
     unless ``overwrite``; then only these files are replaced and any other file in ``out``
     is kept.
 
+    Args:
+      out: the folder to write into.
+      seed: the random seed of the simulation and the training.
+      subsample: the simulated anisotropy factor.
+      shape: the isotropic specimen's shape ``(z, y, x)`` in voxels.
+      steps: training steps.
+      batch_size: patches per training step.
+      patch_size: side of the square training patches in pixels.
+      first_filters: filters of the U-Net's first level.
+      overwrite: replace the demo's own files in a non-empty ``out``.
+      progress: show progress.
+      log: where messages go.
+
     Returns:
       The scores: PSNR and SSIM of linear interpolation and of isojax.
 
@@ -508,7 +604,7 @@ def demo(
     log(
         f"1/4 simulating a {tuple(shape)} isotropic specimen and its acquisition (subsample {subsample:g})"
     )
-    stack, _, acq = simulate_stack(
+    simulated, _, acq = simulate_stack(
         k_spec,
         shape_zyx=tuple(shape),
         subsample=subsample,
@@ -518,7 +614,7 @@ def demo(
         read_noise=0.002,
         pixel_size=pixel,
     )
-    stack = np.asarray(stack) * 1000  # camera-like units
+    stack = np.asarray(simulated) * 1000  # camera-like units
     reference = np.asarray(acq.reference) * 1000
     write_tiff(out / "stack.tif", stack, spacing=acq.spacing)
     write_tiff(out / "truth.tif", reference, spacing=acq.spacing_fine)
@@ -566,14 +662,15 @@ def demo(
     write_tiff(out / "linear.tif", linear, spacing=acq.spacing_fine)
     truth = reference[: pred.shape[0]]
     rng = float(truth.max() - truth.min())
-    scores = {
+    methods = {
         name: {
             "psnr_db": float(psnr(v, truth, data_range=rng)),
             "ssim": float(ssim(v, truth, data_range=rng)),
         }
         for name, v in (("linear", linear), ("isojax", pred))
     }
-    scores["seconds"] = time.perf_counter() - t_start
+    seconds = time.perf_counter() - t_start
+    scores: dict[str, dict[str, float] | float] = {**methods, "seconds": seconds}
     (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
     save_views_png(
         out / "views.png",
@@ -583,8 +680,8 @@ def demo(
     )
     print(f"{'method':<10} {'PSNR (dB)':>10} {'SSIM':>8}")
     for name in ("linear", "isojax"):
-        print(f"{name:<10} {scores[name]['psnr_db']:>10.2f} {scores[name]['ssim']:>8.4f}")
+        print(f"{name:<10} {methods[name]['psnr_db']:>10.2f} {methods[name]['ssim']:>8.4f}")
     print(
-        f"outputs in {out}/ (views.png shows truth, input and restoration); {scores['seconds']:.0f} s"
+        f"outputs in {out}/ (views.png shows truth, input and restoration); {seconds:.0f} s"
     )
     return scores

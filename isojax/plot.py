@@ -60,6 +60,14 @@ def axis_label(name: str, unit: str, *, arrow: bool = False) -> str:
 
     The arrow points the way the coordinate grows when the label is drawn along its axis
     (for a vertical axis whose values grow downwards, draw the label with ``rotation=270``).
+
+    Args:
+      name: what the axis measures, e.g. ``"axial offset"``.
+      unit: its unit, e.g. :data:`MICROMETRE` or ``"px"``.
+      arrow: end the label in an arrow.
+
+    Returns:
+      The label text.
     """
     return f"{name} ({unit})" + (" →" if arrow else "")
 
@@ -430,11 +438,11 @@ def views_figure(
     ref = vols[names[0]]
     lo, hi = _display_range(ref)
     unit = "px" if spacing is None else MICROMETRE
-    spacing = (1.0, 1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing)
-    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+    voxel = (1.0, 1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing)
+    if len(voxel) != 3 or not all(math.isfinite(s) and s > 0 for s in voxel):
         raise IsojaxInputError(f"save_views_png needs a voxel size (dz, dy, dx) of three "
-                               f"positive micrometres, or None, got spacing={spacing}")
-    dz, dy, dx = spacing
+                               f"positive micrometres, or None, got spacing={voxel}")
+    dz, dy, dx = voxel
     nz, ny, nx = ref.shape
     cuts = (nz // 2, ny // 2, nx // 2)
     ncols = min(len(names), 3)
@@ -448,7 +456,7 @@ def views_figure(
     image = None
     for k, name in enumerate(names):
         image = _ortho_block(fig, outer[k // ncols, k % ncols], vols[name], name, cuts=cuts,
-                             spacing=spacing, unit=unit, lo=lo, hi=hi)
+                             spacing=(dz, dy, dx), unit=unit, lo=lo, hi=hi)
     clipped_lo = any(np.any(v < lo) for v in vols.values())  # NaN compares False
     clipped_hi = any(np.any(v > hi) for v in vols.values())
     extend = {(True, True): "both", (True, False): "min", (False, True): "max"}.get(

@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import operator
 from collections.abc import Sequence
 from typing import Literal
 
@@ -90,7 +91,8 @@ def _check_shape(shape_zyx) -> tuple[int, int, int]:
         raise ValueError(
             f"shape_zyx must be three sizes (z, y, x) of at least 2 pixels each, got {shape_zyx!r}."
         )
-    return shape  # type: ignore[return-value]
+    nz, ny, nx = shape
+    return nz, ny, nx
 
 
 def _gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
@@ -115,11 +117,9 @@ def _blur_axis(v: Array, sigma: float, axis: int) -> Array:
     widths = [(0, 0)] * v.ndim
     widths[axis] = (r, r)
     vp = jnp.pad(v, widths, mode="reflect" if n > 1 else "edge")
-    out = None
-    for i, w in enumerate(kernel):
-        term = lax.slice_in_dim(vp, i, i + n, axis=axis) * jnp.asarray(w, v.dtype)
-        out = term if out is None else out + term
-    return out
+    terms = [lax.slice_in_dim(vp, i, i + n, axis=axis) * jnp.asarray(w, v.dtype)
+             for i, w in enumerate(kernel)]
+    return functools.reduce(operator.add, terms)
 
 
 # ----------------------------------------------------------------------------------------

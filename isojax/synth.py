@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import ArrayLike
 
 from isojax.errors import IsojaxInputError
 from isojax.forward import FactoredPSF, add_noise, degrade, measure, upsample
@@ -266,8 +267,8 @@ def normalize_percentile(
 
 
 def denormalize(
-    y: Array, lo: Array | float, hi: Array | float, *, out: np.ndarray | None = None
-) -> Array:
+    y: ArrayLike, lo: Array | float, hi: Array | float, *, out: np.ndarray | None = None
+) -> Array | np.ndarray:
     """Undo :func:`normalize_percentile`: ``y * (hi - lo + EPS) + lo``.
 
     The one implementation of the inverse, used by training's callers and by prediction

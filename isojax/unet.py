@@ -231,7 +231,8 @@ def _conv2d_bwd(
     x, kernel = residuals
     # Input gradient: a forward 'same' conv of g with the flipped, in/out-swapped kernel.
     gx = _conv_same(g, jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
-    gk = conv2d_weight_grad(x, g, kernel_size=kernel.shape[:2])
+    kh, kw = kernel.shape[:2]
+    gk = conv2d_weight_grad(x, g, kernel_size=(kh, kw))
     return gx, gk
 
 

@@ -100,6 +100,15 @@ def test_from_metadata_names_the_file_and_the_fix():
         from_metadata(None, source="none", name="s.zarr")
 
 
+@pytest.mark.parametrize("spacing", [(1.0, 2.0), ("a", 0.1, 0.1), (-0.3, 0.1, 0.1)])
+def test_from_metadata_refuses_a_malformed_voxel_size_as_an_input_error(spacing):
+    # without a factor, a voxel size of the wrong length or with a non-number was unpacked
+    # before it was checked: a bare ValueError, not the one-line input error
+    with pytest.raises(IsojaxInputError, match=r"^s\.tif: the voxel size must be three "
+                       r"positive sizes \(dz, dy, dx\)"):
+        from_metadata(spacing, source="override", name="s.tif")
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("geometry")

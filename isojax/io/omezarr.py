@@ -174,9 +174,11 @@ def ome_zarr_spacing(attributes: dict) -> tuple[str, tuple[float, float, float] 
                     raise IsojaxInputError(f"the OME-Zarr scale must be 3 positive numbers: {t!r}")
                 scale = scale * values
     factors = [unit_to_um(a.get("unit")) if isinstance(a, dict) else None for a in axes]
-    if any(f is None for f in factors):
+    known = [f for f in factors if f is not None]
+    if len(known) != len(factors):
         return str(datasets[0]["path"]), None
-    return str(datasets[0]["path"]), tuple(float(f * v) for f, v in zip(factors, scale, strict=True))
+    dz, dy, dx = (float(f * v) for f, v in zip(known, scale, strict=True))
+    return str(datasets[0]["path"]), (dz, dy, dx)
 
 
 def _zarr_spec(path: Path) -> dict:
@@ -207,7 +209,8 @@ def _zarr_volume(path: Path, spacing) -> ZarrVolume:
         raise IsojaxInputError(
             f"{array_path}: expected a 3D array (z, y, x), got shape {tuple(store.shape)}")
     if spacing is not None:
-        found, source = _positive_spacing(spacing, ndim=3, what="spacing"), "override"
+        dz, dy, dx = _positive_spacing(spacing, ndim=3, what="spacing")
+        found, source = (dz, dy, dx), "override"
     return ZarrVolume(path, store, spacing=found, source=source)
 
 

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from isojax.errors import IsojaxInputError
 
@@ -122,6 +123,13 @@ def _remove(path: Path) -> None:
 
 def check_new_output(path: str | os.PathLike, *, overwrite: bool) -> Path:
     """Fail early if ``path`` cannot be written or exists (and ``overwrite`` is False).
+
+    Args:
+      path: the output file or folder about to be written.
+      overwrite: whether an existing ``path`` may be replaced.
+
+    Returns:
+      ``path`` as a :class:`~pathlib.Path`, its folder checked.
 
     Raises:
       IsojaxInputError: the folder is missing or not writable, or ``path`` exists and
@@ -319,7 +327,7 @@ def remove_stale_partials(path: str | os.PathLike, *, log=None) -> list[Path]:
     except OSError:
         return []
     new, new_tmp, old, old_tmp, replaced = _partial_patterns(path.name)
-    host, removed = _host(), []
+    host, removed = _host(), list[Path]()
     for name in names:
         aside = replaced.fullmatch(name)
         if aside is not None:
@@ -404,7 +412,7 @@ class staged_output:  # lower case: used as a context manager, like open
         self.temp = holder
         return holder
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         if exc_type is not None:
             _remove(self.temp)
             return False

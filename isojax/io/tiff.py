@@ -289,7 +289,14 @@ def read_tiff(
 
 
 def tiff_description(path: str | os.PathLike) -> str | None:
-    """The first page's ImageDescription of a TIFF, or None if it has none or cannot be read."""
+    """The first page's ImageDescription of a TIFF, or None if it has none or cannot be read.
+
+    Args:
+      path: the TIFF file.
+
+    Returns:
+      The description text, or None.
+    """
     try:
         with tifffile.TiffFile(path) as tif:
             description = tif.pages.first.description

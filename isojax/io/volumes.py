@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tifffile
@@ -48,6 +49,12 @@ def volume_format(path: str | os.PathLike) -> str:
 
     A folder, or a path ending in ``.zarr``, is Zarr; ``.tif``, ``.tiff``, ``.btf`` and
     ``.tf8`` are TIFF.
+
+    Args:
+      path: the volume's path (it need not exist).
+
+    Returns:
+      ``"zarr"`` or ``"tiff"``.
 
     Raises:
       IsojaxInputError: the suffix is neither.
@@ -96,7 +103,7 @@ class TiffVolume:
         for z0 in range(zs.start, zs.stop, per):
             yield z0, min(zs.stop, z0 + per), z0 - zs.start
 
-    def _map(self, z0: int, z1: int, mode: str) -> np.memmap:
+    def _map(self, z0: int, z1: int, mode: Literal["r", "r+"]) -> np.memmap:
         return np.memmap(self.path, dtype=self._stored, mode=mode,
                          offset=self.offset + z0 * self._plane,
                          shape=(z1 - z0, *self.shape[1:]))
@@ -301,6 +308,10 @@ def write_ome_zarr(
 
     Returns:
       The path written.
+
+    Raises:
+      IsojaxInputError: ``array`` is not 3D, or what :func:`isojax.io.check_new_output`
+        refuses (an existing ``path`` without ``overwrite``, a folder that is not writable).
     """
     data = np.asarray(array)
     if data.ndim != 3:

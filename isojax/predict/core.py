@@ -116,8 +116,8 @@ def _check_tile(tile, multiple: int) -> tuple[int, int] | None:
         raise ValueError(
             f"tile must be an int or a pair (lateral, axial) of pixel sizes, got {tile!r}."
         )
-    sizes = tuple(_positive_int("each tile size", t) for t in pair)
-    return tuple(-(-t // multiple) * multiple for t in sizes)
+    lateral, axial = (_positive_int("each tile size", t) for t in pair)
+    return -(-lateral // multiple) * multiple, -(-axial // multiple) * multiple
 
 
 def _check_normalization(normalization) -> tuple[float, float] | None:

@@ -371,9 +371,9 @@ def _write_slabs(
                 t = lines[axis]
                 for a0 in range(0, n_lines, t):
                     a1 = min(n_lines, a0 + t)
-                    index = [slice(None)] * 3
-                    index[axis] = slice(a0, a1)
-                    index = tuple(index)
+                    slices = [slice(None)] * 3
+                    slices[axis] = slice(a0, a1)
+                    index = tuple(slices)
                     up = load(index)
                     if v == 0:
                         result = np.empty_like(up)
@@ -494,7 +494,7 @@ def predict_large(
     overlap = _positive_int("overlap", overlap, minimum=0)
     if batch_size is not None:
         batch_size = _positive_int("batch_size", batch_size)
-    tile = _check_tile(tile, multiple)
+    checked_tile = _check_tile(tile, multiple)
     percentiles = _check_normalization(normalization)
     output_dtype = np.dtype(output_dtype)
     if not (np.issubdtype(output_dtype, np.floating) or np.issubdtype(output_dtype, np.integer)):
@@ -518,9 +518,9 @@ def predict_large(
     # predict_stack (one XLA call of the U-Net keeps only ~1.2 of 2 cores busy); they share
     # the activation quarter of the budget, which also sets the tiles when none are given.
     in_flight = _in_flight() if n_dev == 1 else 1
-    tile = _auto_tile(out_shape, views, tile, budget=memory_budget // 4 // in_flight,
-                      bytes_per_pixel=bytes_per_pixel, margin=overlap // 2, multiple=multiple)
-    geometries = {a: _geometry(out_shape, a, tile, overlap // 2, multiple) for a in views}
+    tiles = _auto_tile(out_shape, views, checked_tile, budget=memory_budget // 4 // in_flight,
+                       bytes_per_pixel=bytes_per_pixel, margin=overlap // 2, multiple=multiple)
+    geometries = {a: _geometry(out_shape, a, tiles, overlap // 2, multiple) for a in views}
     if batch_size is None:
         th, tw = max(
             geometries.values(), key=lambda g: g.tile_shape[0] * g.tile_shape[1]
@@ -573,5 +573,5 @@ def predict_large(
         percentiles=None if percentiles is None else (lo, hi),
         slab_lines=(lines.get(1, 0), lines.get(2, 0)),
         n_devices=n_dev,
-        tile=tile,
+        tile=tiles,
     )

@@ -68,7 +68,8 @@ from isojax.synth import check_contrast, denormalize
 __all__ = ["predict_stack"]
 
 
-def _upsample_on_host(x: np.ndarray, s: float, interpolation: str, budget: int) -> np.ndarray:
+def _upsample_on_host(x: np.ndarray, s: float, interpolation: Interpolation,
+                      budget: int) -> np.ndarray:
     """:func:`upsample_z` in chunks along y, so that each chunk fits ``budget`` bytes."""
     n_z, n_y, n_x = x.shape
     n_up = upsampled_length(n_z, s)
@@ -187,7 +188,7 @@ def predict_stack(
     memory_budget = _positive_int("memory_budget", memory_budget)
     bytes_per_pixel = _positive_int("bytes_per_pixel", bytes_per_pixel)
     overlap = _positive_int("overlap", overlap, minimum=0)
-    tile = _check_tile(tile, multiple)
+    checked_tile = _check_tile(tile, multiple)
     percentiles = _check_normalization(normalization)
 
     x = np.asarray(stack)
@@ -218,9 +219,9 @@ def predict_stack(
 
     views = {"xz": [1], "yz": [2]}.get(fuse, [1, 2])  # batch axis: 1 = y (XZ), 2 = x (YZ)
     in_flight = _in_flight()
-    tile = _auto_tile(vol.shape, views, tile, budget=memory_budget // in_flight,
-                      bytes_per_pixel=bytes_per_pixel, margin=overlap // 2, multiple=multiple)
-    geometries = {a: _geometry(vol.shape, a, tile, overlap // 2, multiple) for a in views}
+    tiles = _auto_tile(vol.shape, views, checked_tile, budget=memory_budget // in_flight,
+                       bytes_per_pixel=bytes_per_pixel, margin=overlap // 2, multiple=multiple)
+    geometries = {a: _geometry(vol.shape, a, tiles, overlap // 2, multiple) for a in views}
     total = sum(vol.shape[a] * len(geometries[a].tiles) for a in views)
     done = 0
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 from scipy.signal import fftconvolve
 
@@ -32,7 +33,7 @@ __all__ = ["axial_psf", "process_bead", "resample_psf"]
 
 
 def _refine_centre(
-    values: np.ndarray, start: Sequence[float], half: Sequence[int], *,
+    values: np.ndarray, start: npt.ArrayLike, half: np.ndarray, *,
     threshold: float = 0.0, max_iter: int = 30, tol: float = 1e-4,
 ) -> np.ndarray:
     """Iterated intensity-weighted centroid in a box of half-sizes ``half`` (voxels).

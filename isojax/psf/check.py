@@ -329,6 +329,7 @@ class AxialPSF:
         """
         dense = np.asarray(psf.dense()) if isinstance(psf, FactoredPSF) else psf
         fixed, report = check_psf(dense, pixel_size=pixel_size, image_pixel_size=image_pixel_size)
+        kernel: np.ndarray | FactoredPSF
         if isinstance(psf, FactoredPSF) and not report.fixes:
             kernel = FactoredPSF(np.asarray(psf.lateral, np.float32),
                                  np.asarray(psf.axial, np.float32))

@@ -73,7 +73,8 @@ def _spacing3(spacing: Sequence[float], name: str = "spacing") -> tuple[float, f
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
         raise IsojaxInputError(
             f"{name} must be three positive micrometre values (dz, dy, dx), got {spacing!r}")
-    return values  # type: ignore[return-value]
+    dz, dy, dx = values
+    return dz, dy, dx
 
 
 def _concrete_float(value) -> float | None:

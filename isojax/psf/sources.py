@@ -59,8 +59,11 @@ def resolve_psf(
         to check or resample a PSF file).
       psf: a 2D ``(lateral, axial)`` PSF TIFF (``isojax psf axial``/``theory`` output).
       bead: a 3D bead stack; its voxel size from metadata or ``bead_spacing``.
+      bead_spacing: the bead stack's voxel size ``(dz, dy, dx)`` in micrometres, or None
+        (from its metadata).
       theory: keyword arguments of :func:`isojax.psf.theoretical_axial_psf` except
         ``pixel_size`` (na, wavelength_um, ri, modality, ...).
+      log: where the PSF's summary line and warnings go.
 
     Returns:
       The checked PSF: a float32 ``(lateral, axial)`` kernel summing to 1, at ``pixel_size``
@@ -80,11 +83,13 @@ def resolve_psf(
         else:
             if pixel_size is None:
                 raise IsojaxInputError("a theoretical PSF needs the image's pixel size.")
+            assert theory is not None, "_check_one_source: exactly one source is given"
             p, _info = theoretical_axial_psf(pixel_size=pixel_size, **theory)
             shown = ", ".join(f"{key} {theory[key]}" for key in _THEORY_OPTIONS
                               if theory.get(key) is not None)
             out = AxialPSF.checked(p, pixel_size=pixel_size, provenance=f"theory ({shown})")
     log_warnings(log, caught)
+    assert out.report is not None, "AxialPSF.checked always reports"
     log(f"axial PSF: shape {out.shape} (lateral, axial), FWHM axial "
         f"{out.report.fwhm_px[1]:.3g} px")
     return out
