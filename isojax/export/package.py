@@ -32,6 +32,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -293,7 +294,7 @@ def export_model(
                        "weights": "weights.onnx", "input": "input", "outputs": outputs}
         (work / "isojax.json").write_text(json.dumps({**meta, "export": export_info}, indent=2))
         (work / "README.md").write_text(docs.documentation(meta, net, tile_sizes(net), outputs, psf))
-        files = {"documentation": "README.md", "cover": "cover.png", "isojax": "isojax.json",
+        files: dict[str, Any] = {"documentation": "README.md", "cover": "cover.png", "isojax": "isojax.json",
                  "psf": "psf.tif", "test_input": "test_input.npy", "weights": "weights.onnx",
                  "opset": int(_opset(work / "weights.onnx"))}
         files.update({f"test_{o}": f"test_output_{o}.npy" for o in outputs})
@@ -310,7 +311,7 @@ def export_model(
 
 def _yaml(content: dict) -> str:
     """``content`` as YAML, without anchors and aliases (each size written out)."""
-    yaml = require("yaml", "isojax export")
+    yaml: Any = require("yaml", "isojax export")  # a module object: Any for the type checker
 
     class Dumper(yaml.SafeDumper):
         def ignore_aliases(self, data):
