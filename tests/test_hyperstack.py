@@ -53,18 +53,25 @@ def files(tmp_path_factory):
         metadata={"axes": "TZCYX", "spacing": 0.3, "unit": "micron", "finterval": 2.5,
                   "Labels": [n for _ in range(N_T) for _ in range(N_Z) for n in ("GFP", "RFP")]})
     write_tiff(d / "stack.tif", data[0, 0], spacing=SPACING, dtype=np.uint16)
+    return d
+
+
+@pytest.fixture(scope="module")
+def model(files):
+    """A tiny model folder (2 steps): the network is arbitrary, the prediction real."""
+    d = files
     assert main(["psf", "theory", "--na", "0.8", "--wavelength", "0.5", "--ri", "1.33",
                  "--modality", "widefield", "--pixel-size", "0.1", "-o", str(d / "psf.tif")]) == 0
     assert main(["train", str(d / "stack.tif"), "--psf", str(d / "psf.tif"), "--model",
                  str(d / "model"), "--steps", "2", "--batch-size", "2", "--patch-size", "16",
                  "--first-filters", "4", "--checkpoint-every", "2", "--quiet"]) == 0
-    return d
+    return d / "model"
 
 
-def _network(files):
+def _network(model):
     from isojax.train import load_model
 
-    apply_fn, meta = load_model(files / "model")
+    apply_fn, meta = load_model(model)
     norm = meta["normalization"]
     return lambda v: predict_stack(v.astype(np.float32), apply_fn, subsample=3.0,
                                    overlap=96, multiple=4,
@@ -117,7 +124,7 @@ def test_ome_zarr_with_t_and_c_axes(tmp_path):
 def test_unnamed_axes_need_axes_and_axes_must_match(tmp_path):
     data = _series()[:, 0]  # (t, z, y, x), no names in a plain TIFF
     tifffile.imwrite(tmp_path / "plain.tif", data)
-    with pytest.raises(IsojaxInputError, match="pass --axes .* e.g. --axes CZYX"):
+    with pytest.raises(IsojaxInputError, match=r"pass --axes .* e\.g\. --axes CZYX"):
         open_hyperstack(tmp_path / "plain.tif")
     hyper = open_hyperstack(tmp_path / "plain.tif", axes="tzyx")
     assert hyper.shape == (N_T, 1, N_Z, 32, 32)
@@ -164,27 +171,28 @@ def test_channels_selection():
 # Prediction
 
 
-def test_predict_to_a_tzcyx_imagej_hyperstack(files, tmp_path, capsys):
+def test_predict_to_a_tzcyx_imagej_hyperstack(files, model, tmp_path, capsys):
     out = tmp_path / "iso.tif"
-    assert main(["predict", str(files / "ij.tif"), "--model", str(files / "model"), "-o",
+    assert main(["predict", str(files / "ij.tif"), "--model", str(model), "-o",
                  str(out), "--quiet"]) == 0
     err = capsys.readouterr().err
     assert err.count("one PSF; it restores all 2 channels") == 1
     with tifffile.TiffFile(out) as tif:
-        assert tif.is_imagej and tif.series[0].axes == "TZCYX"
+        assert tif.is_imagej
+        assert tif.series[0].axes == "TZCYX"
         assert tif.series[0].shape == (N_T, Z_UP, N_C, 32, 32)
     hyper = open_hyperstack(out)
     np.testing.assert_allclose(hyper.spacing, (0.1, 0.1, 0.1))
     assert hyper.time_interval == pytest.approx(2.5)
     assert hyper.channel_names == ("GFP", "RFP")
-    restore, data = _network(files), _series()
+    restore, data = _network(model), _series()
     for t, c in ((0, 0), (2, 1)):
         np.testing.assert_allclose(hyper.read(t, c), restore(data[t, c]), rtol=1e-5, atol=1e-3)
 
 
-def test_predict_a_selection_to_ome_zarr(files, tmp_path):
+def test_predict_a_selection_to_ome_zarr(files, model, tmp_path):
     out = tmp_path / "iso.zarr"
-    result = predict_file(files / "ij.tif", model=files / "model", output=out,
+    result = predict_file(files / "ij.tif", model=model, output=out,
                           channels="1", timepoints="0:3:2", progress=False, log=lambda m: None)
     assert result.shape == (2, 1, Z_UP, 32, 32)
     hyper = open_hyperstack(out)
@@ -193,11 +201,11 @@ def test_predict_a_selection_to_ome_zarr(files, tmp_path):
     assert hyper.time_interval == pytest.approx(5.0)  # every second time point
     assert hyper.channel_names == ("RFP",)
     assert not (out / "isojax-done").exists()
-    np.testing.assert_allclose(hyper.read(1, 0), _network(files)(_series()[2, 1]),
+    np.testing.assert_allclose(hyper.read(1, 0), _network(model)(_series()[2, 1]),
                                rtol=1e-5, atol=1e-3)
 
 
-def test_each_time_point_is_normalised_on_its_own(files, tmp_path):
+def test_each_time_point_is_normalised_on_its_own(files, model, tmp_path):
     # t2 is t0 bleached to 20%: restored at its own intensity, i.e. exactly 0.2 x t0's result
     data = _series(np.float32)
     data[2] = 0.2 * data[0]
@@ -205,7 +213,7 @@ def test_each_time_point_is_normalised_on_its_own(files, tmp_path):
                      resolution=(10.0, 10.0),
                      metadata={"axes": "TZCYX", "spacing": 0.3, "unit": "micron"})
     out = tmp_path / "bleach.zarr"
-    predict_file(tmp_path / "bleach.tif", model=files / "model", output=out, progress=False,
+    predict_file(tmp_path / "bleach.tif", model=model, output=out, progress=False,
                  log=lambda m: None)
     array, _ = read_hyperstack(out)
     for c in range(N_C):
@@ -221,25 +229,33 @@ sys.exit(main(["predict", sys.argv[1], "--model", sys.argv[2], "-o", sys.argv[3]
 """
 
 
-def test_a_killed_zarr_prediction_resumes_without_recomputing(files, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_zarr_prediction_resumes_without_recomputing(files, model, tmp_path, sig):
+    # SIGKILL: no cleanup at all (an out-of-memory kill); SIGTERM: a batch job's time limit,
+    # which isojax answers by keeping the finished time points and saying how to go on
     data = np.concatenate([_series()] * 3)[:, :1]  # 9 time points, one channel
     tifffile.imwrite(tmp_path / "long.tif", data.transpose(0, 2, 1, 3, 4), imagej=True,
                      resolution=(10.0, 10.0),
                      metadata={"axes": "TZCYX", "spacing": 0.3, "unit": "micron"})
     out = tmp_path / "long.zarr"
     proc = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(tmp_path / "long.tif"),
-                             str(files / "model"), str(out)],
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+                             str(model), str(out)],
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+                            stderr=subprocess.PIPE, text=True)
     deadline, partial = time.time() + 120, None
     while time.time() < deadline and proc.poll() is None:
         found = [p for p in tmp_path.glob("long.zarr.partial-*") if (p / "isojax-done").is_dir()
                  and any((p / "isojax-done").iterdir())]
         if found:
-            proc.send_signal(signal.SIGKILL)  # no cleanup: what an out-of-memory kill does
+            proc.send_signal(sig)
             partial = found[0]
             break
         time.sleep(0.005)
-    proc.wait()
+    err = proc.communicate()[1]
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143
+        assert "isojax: interrupted (SIGTERM)" in err
+        assert "run the same command with --resume to continue" in err
     assert partial is not None, "the run ended before its first time point was marked done"
     assert not out.exists()
     done = sorted(int(p.name[1:]) for p in (partial / "isojax-done").iterdir())
@@ -250,20 +266,21 @@ def test_a_killed_zarr_prediction_resumes_without_recomputing(files, tmp_path):
     store = HyperstackZarr.open(partial)
     store.write(done[0], 0, np.full((Z_UP, 32, 32), -7.0, np.float32))
     lines = []
-    result = predict_file(tmp_path / "long.tif", model=files / "model", output=out,
+    result = predict_file(tmp_path / "long.tif", model=model, output=out,
                           resume=True, progress=False, log=lines.append)
     assert result.resumed == tuple(done)
     assert any("--resume: continuing" in line for line in lines)
     array, _ = read_hyperstack(out)
     assert np.all(array[done[0]] == -7.0)
-    np.testing.assert_allclose(array[8, 0], _network(files)(data[8, 0]), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(array[8, 0], _network(model)(data[8, 0]), rtol=1e-5, atol=1e-3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.tif", "long.zarr"]
 
 
 def _one_line_error(argv, capsys, match):
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("isojax: error:"), err
+    assert len(err) == 1, err
+    assert err[0].startswith("isojax: error:"), err
     assert match in err[0], err[0]
 
 
@@ -272,26 +289,26 @@ def _one_line_error(argv, capsys, match):
     (["--channels", "2"], "channel 2 is out of range; the stack has 2 channels"),
     (["--timepoints", "0:5"], "5 is out of range; the stack has 3 time points"),
     (["--resume"], "--resume continues an OME-Zarr output")])
-def test_bad_input_gives_one_line_and_writes_nothing(files, tmp_path, capsys, extra, match):
+def test_bad_input_gives_one_line_and_writes_nothing(files, model, tmp_path, capsys, extra, match):
     out = tmp_path / "out.tif"
-    _one_line_error(["predict", str(files / "ij.tif"), "--model", str(files / "model"), "-o",
+    _one_line_error(["predict", str(files / "ij.tif"), "--model", str(model), "-o",
                      str(out), "--quiet", *extra], capsys, match)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_time_points_of_different_shapes_are_refused(files, tmp_path, capsys):
+def test_time_points_of_different_shapes_are_refused(files, model, tmp_path, capsys):
     data = _series()[:, :, :, :, :]
     with tifffile.TiffWriter(tmp_path / "ragged.tif") as tif:
         tif.write(data[0], metadata={"axes": "CZYX"})
         tif.write(data[1, :, :, :30], metadata={"axes": "CZYX"})
     out = tmp_path / "out.zarr"
-    _one_line_error(["predict", str(tmp_path / "ragged.tif"), "--model", str(files / "model"),
+    _one_line_error(["predict", str(tmp_path / "ragged.tif"), "--model", str(model),
                      "-o", str(out)], capsys, "every time point must have the same shape")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ragged.tif"]
 
 
-def test_selection_flags_on_a_3d_stack_are_refused(files, tmp_path, capsys):
-    _one_line_error(["predict", str(files / "stack.tif"), "--model", str(files / "model"),
+def test_selection_flags_on_a_3d_stack_are_refused(files, model, tmp_path, capsys):
+    _one_line_error(["predict", str(files / "stack.tif"), "--model", str(model),
                      "-o", str(tmp_path / "o.tif"), "--timepoints", "0"], capsys,
                     "--timepoints is for stacks with a time or channel axis")
     assert list(tmp_path.iterdir()) == []
