@@ -105,6 +105,11 @@ def test_ome_tiff_axes_physical_sizes_time_increment_and_channels(tmp_path):
     assert hyper.time_interval == pytest.approx(1.5)
     assert hyper.channel_names == ("dapi", "actin")
     np.testing.assert_array_equal(array, data)
+    # compressed: read page by page instead of through a memory map
+    tifffile.imwrite(tmp_path / "z.ome.tif", data, ome=True, compression="zlib",
+                     metadata={"axes": "TCZYX"})
+    hyper = open_hyperstack(tmp_path / "z.ome.tif")
+    np.testing.assert_array_equal(hyper.read(2, 1), data[2, 1])
 
 
 def test_ome_zarr_with_t_and_c_axes(tmp_path):
