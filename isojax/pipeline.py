@@ -419,7 +419,7 @@ def predict_file(
             checkpoint=checkpoint)
     for flag, value in (("--channels", channels), ("--timepoints", timepoints),
                         ("--resume", resume or None)):
-        if value is not None:
+        if value is not None and os.path.exists(stack_path):
             raise IsojaxInputError(
                 f"{stack_path}: {flag} is for stacks with a time or channel axis, and this one "
                 "has neither; if it has one, name its axes with --axes (e.g. --axes TZYX)")
