@@ -10,7 +10,8 @@ works for every name they define:
 * :mod:`isojax.io.volumes`: volumes larger than memory, read and written by regions
   (:func:`open_volume`, :func:`create_volume`), and whole OME-Zarr images;
 * :mod:`isojax.io.hyperstack`: time-lapses with channels (ImageJ hyperstacks, OME-TIFF,
-  OME-Zarr ``t c z y x``) read one volume at a time, and written;
+  OME-Zarr ``t c z y x``) read one volume at a time; :mod:`isojax.io.hyperstack_write`:
+  written as a ``TZCYX`` ImageJ TIFF or a ``t c z y x`` OME-Zarr;
 * :mod:`isojax.io.outputs`: the one output rule (:func:`check_outputs`), atomic and staged
   writes, stale partials.
 
@@ -22,14 +23,16 @@ from isojax.errors import IsojaxInputError
 from isojax.io.hyperstack import (
     HYPERSTACK_AXES,
     Hyperstack,
-    HyperstackZarr,
-    create_hyperstack_zarr,
     hyperstack_axes,
     open_hyperstack,
     parse_channels,
     parse_timepoints,
     read_hyperstack,
     unit_to_seconds,
+)
+from isojax.io.hyperstack_write import (
+    HyperstackZarr,
+    create_hyperstack_zarr,
     write_hyperstack_tiff,
 )
 from isojax.io.omezarr import NGFF_VERSION, ZarrVolume, ome_zarr_attributes, ome_zarr_spacing

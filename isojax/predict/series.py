@@ -224,8 +224,14 @@ def _series_geometry(hyper: Hyperstack, stack_path, subsample, log) -> StackGeom
                          name=stack_path, axes="TCZYX", log=log)
 
 
-def _check_memory(hyper, out_shape, n_channels: int, fmt: str, dtype, budget, stack_path):
-    """Refuse a time point that does not fit the memory budget (they are restored in memory)."""
+def _check_output(hyper, out_shape, n_channels: int, fmt: str, dtype, budget, stack_path,
+                  output):
+    """Refuse a type ImageJ cannot hold in a TIFF output, and a time point that does not
+    fit the memory budget (time points are restored in memory)."""
+    if fmt == "tiff" and dtype not in _IMAGEJ_DTYPES:
+        raise IsojaxInputError(
+            f"{output}: ImageJ TIFFs cannot hold {dtype}; drop --keep-dtype or write an "
+            "OME-Zarr (.zarr)")
     n_in = math.prod(hyper.shape[2:])
     n_out = math.prod(out_shape)
     need = n_in * (hyper.dtype.itemsize + 4) + 2 * 4 * n_out
@@ -238,6 +244,15 @@ def _check_memory(hyper, out_shape, n_channels: int, fmt: str, dtype, budget, st
             f"than the budget of {limit / 1e9:.3g} GB; time-lapses are restored one time point "
             "at a time in memory: raise --memory-budget, write an OME-Zarr (.zarr), or select "
             "fewer channels with --channels")
+
+
+def _log_start(log: Log, stack_path, hyper: Hyperstack, ts, cs, g: StackGeometry) -> None:
+    if len(cs) > 1:
+        log(f"warning: the model has one PSF; it restores all {len(cs)} channels as if they "
+            "shared it (per-channel PSFs are not supported yet)")
+    log(f"stack {stack_path}: {len(ts)} of {hyper.n_timepoints} time points, channels "
+        f"{', '.join(map(str, cs))} of {hyper.n_channels}, volumes {hyper.shape[2:]}, "
+        f"subsample {g.subsample:.4g} from {g.how}")
 
 
 def predict_series_file(
@@ -302,12 +317,8 @@ def predict_series_file(
     g = _series_geometry(hyper, stack_path, subsample, log)
     check_new_output(output, overwrite=overwrite)
     dtype = hyper.dtype if keep_dtype else np.dtype(np.float32)
-    if fmt == "tiff" and dtype not in _IMAGEJ_DTYPES:
-        raise IsojaxInputError(
-            f"{output}: ImageJ TIFFs cannot hold {dtype}; drop --keep-dtype or write an "
-            "OME-Zarr (.zarr)")
     out_shape = (upsampled_length(hyper.shape[2], g.subsample), *hyper.shape[3:])
-    _check_memory(hyper, out_shape, len(cs), fmt, dtype, memory_budget, stack_path)
+    _check_output(hyper, out_shape, len(cs), fmt, dtype, memory_budget, stack_path, output)
     identity = {"input": str(Path(stack_path).resolve()), "model": str(Path(model).resolve()),
                 "checkpoint": checkpoint, "axes": hyper.file_axes, "timepoints": list(ts),
                 "channels": list(cs), "shape": [len(ts), len(cs), *out_shape],
@@ -319,12 +330,7 @@ def predict_series_file(
     apply_fn, meta = load_model(model, which=checkpoint)
     check_tile_option(tile, meta)
     _check_model_subsample(g.subsample, meta, model, g.how, log)
-    if len(cs) > 1:
-        log(f"warning: the model has one PSF; it restores all {len(cs)} channels as if they "
-            "shared it (per-channel PSFs are not supported yet)")
-    log(f"stack {stack_path}: {len(ts)} of {hyper.n_timepoints} time points, channels "
-        f"{', '.join(map(str, cs))} of {hyper.n_channels}, volumes {hyper.shape[2:]}, "
-        f"subsample {g.subsample:.4g} from {g.how}")
+    _log_start(log, stack_path, hyper, ts, cs, g)
     norm = meta["normalization"]
     settings = dict(subsample=g.subsample, interpolation=meta["interpolation"], fuse=fuse,
                     batch_size=batch_size, tile=tile, overlap=_tile_overlap(meta),
