@@ -20,6 +20,7 @@ from isojax.io import (
     parse_channels,
     parse_timepoints,
     read_hyperstack,
+    write_hyperstack_tiff,
     write_tiff,
 )
 from isojax.pipeline import predict_file
@@ -124,6 +125,22 @@ def test_ome_zarr_with_t_and_c_axes(tmp_path):
     np.testing.assert_allclose(hyper.spacing, SPACING)
     assert (hyper.time_interval, hyper.channel_names) == (4.0, ("a", "b"))
     np.testing.assert_array_equal(array, data[::2, 1:])
+
+
+@pytest.mark.parametrize("bigtiff", [False, True])
+def test_written_hyperstack_tiff_reads_back_one_time_point_at_a_time(tmp_path, bigtiff):
+    data = _series(np.float32)
+    path = write_hyperstack_tiff(tmp_path / "h.tif", iter(data), shape=data.shape,
+                                 dtype=np.float32, spacing=SPACING, time_interval=3.0,
+                                 channel_names=("a", "b"), bigtiff=bigtiff)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_bigtiff == bigtiff
+        assert tif.is_imagej
+    array, hyper = read_hyperstack(path)
+    assert (hyper.file_axes, hyper.time_interval, hyper.channel_names) == ("TZCYX", 3.0,
+                                                                           ("a", "b"))
+    np.testing.assert_allclose(hyper.spacing, SPACING)
+    np.testing.assert_array_equal(array, data)
 
 
 def test_unnamed_axes_need_axes_and_axes_must_match(tmp_path):
