@@ -382,6 +382,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         checkpoint=args.checkpoint,
+        axes=args.axes, channels=args.channels, timepoints=args.timepoints, resume=args.resume,
     )
     return EXIT_OK
 
@@ -567,6 +568,13 @@ def _add_predict_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output (TIFF, BigTIFF or OME-Zarr), once the new "
                    "one is complete; never the input stack or the model folder")
+    p.add_argument("--axes", metavar="TZCYX", help="the stack's axes, one letter per axis from "
+                   "T, C, Z, Y, X, for files that do not name them (default: from the metadata)")
+    p.add_argument("--channels", metavar="0,2", help="channels to restore (default: all)")
+    p.add_argument("--timepoints", metavar="START:STOP[:STEP]",
+                   help="time points to restore, Python slice syntax (default: all)")
+    p.add_argument("--resume", action="store_true", help="continue a killed time-lapse "
+                   "prediction into OME-Zarr from its first unfinished time point")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
 

@@ -421,6 +421,10 @@ def predict_file(
     progress: bool = True,
     log: Log = _stderr,
     checkpoint: Literal["best", "last"] = "best",
+    axes: str | None = None,
+    channels: str | None = None,
+    timepoints: str | None = None,
+    resume: bool = False,
 ):
     """``isojax predict``: restore a stack with a trained model and write an isotropic volume.
 
@@ -444,6 +448,13 @@ def predict_file(
     ``checkpoint`` picks the model folder's checkpoint: ``"best"`` (lowest validation loss,
     the default) or ``"last"`` (the last training step); see :func:`isojax.train.load_model`.
 
+    A stack with a time or channel axis (an ImageJ hyperstack, OME-TIFF or OME-Zarr ``t c z
+    y x``; ``axes`` names the axes of a file that does not) is restored time point by time
+    point and channel by channel into a ``TZCYX`` TIFF or a ``t c z y x`` OME-Zarr, and a
+    :class:`isojax.predict.series.SeriesPrediction` is returned: see
+    :func:`isojax.predict.series.predict_series_file` for ``channels``, ``timepoints``
+    and ``resume``.
+
     Args:
       stack_path: the anisotropic 3D stack ``(z, y, x)``, TIFF or OME-Zarr.
       model: a model folder written by :func:`train_file`.
@@ -461,17 +472,22 @@ def predict_file(
       progress: show progress.
       log: where messages go.
       checkpoint: ``"best"`` or ``"last"``.
+      axes: the axes of a file that does not name them (e.g. ``"TZCYX"``), or None.
+      channels: the channels to restore (``"0,2"``), or None (all); hyperstacks only.
+      timepoints: the time points to restore (slice syntax, ``"0:100"``), or None (all);
+        hyperstacks only.
+      resume: continue a killed hyperstack prediction into OME-Zarr from its partial output.
 
     Returns:
-      The restored array (in memory), or a :class:`isojax.predict_large.LargePrediction`
-      summary (streamed).
+      The restored array (in memory), a :class:`isojax.predict_large.LargePrediction`
+      summary (streamed), or a :class:`isojax.predict.series.SeriesPrediction` (a
+      hyperstack).
 
     Raises:
       IsojaxInputError: an unusable stack, model folder or output path, or a memory budget
         that is not positive.
     """
     from isojax.io import check_outputs, check_writable
-    from isojax.model_folder import load_model
     from isojax.predict.files import (
         check_tile_option,
         load_predictor,
@@ -479,9 +495,23 @@ def predict_file(
         predict_volume_file,
         stream_prediction,
     )
+    from isojax.predict.series import is_series, predict_series_file
 
     if memory_budget is not None and memory_budget < 1:
         raise IsojaxInputError(f"the memory budget must be positive, got {memory_budget} bytes")
+    if is_series(stack_path, axes=axes):
+        return predict_series_file(
+            stack_path, model=model, output=output, subsample=subsample, spacing=spacing,
+            axes=axes, channels=channels, timepoints=timepoints, resume=resume, fuse=fuse,
+            batch_size=batch_size, tile=tile, keep_dtype=keep_dtype,
+            memory_budget=memory_budget, overwrite=overwrite, progress=progress, log=log,
+            checkpoint=checkpoint)
+    for flag, value in (("--channels", channels), ("--timepoints", timepoints),
+                        ("--resume", resume or None)):
+        if value is not None and os.path.exists(stack_path):
+            raise IsojaxInputError(
+                f"{stack_path}: {flag} is for stacks with a time or channel axis, and this one "
+                "has neither; if it has one, name its axes with --axes (e.g. --axes TZYX)")
     output = Path(output)
     check_outputs([output], inputs={"stack": stack_path, "model folder": model},
                   overwrite=overwrite, log=log)

@@ -9,6 +9,9 @@ works for every name they define:
 * :mod:`isojax.io.omezarr`: OME-Zarr 0.5 metadata and Zarr v3 volumes (tensorstore);
 * :mod:`isojax.io.volumes`: volumes larger than memory, read and written by regions
   (:func:`open_volume`, :func:`create_volume`), and whole OME-Zarr images;
+* :mod:`isojax.io.hyperstack`: time-lapses with channels (ImageJ hyperstacks, OME-TIFF,
+  OME-Zarr ``t c z y x``) read one volume at a time; :mod:`isojax.io.hyperstack_write`:
+  written as a ``TZCYX`` ImageJ TIFF or a ``t c z y x`` OME-Zarr;
 * :mod:`isojax.io.outputs`: the one output rule (:func:`check_outputs`), atomic and staged
   writes, stale partials.
 
@@ -17,6 +20,21 @@ only once it is complete, so a failed write leaves nothing behind.
 """
 
 from isojax.errors import IsojaxInputError
+from isojax.io.hyperstack import (
+    HYPERSTACK_AXES,
+    Hyperstack,
+    hyperstack_axes,
+    open_hyperstack,
+    parse_channels,
+    parse_timepoints,
+    read_hyperstack,
+    unit_to_seconds,
+)
+from isojax.io.hyperstack_write import (
+    HyperstackZarr,
+    create_hyperstack_zarr,
+    write_hyperstack_tiff,
+)
 from isojax.io.omezarr import NGFF_VERSION, ZarrVolume, ome_zarr_attributes, ome_zarr_spacing
 from isojax.io.outputs import (  # noqa: F401 (predict.large, the tests)
     _host,
@@ -46,7 +64,10 @@ from isojax.io.volumes import (
 )
 
 __all__ = [
+    "HYPERSTACK_AXES",
     "NGFF_VERSION",
+    "Hyperstack",
+    "HyperstackZarr",
     "IsojaxInputError",
     "TiffVolume",
     "ZarrVolume",
@@ -54,18 +75,26 @@ __all__ = [
     "check_new_output",
     "check_outputs",
     "check_writable",
+    "create_hyperstack_zarr",
     "create_volume",
+    "hyperstack_axes",
     "ome_zarr_attributes",
     "ome_zarr_spacing",
+    "open_hyperstack",
     "open_volume",
+    "parse_channels",
+    "parse_timepoints",
+    "read_hyperstack",
     "read_ome_zarr",
     "read_tiff",
     "remove_stale_partials",
     "require_spacing",
     "staged_output",
     "tiff_description",
+    "unit_to_seconds",
     "unit_to_um",
     "volume_format",
+    "write_hyperstack_tiff",
     "write_ome_zarr",
     "write_tiff",
 ]

@@ -50,18 +50,28 @@ __all__ = [
 Log = Callable[[str], None]
 
 
-
 def load_predictor(model, *, which: str = "best"):
     """``(apply_fn, meta)`` of ``--model``: a model folder, or a package of ``isojax export``.
 
     A ``.zip`` is run by onnxruntime (:func:`isojax.export.load_package`); anything else is
-    a model folder (:func:`isojax.train.load_model`).
+    a model folder (:func:`isojax.model_folder.load_model`).
+
+    Args:
+      model: a model folder or a ``.bioimageio.zip`` package.
+      which: the checkpoint, ``"best"`` or ``"last"`` (model folders only).
+
+    Returns:
+      ``(apply_fn, meta)``: the network and the model's configuration.
+
+    Raises:
+      IsojaxInputError: an unusable model folder or package.
     """
-    from isojax import export, train
+    # here, not at the top: isojax.export imports this module (tile overlap, prediction)
+    from isojax import export, model_folder
 
     if export.is_package(model):
         return export.load_package(model, which=which)
-    return train.load_model(model, which=which)
+    return model_folder.load_model(model, which=which)
 
 
 def _physical_memory() -> int:

@@ -1,0 +1,424 @@
+"""Prediction over a time-lapse's time points and channels, one time point at a time.
+
+What :func:`isojax.pipeline.predict_file` does with an input that has a time or a channel
+axis (:func:`is_series`): every selected time point and channel is one ``(z, y, x)``
+volume, read lazily from the file (:func:`isojax.io.open_hyperstack`) and restored by
+:func:`isojax.predict.predict_stack`, so that
+
+* memory is bounded by one time point, whatever the length of the series;
+* the normalisation percentiles are those of each channel at each time point (bleaching
+  lowers them over a series; a bleached time point is restored at its own intensity);
+* the single-channel model of today restores every channel with its one PSF (a warning
+  says so once) until per-channel models exist.
+
+The output is a ``TZCYX`` ImageJ hyperstack (BigTIFF when large,
+:func:`isojax.io.write_hyperstack_tiff`) or an OME-Zarr 0.5 image ``t c z y x``
+(:func:`isojax.io.create_hyperstack_zarr`), with the isotropic voxel size, the time
+interval and the channel names. Both are staged under ``OUT.partial-...`` and renamed into
+place once complete. An OME-Zarr output records a completion marker per time point after
+its data; a run that is killed or interrupted leaves its partial output, and ``--resume``
+adopts it (when it was written for the same input, model and selection) and continues
+from the first unfinished time point.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from tqdm import tqdm
+
+from isojax.errors import IsojaxInputError
+from isojax.geometry import StackGeometry, from_metadata
+from isojax.interrupt import Interrupted
+from isojax.io import (
+    Hyperstack,
+    HyperstackZarr,
+    check_new_output,
+    check_outputs,
+    create_hyperstack_zarr,
+    hyperstack_axes,
+    open_hyperstack,
+    parse_channels,
+    parse_timepoints,
+    staged_output,
+    volume_format,
+    write_hyperstack_tiff,
+)
+from isojax.io.outputs import _host, _partial_tag, _pid_running
+from isojax.io.tiff import _IMAGEJ_DTYPES
+from isojax.predict.core import _cast, upsampled_length
+from isojax.predict.files import (
+    _check_model_subsample,
+    _physical_memory,
+    _tile_overlap,
+    check_tile_option,
+    load_predictor,
+)
+from isojax.predict.stack import predict_stack
+
+__all__ = ["SeriesPrediction", "is_series", "predict_series_file"]
+
+Log = Callable[[str], None]
+
+#: Seconds between progress lines when stderr is not a terminal (a log file, a batch job).
+_LOG_EVERY = 30.0
+
+
+class SeriesPrediction(NamedTuple):
+    """What :func:`predict_series_file` wrote.
+
+    Attributes:
+      output: the file or folder written.
+      shape: ``(t, c, z, y, x)`` of the output.
+      dtype: the output's data type.
+      spacing: the isotropic voxel size ``(dz, dy, dx)`` in micrometres, or None.
+      time_interval: seconds between the output's time points, or None.
+      channel_names: the output's channel names, or None.
+      timepoints: the input time points restored, in output order.
+      channels: the input channels restored, in output order.
+      resumed: output time points found finished in an adopted partial (not recomputed).
+    """
+
+    output: Path
+    shape: tuple
+    dtype: np.dtype
+    spacing: tuple | None
+    time_interval: float | None
+    channel_names: tuple | None
+    timepoints: tuple
+    channels: tuple
+    resumed: tuple = ()
+
+
+def is_series(path: str | os.PathLike, *, axes: str | None = None) -> bool:
+    """Whether ``path`` (with ``--axes``) has a time or channel axis, or unnamed extra axes.
+
+    A 3D ``(z, y, x)`` stack is not a series (it goes the way it always went); a file that
+    cannot be read is not either (its reader says why).
+    """
+    found = hyperstack_axes(path, axes=axes)
+    return found is not None and any(a in found for a in "TC?")
+
+
+def _eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = round(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class _Progress:
+    """A bar over time points with the estimated time left, or log lines without a terminal."""
+
+    def __init__(self, total: int, done: int, *, show: bool, log: Log):
+        self.total, self.done, self.log = total, done, log
+        self.start, self.computed, self.last = time.perf_counter(), 0, -math.inf
+        self.bar = None
+        self.lines = show and not sys.stderr.isatty()
+        if show and not self.lines:
+            self.bar = tqdm(total=total, initial=done, desc="predict", unit="time point",
+                            file=sys.stderr)
+
+    def step(self) -> None:
+        self.done += 1
+        self.computed += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        now = time.perf_counter()
+        if self.lines and (now - self.last >= _LOG_EVERY or self.done == self.total):
+            self.last = now
+            left = (now - self.start) / self.computed * (self.total - self.done)
+            self.log(f"time point {self.done}/{self.total} restored; about {_eta(left)} left")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _SeriesStage(staged_output):
+    """:class:`isojax.io.staged_output` that may start from an adopted partial and keep it.
+
+    With ``resume_from`` (a partial renamed to this process's own name) the block writes
+    there; with ``keep`` set when the block is interrupted, the partial stays for
+    ``--resume`` instead of being removed.
+    """
+
+    def __init__(self, path, *, overwrite: bool, log: Log, resume_from: Path | None):
+        self.resume_from, self.keep = resume_from, False
+        mine = None if resume_from is None else str(resume_from)
+        super().__init__(path, overwrite=overwrite,
+                         log=lambda m: None if mine is not None and mine in m else log(m))
+
+    def __enter__(self) -> Path:
+        if self.resume_from is None:
+            return super().__enter__()
+        self.temp = self.resume_from
+        return self.temp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.keep and exc_type is not None:
+            return False
+        return super().__exit__(exc_type, exc, tb)
+
+
+def _adopt_partial(output: Path, identity: dict, log: Log) -> Path | None:
+    """Rename the dead partial of ``output`` written for ``identity`` to this process's name.
+
+    Returns the renamed partial, or None when there is none (the run starts afresh).
+
+    Raises:
+      IsojaxInputError: a dead partial was written for another input, model or selection.
+    """
+    pattern = re.compile(rf"{re.escape(output.name)}\.partial-(?P<host>.+)-(?P<pid>\d+)-\w+")
+    found, other = [], None
+    for p in sorted(output.parent.iterdir()):
+        m = pattern.fullmatch(p.name)
+        if m is None or not p.is_dir() or m["host"] != _host():
+            continue
+        pid = int(m["pid"])  # this process's own: an earlier call that was interrupted
+        if pid != os.getpid() and _pid_running(pid):
+            continue
+        try:
+            store = HyperstackZarr.open(p)
+            written = store.attributes.get("isojax", {}).get("series")
+        except (IsojaxInputError, OSError, ValueError):
+            continue
+        if written == identity:
+            found.append((len(store.done()), p))
+        else:
+            other = other or (p, written or {})
+    if not found:
+        if other is not None:
+            p, written = other
+            key = next((k for k in identity if written.get(k) != identity[k]), "the layout")
+            raise IsojaxInputError(
+                f"--resume: the partial output {p} was written with another {key}; run the "
+                f"command that wrote it, or remove it (rm -r '{p}') and drop --resume")
+        log(f"--resume: no partial output of {output} to continue; starting afresh")
+        return None
+    n, partial = max(found)
+    mine = output.parent / f"{output.name}.{_partial_tag()}-{secrets.token_hex(4)}"
+    os.rename(partial, mine)
+    log(f"--resume: continuing {partial.name} ({n} time point{'s' if n != 1 else ''} "
+        "finished)")
+    return mine
+
+
+def _series_geometry(hyper: Hyperstack, stack_path, subsample, log) -> StackGeometry:
+    if hyper.shape[2] < 2:
+        raise IsojaxInputError(f"{stack_path}: the stack has {hyper.shape[2]} plane; it needs "
+                               "at least 2 (is the Z axis right? see --axes)")
+    return from_metadata(hyper.spacing, source=hyper.source, subsample=subsample,
+                         name=stack_path, axes="TCZYX", log=log)
+
+
+def _check_output(hyper, out_shape, n_channels: int, fmt: str, dtype, budget, stack_path,
+                  output):
+    """Refuse a type ImageJ cannot hold in a TIFF output, and a time point that does not
+    fit the memory budget (time points are restored in memory)."""
+    if fmt == "tiff" and dtype not in _IMAGEJ_DTYPES:
+        raise IsojaxInputError(
+            f"{output}: ImageJ TIFFs cannot hold {dtype}; drop --keep-dtype or write an "
+            "OME-Zarr (.zarr)")
+    n_in = math.prod(hyper.shape[2:])
+    n_out = math.prod(out_shape)
+    need = n_in * (hyper.dtype.itemsize + 4) + 2 * 4 * n_out
+    if fmt == "tiff":
+        need += n_channels * n_out * np.dtype(dtype).itemsize
+    limit = budget if budget is not None else _physical_memory() // 2
+    if need > limit:
+        raise IsojaxInputError(
+            f"{stack_path}: one time point needs about {need / 1e9:.3g} GB in memory, more "
+            f"than the budget of {limit / 1e9:.3g} GB; time-lapses are restored one time point "
+            "at a time in memory: raise --memory-budget, write an OME-Zarr (.zarr), or select "
+            "fewer channels with --channels")
+
+
+def _log_start(log: Log, stack_path, hyper: Hyperstack, ts, cs, g: StackGeometry) -> None:
+    if len(cs) > 1:
+        log(f"warning: the model has one PSF; it restores all {len(cs)} channels as if they "
+            "shared it (per-channel PSFs are not supported yet)")
+    log(f"stack {stack_path}: {len(ts)} of {hyper.n_timepoints} time points, channels "
+        f"{', '.join(map(str, cs))} of {hyper.n_channels}, volumes {hyper.shape[2:]}, "
+        f"subsample {g.subsample:.4g} from {g.how}")
+
+
+def predict_series_file(
+    stack_path: str | os.PathLike,
+    *,
+    model: str | os.PathLike,
+    output: str | os.PathLike,
+    subsample: float | None = None,
+    spacing=None,
+    axes: str | None = None,
+    channels: str | None = None,
+    timepoints: str | None = None,
+    resume: bool = False,
+    fuse: str = "mean",
+    batch_size: int | None = None,
+    tile: int | None = None,
+    keep_dtype: bool = False,
+    memory_budget: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Log,
+    checkpoint: str = "best",
+) -> SeriesPrediction:
+    """Restore every selected time point and channel of a hyperstack into a hyperstack.
+
+    Args:
+      stack_path: an ImageJ hyperstack, OME-TIFF or OME-Zarr 0.5 image with T and/or C axes.
+      model: the model folder (:func:`isojax.train.load_model`); its one PSF restores every
+        channel (a warning says so when there are several).
+      output: a ``.tif`` (TZCYX ImageJ hyperstack) or ``.zarr`` (OME-Zarr ``t c z y x``).
+      subsample, spacing: as :func:`isojax.pipeline.predict_file`.
+      axes: the stored axes (``--axes TZCYX``) for files that do not name them.
+      channels: ``--channels 0,2`` (default all), in output order.
+      timepoints: ``--timepoints 0:100`` (Python slice syntax; default all).
+      resume: continue the dead partial OME-Zarr output of the same command.
+      fuse, batch_size, tile, keep_dtype, overwrite, checkpoint: as
+        :func:`isojax.pipeline.predict_file`.
+      memory_budget: bytes one time point may need in memory (default half the RAM).
+      progress: a bar over time points (log lines with the time left without a terminal).
+      log: where messages go.
+
+    Returns:
+      The :class:`SeriesPrediction`.
+
+    Raises:
+      IsojaxInputError: before anything is written: unknown or mismatched axes, a channel or
+        time point out of range, no voxel size, ``--resume`` with a TIFF output, a partial
+        written for something else, an output that may not be written, a time point too
+        large for the memory budget; during the run (the partial output is removed): a
+        time point and channel without contrast (named in the message).
+    """
+    output = Path(output)
+    fmt = volume_format(output)
+    if resume and fmt != "zarr":
+        raise IsojaxInputError(
+            f"{output}: --resume continues an OME-Zarr output; name the output .zarr")
+    hyper = open_hyperstack(stack_path, axes=axes, spacing=spacing)
+    ts = parse_timepoints(timepoints, hyper.n_timepoints)
+    cs = parse_channels(channels, hyper.n_channels)
+    g = _series_geometry(hyper, stack_path, subsample, log)
+    check_new_output(output, overwrite=overwrite)
+    dtype = hyper.dtype if keep_dtype else np.dtype(np.float32)
+    out_shape = (upsampled_length(hyper.shape[2], g.subsample), *hyper.shape[3:])
+    _check_output(hyper, out_shape, len(cs), fmt, dtype, memory_budget, stack_path, output)
+    identity = {"input": str(Path(stack_path).resolve()), "model": str(Path(model).resolve()),
+                "checkpoint": checkpoint, "axes": hyper.file_axes, "timepoints": list(ts),
+                "channels": list(cs), "shape": [len(ts), len(cs), *out_shape],
+                "dtype": dtype.name, "fuse": fuse, "subsample": g.subsample}
+    adopted = _adopt_partial(output, identity, log) if resume else None
+    mine = None if adopted is None else str(adopted)
+    check_outputs([output], inputs={"stack": stack_path, "model folder": model},
+                  overwrite=overwrite, log=lambda m: None if mine and mine in m else log(m))
+    apply_fn, meta = load_predictor(model, which=checkpoint)
+    check_tile_option(tile, meta)
+    _check_model_subsample(g.subsample, meta, model, g.how, log)
+    _log_start(log, stack_path, hyper, ts, cs, g)
+    norm = meta["normalization"]
+    settings = dict(subsample=g.subsample, interpolation=meta["interpolation"], fuse=fuse,
+                    batch_size=batch_size, tile=tile, overlap=_tile_overlap(meta),
+                    multiple=2 ** int(meta["unet"]["depth"]),
+                    normalization=(norm["pmin"], norm["pmax"]))
+
+    def restore(t: int, c: int) -> np.ndarray:
+        volume = hyper.read(t, c)
+        try:
+            result = predict_stack(volume.astype(np.float32), apply_fn, **settings)
+        except IsojaxInputError as exc:
+            raise IsojaxInputError(f"{stack_path}: time point {t}, channel {c}: {exc}") from None
+        return _cast(result, volume.dtype) if keep_dtype else result
+
+    step = ts[1] - ts[0] if len(ts) > 1 else 1
+    interval = None if hyper.time_interval is None else hyper.time_interval * step
+    names = None if hyper.channel_names is None else tuple(hyper.channel_names[c] for c in cs)
+    shape = (len(ts), len(cs), *out_shape)
+    summary = SeriesPrediction(output, shape, dtype, g.isotropic_spacing, interval, names,
+                               ts, cs)
+    t0 = time.perf_counter()
+    if fmt == "tiff":
+        result = _to_tiff(summary, restore, progress=progress, overwrite=overwrite, log=log)
+    else:
+        result = _to_zarr(summary, restore, identity, adopted, progress=progress,
+                          overwrite=overwrite, log=log)
+    rate = math.prod(shape) / (time.perf_counter() - t0) / 1e6
+    sp = result.spacing
+    log(f"wrote {output}: shape {shape} (t, c, z, y, x), {dtype}, voxel size "
+        f"{'unknown' if sp is None else ', '.join(f'{v:.4g}' for v in sp)} um, time interval "
+        f"{'unknown' if interval is None else f'{interval:g} s'}; {rate:.2f} Mvoxel/s")
+    return result
+
+
+def _to_tiff(summary: SeriesPrediction, restore, *, progress: bool, overwrite: bool,
+             log: Log) -> SeriesPrediction:
+    bar = _Progress(len(summary.timepoints), 0, show=progress, log=log)
+
+    def restored():
+        for t in summary.timepoints:
+            volumes = np.empty(summary.shape[1:], summary.dtype)
+            for j, c in enumerate(summary.channels):
+                volumes[j] = restore(t, c)
+            yield volumes
+            bar.step()
+
+    try:
+        write_hyperstack_tiff(summary.output, restored(), shape=summary.shape,
+                              dtype=summary.dtype, spacing=summary.spacing,
+                              time_interval=summary.time_interval,
+                              channel_names=summary.channel_names, overwrite=overwrite)
+    finally:
+        bar.close()
+    return summary
+
+
+def _to_zarr(summary: SeriesPrediction, restore, identity: dict, adopted: Path | None, *,
+             progress: bool, overwrite: bool, log: Log) -> SeriesPrediction:
+    stage = _SeriesStage(summary.output, overwrite=overwrite, log=log, resume_from=adopted)
+    done: set[int] = set()
+    with stage as temp:
+        if adopted is not None:
+            store = HyperstackZarr.open(temp)
+            done = store.done() & set(range(summary.shape[0]))
+        else:
+            store = create_hyperstack_zarr(
+                temp, summary.shape, summary.dtype, spacing=summary.spacing,
+                time_interval=summary.time_interval, channel_names=summary.channel_names,
+                extra={"isojax": {"series": identity}})
+        bar = _Progress(len(summary.timepoints), len(done), show=progress, log=log)
+        finished = len(done)
+        try:
+            for i, t in enumerate(summary.timepoints):
+                if i in done:
+                    continue
+                for j, c in enumerate(summary.channels):
+                    store.write(i, j, restore(t, c))
+                store.mark_done(i)
+                finished += 1
+                bar.step()
+        except (KeyboardInterrupt, Interrupted) as exc:
+            if finished:
+                stage.keep = True
+                message = (f"{finished} of {summary.shape[0]} time points are finished in "
+                           f"{temp}; run the same command with --resume to continue")
+                signum = exc.signum if isinstance(exc, Interrupted) else 2
+                raise Interrupted(signum, message) from None
+            raise
+        finally:
+            bar.close()
+        store.finish()
+    return summary._replace(resumed=tuple(sorted(done)))
