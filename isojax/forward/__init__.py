@@ -21,8 +21,12 @@ from the PSF's axial profile (the interpolation weights and the boundary rule ar
 into it), applied as a matrix product, which is what CPUs and accelerators do fastest.
 Lateral taps are then summed on the low-resolution grid. A PSF given as a
 :class:`FactoredPSF` (a sum of separable terms, e.g. a Gaussian, or a measured PSF passed
-through :func:`factorize_psf`) costs one such product per term instead of one per
-lateral row.
+through :func:`factorize_psf`) costs one such product per term. A dense PSF of three or
+more lateral rows is blurred in the lateral Fourier domain instead (one FFT of the image,
+a few strided multiply-adds per sample, one inverse FFT of the samples): its cost does not
+grow with the PSF's lateral size, and it is exact and linear in the PSF, so it works under
+``jit`` where the PSF's rank cannot be inspected. Outside ``jit`` a concrete dense PSF of
+numerical rank <= 2 is factored automatically. The choice is static (shapes and factor).
 
 Differences from CSBDeep's ``anisotropic_distortions`` (``mode="physical"``, the default):
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from isojax.forward import _fourier
 from isojax.forward._axial import (
     _BOUNDARIES,
     _INTERPOLATIONS,
@@ -27,7 +28,7 @@ from isojax.forward._axial import (
     _upsample_matrix,
     sample_positions,
 )
-from isojax.forward._psf import _as_psf
+from isojax.forward._psf import _as_psf, _auto_factor
 
 # ----------------------------------------------------------------------------------------
 # The operator
@@ -68,6 +69,13 @@ def _measure(x, psf, s, *, boundary, axes, mode, precision):
     if mode == "csbdeep":
         boundary = "zero"  # fftconvolve(mode="same")
     n_lat = x.shape[lat]
+    if dense is not None:
+        # A dense PSF of three or more rows: lateral FFT (see _fourier), where possible.
+        fourier = _fourier.plan(n, n_lat, s, dense.shape[0], dense.shape[1], mode)
+        if fourier is not None:
+            return _fourier.measure(
+                x, dense, fourier, lat=lat, ax=ax, boundary=boundary, precision=precision
+            )
     profiles = dense if dense is not None else factored.axial
     axial = _axial_stage(x, ax, s, int(profiles.shape[-1]), boundary, mode, precision)
 
@@ -217,7 +225,9 @@ def measure(
       psf: additional axial PSF, a 2D array ``(lateral, axial)`` sampled at the lateral
         pixel size and summing to 1, or a :class:`FactoredPSF`. It is used as given (not
         renormalised) so that gradients in it are honest; check it with
-        :func:`isojax.psf.check_psf`.
+        :func:`isojax.psf.check_psf`. A concrete dense PSF of numerical rank <= 2 is
+        factored automatically (exact to rounding); a traced dense one of three or more
+        rows goes through the lateral FFT (:mod:`isojax.forward._fourier`).
       subsample: anisotropy factor (axial step / lateral pixel size), a Python float
         >= 1, e.g. 10.2. Static: each value compiles once.
       boundary: how the blur sees past the image's edges: ``"reflect"`` (mirror about
@@ -238,6 +248,7 @@ def measure(
     _check_common(boundary, "linear", mode)
     x = jnp.asarray(x)
     _normalise_axes(x.ndim, axes)
+    psf = _auto_factor(psf, _compute_dtype(x.dtype))
     return _measure_jit(x, psf, s, boundary=boundary, axes=axes, mode=mode, precision=precision)
 
 
@@ -345,7 +356,8 @@ def degrade(
       x: image(s), shape ``(..., lateral, axial)``: the last axis is the one whose axial
         degradation is simulated, leading axes are batch (see ``axes`` for others).
       psf: additional axial PSF, 2D ``(lateral, axial)``, last axis axial, sampled at the
-        lateral pixel size, summing to 1; or a :class:`FactoredPSF`.
+        lateral pixel size, summing to 1; or a :class:`FactoredPSF`. Which path is taken
+        is decided statically, as in :func:`measure`.
       subsample: anisotropy factor, a Python float >= 1 (e.g. 10.2).
       interpolation: how samples are brought back: ``"linear"`` (default) or
         ``"cubic"`` (Keys).
@@ -380,6 +392,7 @@ def degrade(
     _check_common(boundary, interpolation, mode)
     x = jnp.asarray(x)
     _normalise_axes(x.ndim, axes)
+    psf = _auto_factor(psf, _compute_dtype(x.dtype))
     return _degrade_jit(
         x,
         psf,
