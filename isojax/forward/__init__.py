@@ -97,7 +97,7 @@ from isojax.forward._operator import (  # noqa: F401
     measure,
     upsample,
 )
-from isojax.forward._psf import FactoredPSF, _as_psf, factorize_psf  # noqa: F401
+from isojax.forward._psf import FactoredPSF, _as_psf, _auto_factor, factorize_psf  # noqa: F401
 from isojax.forward.noise import (  # noqa: F401
     _poisson_counts,
     add_noise,
