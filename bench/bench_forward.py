@@ -4,12 +4,17 @@ Degrades a 64x512x512 float32 volume along X and along Y (both views of an Isotr
 training set), with a 17x17 PSF, at subsample 4 and 10.2, and times:
 
 * CSBDeep's ``anisotropic_distortions`` on every XY slice, once per view (the reference);
-* isojax ``degrade`` with the PSF as a dense 17x17 array, and factored (rank 1, exact
-  for a separable PSF; a measured one needs a few terms);
+* isojax ``degrade`` with the PSF as a dense 17x17 array passed into ``jax.jit`` (traced:
+  the lateral-Fourier path), for the separable Gaussian and for a full-rank PSF (the
+  Gaussian plus a random perturbation), and factored (rank 1, exact for the Gaussian);
+* the same dense array given to ``isojax.degrade`` outside ``jit`` (concrete: factored
+  automatically when its rank is <= 2), one call per view;
+* the row-by-row dense path that was used before the Fourier path (``--no-old`` skips it);
 * the gradient of a loss over both views with respect to the PSF;
 * a plain copy of the volume (jitted, producing a new buffer like the operator does).
 
 Run:  python bench/bench_forward.py [--repeats 5] [--out bench/forward.json] [--no-hugepages]
+      [--no-old] [--no-csbdeep]
 (see bench/_env.py for the malloc setting both sides run under).
 """
 
@@ -18,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 import warnings
 
@@ -31,13 +35,14 @@ import isojax
 
 
 def timeit(fn, repeats):
+    """Fastest of ``repeats`` warm calls: on a shared machine, the least disturbed one."""
     fn()  # compile / warm up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times)
 
 
 def gaussian_psf(size=17, sigma_lateral=1.2, sigma_axial=3.0):
@@ -84,6 +89,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--shape", type=int, nargs=3, default=(64, 512, 512))
     ap.add_argument("--no-csbdeep", action="store_true")
+    ap.add_argument("--no-old", action="store_true", help="skip the row-by-row dense path")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     ap.add_argument("--no-hugepages", action="store_true", help="keep the default malloc")
     args = ap.parse_args(argv)
@@ -94,6 +100,9 @@ def main(argv=None):
     x = jnp.asarray(volume)
     dense = jnp.asarray(gaussian_psf())
     factored = isojax.factorize_psf(dense)
+    perturbed = np.asarray(dense) * (1 + 0.2 * rng.random(dense.shape, dtype=np.float32))
+    full_rank = jnp.asarray(perturbed / perturbed.sum())
+    dense_np = np.asarray(dense)
 
     @jax.jit
     def copy(v):
@@ -108,13 +117,35 @@ def main(argv=None):
     for s in (4.0, 10.2):
         both_views, grad = make_operators(s)
         row = {"subsample": s}
-        for name, psf in (("dense", dense), ("factored", factored)):
+        cases = (("dense", dense), ("dense_full_rank", full_rank), ("factored", factored))
+        for name, psf in cases:
             row[f"isojax_{name}_s"] = timeit(
                 lambda psf=psf, f=both_views: jax.block_until_ready(f(x, psf)), args.repeats
             )
             row[f"grad_{name}_s"] = timeit(
                 lambda psf=psf, g=grad: jax.block_until_ready(g(psf, x)), args.repeats
             )
+
+        def outside_jit(s=s):
+            # a concrete dense PSF given to the public function: no jit by the caller
+            a = isojax.degrade(x, dense_np, s, axes=(-2, -1))
+            b = isojax.degrade(x, dense_np, s, axes=(-1, -2))
+            return jax.block_until_ready((a, b))
+
+        row["isojax_dense_outside_jit_s"] = timeit(outside_jit, args.repeats)
+        if not args.no_old:
+            plan = isojax.forward._fourier.plan
+            isojax.forward._fourier.plan = lambda *a: None  # the row-by-row path, as before
+            try:
+                old_views, old_grad = make_operators(s)
+                row["isojax_dense_rows_s"] = timeit(
+                    lambda f=old_views: jax.block_until_ready(f(x, full_rank)), args.repeats
+                )
+                row["grad_dense_rows_s"] = timeit(
+                    lambda g=old_grad: jax.block_until_ready(g(full_rank, x)), args.repeats
+                )
+            finally:
+                isojax.forward._fourier.plan = plan
         if not args.no_csbdeep:
             row["csbdeep_s"] = timeit(
                 lambda s=s: csbdeep_views(volume, np.asarray(dense), s), max(1, args.repeats // 2)
@@ -134,18 +165,28 @@ def main(argv=None):
     }
     print(json.dumps(result, indent=1))
     print()
+    labels = {
+        "dense": "17x17 dense Gaussian, under jit (Fourier)",
+        "dense_full_rank": "17x17 dense full rank, under jit (Fourier)",
+        "factored": "17x17 factored (rank 1)",
+        "dense_outside_jit": "17x17 dense Gaussian, outside jit (auto-factored)",
+        "dense_rows": "17x17 dense full rank, row by row (before)",
+    }
     print(
         "| subsample | PSF | isojax (2 views) | vs CSBDeep | vs copy | grad in PSF | grad / forward |"
     )
     print("|---|---|---|---|---|---|---|")
     for row in rows:
-        for name in ("dense", "factored"):
+        for name, label in labels.items():
+            if f"isojax_{name}_s" not in row:
+                continue
             t = row[f"isojax_{name}_s"]
-            g = row[f"grad_{name}_s"]
+            g = row.get(f"grad_{name}_s")
             vs = f"{row['csbdeep_s'] / t:.1f}x faster" if "csbdeep_s" in row else "n/a"
+            gs = f"{g * 1e3:.0f} ms | {g / t:.2f}" if g is not None else "n/a | n/a"
             print(
-                f"| {row['subsample']} | 17x17 {name} | {t * 1e3:.0f} ms | {vs} | "
-                f"{t / t_copy:.1f}x copy | {g * 1e3:.0f} ms | {g / t:.2f} |"
+                f"| {row['subsample']} | {label} | {t * 1e3:.0f} ms | {vs} | "
+                f"{t / t_copy:.1f}x copy | {gs} |"
             )
     if any("csbdeep_s" in r for r in rows):
         print()

@@ -336,3 +336,131 @@ def test_poisson_noise_accepts_any_key_implementation(impl):
     np.testing.assert_array_equal(
         y, isojax.poisson_noise(key, jnp.full((50_000,), 2.0), photons=4.0)
     )
+
+
+# ---------------------------------------------------------------------------------------
+# The dense PSF in the lateral Fourier domain (forward._fourier) and the automatic factoring
+
+FOURIER_CASES = [
+    # (x shape, psf shape, subsample, boundary): all take the Fourier path (3+ PSF rows)
+    ((2, 30, 300), (17, 17), 4.0, "reflect"),
+    ((3, 24, 260), (5, 9), 10.2, "edge"),
+    ((20, 77), (3, 4), 2.5, "zero"),
+    ((2, 9, 61), (6, 7), 3.3, "reflect"),
+    ((16, 40), (4, 5), 1.0, "reflect"),
+]
+
+
+def _row_by_row(monkeypatch, x, psf, s, boundary, axes=(-2, -1)):
+    """The operator with the Fourier path switched off (a fresh trace: the PSF is traced)."""
+    with monkeypatch.context() as m:
+        m.setattr(isojax.forward._fourier, "plan", lambda *a: None)
+        f = jax.jit(
+            lambda x, p: isojax.forward._measure(
+                x, p, s, boundary=boundary, axes=axes, mode="physical", precision="highest"
+            )
+        )
+        return np.asarray(f(x, psf))
+
+
+@pytest.mark.parametrize(("shape", "psf_shape", "s", "boundary"), FOURIER_CASES)
+def test_fourier_dense_path_matches_reference_and_row_path(
+    monkeypatch, shape, psf_shape, s, boundary
+):
+    rng = np.random.default_rng(10)
+    x = rng.random(shape)
+    psf = random_psf(rng, psf_shape)
+    n_lat, n = shape[-2:]
+    assert isojax.forward._fourier.plan(n, n_lat, s, *psf_shape, "physical") is not None
+    under_jit = jax.jit(lambda x, p: isojax.measure(x, p, s, boundary=boundary))
+    with jax.enable_x64(True):
+        got = np.asarray(under_jit(x, psf))
+        swapped = np.asarray(
+            jax.jit(lambda x, p: isojax.measure(x, p, s, boundary=boundary, axes=(-1, -2)))(
+                np.swapaxes(x, -1, -2), psf
+            )
+        )
+    np.testing.assert_allclose(got, reference_measure(x, psf, s, boundary), atol=1e-12)
+    np.testing.assert_allclose(np.swapaxes(swapped, -1, -2), got, atol=1e-12)
+    # float32: the Fourier path against the row-by-row product it replaces
+    x32, p32 = jnp.asarray(x, jnp.float32), jnp.asarray(psf, jnp.float32)
+    rows = _row_by_row(monkeypatch, x32, p32, s, boundary)
+    np.testing.assert_allclose(np.asarray(under_jit(x32, p32)), rows, rtol=2e-6, atol=2e-6)
+
+
+def test_fourier_dense_path_under_vmap_and_its_gradients(monkeypatch):
+    rng = np.random.default_rng(11)
+    xs = jnp.asarray(rng.random((3, 10, 90)), jnp.float32)
+    psfs = jnp.asarray(np.stack([random_psf(rng, (5, 7)) for _ in range(3)]), jnp.float32)
+    fn = lambda a, p: isojax.degrade(a, p, 4.0)  # noqa: E731
+    batched = jax.jit(jax.vmap(fn))(xs, psfs)
+    looped = np.stack([np.asarray(jax.jit(fn)(a, p)) for a, p in zip(xs, psfs, strict=True)])
+    np.testing.assert_allclose(batched, looped, rtol=1e-6, atol=1e-6)
+    # the gradient in the PSF against the row-by-row path's (an independent formulation)
+    loss = lambda p, a: jnp.sum(jnp.sin(3 * isojax.measure(a, p, 4.0)))  # noqa: E731
+    fourier = jax.jit(jax.grad(loss))(psfs[0], xs[0])
+    with monkeypatch.context() as m:
+        m.setattr(isojax.forward._fourier, "plan", lambda *a: None)
+        rows = jax.jit(jax.grad(lambda p, a: loss(p, a) + 0.0))(psfs[0], xs[0])
+    np.testing.assert_allclose(fourier, rows, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 5])
+def test_fourier_gradient_in_psf_of_any_rank(rank):
+    # rank-deficient PSFs have repeated (zero) singular values: the gradient must not care
+    rng = np.random.default_rng(12)
+    with jax.enable_x64(True):
+        u, v = rng.random((rank, 5)), rng.random((rank, 7))
+        p = np.einsum("rl,ra->la", u, v)
+        psf = jnp.asarray(p / p.sum())
+        x = jnp.asarray(rng.random((2, 8, 70)))
+        f = jax.jit(lambda p: isojax.degrade(x, p, 2.5))
+        check_grads(f, (psf,), order=1, modes=["fwd", "rev"])
+        if rank == 1:
+            check_grads(jax.jit(lambda a, p: isojax.measure(a, p, 10.2)), (x, psf), order=2)
+
+
+def test_concrete_dense_psf_is_factored_outside_jit_when_its_rank_is_low():
+    rng = np.random.default_rng(13)
+    g = np.exp(-0.5 * (np.arange(-8, 9) / 2.0) ** 2)
+    separable = np.outer(g, g) / np.outer(g, g).sum()
+    auto = isojax.forward._auto_factor(separable, jnp.float32)
+    assert isinstance(auto, FactoredPSF)
+    assert auto.rank == 1
+    full = random_psf(rng, (17, 17))
+    assert isojax.forward._auto_factor(full, jnp.float32) is full
+    seen = []  # under jit the PSF is traced: it stays dense (the Fourier path)
+    jax.jit(lambda p: seen.append(isojax.forward._auto_factor(p, jnp.float32) is p) or p)(full)
+    assert seen == [True]
+    # the automatically factored operator equals the dense one (Fourier path, under jit)
+    x = jnp.asarray(rng.random((2, 40, 200)), jnp.float32)
+    outside = isojax.degrade(x, separable, 10.2)
+    inside = jax.jit(lambda x, p: isojax.degrade(x, p, 10.2))(x, separable)
+    np.testing.assert_allclose(outside, inside, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# jaxlib 0.10.2 miscompiles vmapped matrix-vector products followed by a reduction on CPU
+# at large sizes (fixed after 0.10.2). isojax's axial stage is such a product: check it at
+# realistic sizes against NumPy, so that a jaxlib that gets it wrong fails here.
+
+
+def test_vmapped_band_products_then_sums_match_numpy():
+    rng = np.random.default_rng(14)
+    n, s = 512, 4.0
+    profiles = rng.random((24, 17)).astype(np.float32)
+    a = isojax.forward._band_matrices(jnp.asarray(profiles), n, s, "reflect", "physical")
+    v = rng.random((24, 512)).astype(np.float32)
+    a64, v64 = np.asarray(a, np.float64), v.astype(np.float64)
+    expected = np.einsum("bkn,bn->bk", a64, v64)
+    matvec = jax.vmap(jnp.dot)
+    total = jax.jit(lambda a, v: jnp.sum(matvec(a, v), axis=0))(a, v)
+    np.testing.assert_allclose(total, expected.sum(0), rtol=1e-5)
+    grand = jax.jit(lambda a, v: jnp.sum(matvec(a, v)))(a, v)
+    np.testing.assert_allclose(grand, expected.sum(), rtol=1e-5)
+    # the same pattern through the public operator: vmap over images, then a sum
+    xs = rng.random((8, 64, 512)).astype(np.float32)
+    fac = factorize_psf(np.outer(profiles[0, :5], profiles[1]), rtol=0)
+    summed = jax.jit(lambda xs: jnp.sum(jax.vmap(lambda im: isojax.measure(im, fac, s))(xs), 0))
+    ref = reference_measure(xs.astype(np.float64), np.asarray(fac.dense(), np.float64), s)
+    np.testing.assert_allclose(summed(jnp.asarray(xs)), ref.sum(0), rtol=2e-5, atol=1e-4)
