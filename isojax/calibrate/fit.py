@@ -330,12 +330,13 @@ def check_subsample_against_spacing(subsample: float, spacing) -> None:
 
 
 def _starts(losses: np.ndarray, family) -> list[int]:
-    """Grid cells the refinement starts from: the two lowest local minima of the profile
-    (the Gaussian family), the best cell off the delta (the others: their supports follow
-    the start's width)."""
-    if family == "gaussian":
-        return local_minima(losses, 2)
-    return [1 + int(np.argmin(losses[1:]))]
+    """Grid cells the refinement starts from: the lowest local minimum of the profile, and
+    the second lowest if it is within 50% of it (the Gaussian family); the best cell off
+    the delta (the others: their supports follow the start's width)."""
+    if family != "gaussian":
+        return [1 + int(np.argmin(losses[1:]))]
+    cells = local_minima(losses, 2)
+    return [i for i in cells if losses[i] <= 1.5 * losses[cells[0]]]
 
 
 def _refine(i, grid, nuis, target, *, family, taps_g, n_lat, n_lobes, smoothness, s,
@@ -459,7 +460,7 @@ def fit_psf(
     # global before local: the profile over a grid of Gaussian widths picks the starts
     grid = width_grid(s, n_lat=n_lat,
                       init_sigma=None if init_fwhm is None else fwhm0 / _FWHM_PER_SIGMA)
-    taps_g = grid_taps(grid, n_lat)
+    taps_g = grid_taps(n_lat)
     losses, nuis = width_profile(target, grid, subsample=s, segment=segment, taps=taps_g)
     runs = [_refine(i, grid, nuis, target, family=family, taps_g=taps_g, n_lat=n_lat,
                     n_lobes=n_lobes, smoothness=float(smoothness), s=s, segment=segment,

@@ -81,11 +81,11 @@ def width_grid(subsample: float, *, n_lat: int, init_sigma: float | None = None)
     return np.concatenate([[DELTA_SIGMA], np.geomspace(bottom, top, _GRID_POINTS)])
 
 
-def grid_taps(sigmas: np.ndarray, n_lat: int) -> int:
-    """Odd kernel length holding +-4 of the grid's largest sigma, at most the line length."""
-    taps = 2 * math.ceil(4.0 * float(np.max(sigmas))) + 1
-    cap = n_lat if n_lat % 2 else n_lat - 1
-    return max(3, min(taps, cap))
+def grid_taps(n_lat: int) -> int:
+    """Odd kernel length of the search: the line length (odd), which holds +-4 sigma of the
+    widest width :func:`width_grid` allows. Fixed by the stack alone, so that every start
+    shares one compiled profile and one compiled refinement."""
+    return max(3, n_lat if n_lat % 2 else n_lat - 1)
 
 
 def _fit_nuisance(log_obs: jax.Array, syn: jax.Array) -> tuple[jax.Array, jax.Array]:
