@@ -154,7 +154,7 @@ def grid(kinds, factors, fractions, noises, log):
                                              init_fwhm=fw)
                             iv = rep.interval
                             row = dict(sig=rep.sigma_px, lo=iv.low, hi=iv.high,
-                                       ident=iv.identifiable)
+                                       ident=iv.identifiable, model_error=search.MODEL_ERROR)
                         except ValueError as e:  # report, do not drop
                             log(f"  failed: {e}")
                             row = dict(sig=math.nan, lo=math.nan, hi=math.nan, ident=False)
@@ -163,6 +163,18 @@ def grid(kinds, factors, fractions, noises, log):
                         rows.append(row)
                         log(_row(row))
     return rows
+
+
+def _widen(r):
+    """Rows from runs before the interval got its model-error floor (search.MODEL_ERROR):
+    apply the floor now, exactly as search.profile_interval does (no refit needed)."""
+    if "model_error" in r or not math.isfinite(r["sig"]):
+        return r
+    f = search.MODEL_ERROR
+    best = 0.0 if r["sig"] <= search.DELTA_SIGMA else r["sig"]
+    lo, hi = min(r["lo"], best * (1 - f)), max(r["hi"], best * (1 + f))
+    ok = lo > 0 and math.isfinite(hi) and hi <= search.MAX_INTERVAL_RATIO * lo
+    return {**r, "lo": lo, "hi": hi, "ident": bool(ok), "model_error": f, "widened": True}
 
 
 def _row(r):
@@ -287,14 +299,14 @@ def main(argv=None):
              "photons + 5 background, read noise 2. Stacks of 32 planes x 128 x 128 px "
              "(256 x 256 at subsample 10, so that two steps fit the search), made from 32 s "
              "fine planes. fit_psf defaults (Gaussian family, 40 L-BFGS iterations); starts "
-             "at 0.5x and 2x the true FWHM (clipped to fit_psf's valid range [0.5, n/8] px), "
+             "at 0.5x and 2x the true FWHM (clipped to [0.5, n/8] px), "
              "which now only extend the global search.\n",
              "No real fluorescence stack: scikit-image is not installed here, and its `cells3d` "
              "needs a download (no network); no other registry package found offline ships one.\n"]
     if args.profile:
         parts += ["## The objective's profile over the width\n", profile_experiment(log), ""]
     if args.merge:
-        rows = [r for f in args.merge for r in json.loads(f.read_text())]
+        rows = [_widen(r) for f in args.merge for r in json.loads(f.read_text())]
         parts += ["## Recovered additional axial width, per cell\n", grid_table(rows), ""]
     elif not args.no_grid:
         if args.quick:

@@ -403,8 +403,11 @@ def test_profile_interval_reads_the_threshold_off_the_profile():
     assert iv.threshold == pytest.approx(0.01 * math.exp(3.841458820694124 / 8))
     half = math.sqrt((iv.threshold - 0.01) / 0.02)
     assert iv.best == 5.0
+    half = max(half, 5.0 * cal_search.MODEL_ERROR)  # never narrower than the model error
     assert iv.low == pytest.approx(5.0 - half, abs=0.05)  # linear interpolation on the grid
     assert iv.high == pytest.approx(5.0 + half, abs=0.05)
+    sharp = cal_search.profile_interval(sig, 0.01 + 10.0 * (sig - 5.0) ** 2, n_freq=16)
+    assert (sharp.low, sharp.high) == pytest.approx((4.5, 5.5))
     assert iv.identifiable
     # a profile that is lowest at the delta: the interval touches zero
     falling = 0.01 + 0.001 * sig

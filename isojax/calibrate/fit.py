@@ -409,8 +409,11 @@ def fit_psf(
       stack: anisotropic stack ``(z, y, x)``, raw intensities (normalised here).
       subsample: anisotropy factor, axial step / lateral pixel size, >= 1.
       family: ``"gaussian"`` (default), ``"multi-gaussian"`` or ``"free"``.
-      init_fwhm: initial axial FWHM in lateral pixels; default ``subsample``. Must be at
-        least 0.5 px and at most an eighth of the planes' shorter side.
+      init_fwhm: an axial FWHM in lateral pixels that the global search must reach
+        (it searches up to three times its width, and at least three axial steps); default
+        ``subsample``. The refinement starts from the search's best cells, not from it.
+        At least 0.5 px and at most the FWHM of a Gaussian whose +-4 sigma fits in the
+        planes' shorter side (``2.355 (n - 1) / 8`` px).
       steps: L-BFGS iterations (>= 1), each with a zoom line search.
       n_lobes: side-lobe pairs for ``"multi-gaussian"``.
       smoothness: weight of the smoothness penalty for ``"free"`` and ``"multi-gaussian"``.
@@ -450,11 +453,12 @@ def fit_psf(
     check_subsample_against_spacing(s, spacing)
     n_lat = min(a.shape[1:])
     fwhm0 = float(s if config.init_fwhm is None else config.init_fwhm)
-    if not 0.5 <= fwhm0 <= n_lat / 8:
+    top = _FWHM_PER_SIGMA * (n_lat - 1) / 8
+    if not 0.5 <= fwhm0 <= top:
         raise IsojaxInputError(
             f"the initial axial FWHM {fwhm0:g} px is outside its valid range [0.5, "
-            f"{n_lat / 8:g}] px for planes of {n_lat} px (a kernel 3x wider must fit in a "
-            "line); give a smaller --init-fwhm or use larger planes."
+            f"{top:.4g}] px for planes of {n_lat} px (+-4 sigma must fit in a line); give a "
+            "smaller --init-fwhm or use larger planes."
         )
     target, segment = prepare_spectra(key, a, subsample=s, max_lines=config.max_lines)
     # global before local: the profile over a grid of Gaussian widths picks the starts
