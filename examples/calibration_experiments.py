@@ -134,7 +134,9 @@ def lateral_for(s):
     return 128 if s <= 6 else 256  # 2 steps at s = 10 (sigma 20 px) must fit the grid
 
 
-def grid(kinds, factors, fractions, noises, log):
+def grid(kinds, factors, fractions, noises, log, rows_file=None):
+    """One row per (specimen, factor, width, noise, start); each row is also appended to
+    ``rows_file`` (JSON lines) as soon as it is done."""
     rows = []
     seed = 0
     for kind in kinds:
@@ -162,6 +164,27 @@ def grid(kinds, factors, fractions, noises, log):
                                    dt=time.perf_counter() - t0, shape=tuple(stack.shape))
                         rows.append(row)
                         log(_row(row))
+                        if rows_file is not None:
+                            with open(rows_file, "a") as fh:
+                                fh.write(json.dumps({**row, "shape": list(row["shape"])}) + "\n")
+    return rows
+
+
+def _load_rows(path: Path) -> list[dict]:
+    """Rows from a run's ``.jsonl``, or from the table lines of its log (``| ... |``)."""
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        c = [x.strip() for x in line.strip().strip("|").split("|")]
+        if len(c) != 12 or not c[1][:1].isdigit():
+            continue
+        lo, hi = (float(v) for v in c[7].strip("[]").split(","))
+        rows.append(dict(kind=c[0], s=int(c[1]), w=float(c[2]), noise=c[3],
+                         start=float(c[4].split("x")[0]),
+                         fwhm0=float(c[4].split("(")[1].split()[0]), sig=float(c[5]),
+                         lo=lo, hi=hi, ident=c[9].startswith("yes"), dt=float(c[10]),
+                         shape=[int(v) for v in c[11].strip("()").split(",")]))
     return rows
 
 
@@ -306,15 +329,14 @@ def main(argv=None):
     if args.profile:
         parts += ["## The objective's profile over the width\n", profile_experiment(log), ""]
     if args.merge:
-        rows = [_widen(r) for f in args.merge for r in json.loads(f.read_text())]
+        rows = [_widen(r) for f in args.merge for r in _load_rows(f)]
         parts += ["## Recovered additional axial width, per cell\n", grid_table(rows), ""]
     elif not args.no_grid:
         if args.quick:
             rows = grid(["filaments+nuclei"], [3, 10], [0.25, 2.0], ["moderate"], log)
         else:
-            rows = grid(args.kinds, args.factors, args.fractions, args.noises, log)
-        args.out.with_suffix(".json").write_text(json.dumps(
-            [{**r, "shape": list(r["shape"])} for r in rows], indent=1))
+            rows = grid(args.kinds, args.factors, args.fractions, args.noises, log,
+                        rows_file=args.out.with_suffix(".jsonl"))
         parts += ["## Recovered additional axial width, per cell\n", grid_table(rows), ""]
     if args.timing:
         parts += ["## Time to calibrate\n", timing(log), ""]
