@@ -361,6 +361,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         spacing=args.spacing,
         steps=args.steps,
         overwrite=args.overwrite,
+        allow_unidentified=args.allow_unidentified,
     )
     return EXIT_OK
 
@@ -599,6 +600,9 @@ def _add_calibrate_command(commands: argparse._SubParsersAction) -> None:
                    help="L-BFGS iterations of the fit")
     c.add_argument("--overwrite", action="store_true",
                    help="replace an existing AXIAL.tif and its .json and .png (never the stack)")
+    c.add_argument("--allow-unidentified", action="store_true",
+                   help="write the best fit even when the stack does not identify the width "
+                   "(by default calibration then fails and writes nothing)")
     c.set_defaults(func=_cmd_calibrate)
 
 

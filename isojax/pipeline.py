@@ -296,25 +296,43 @@ def _save_calibration_png(path: Path, report, pixel_size: float | None, *,
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    fig = Figure(figsize=(15, 3.8), layout="constrained")
     FigureCanvasAgg(fig)
-    ax_s, ax_p = fig.subplots(1, 2)
+    ax_s, ax_p, ax_o = fig.subplots(1, 3)
     f = report.frequencies
     ax_s.semilogy(f, report.observed, "o-", ms=3, label="observed Z lines (laterally blurred)")
     ax_s.semilogy(f, report.synthetic, "s-", ms=3, label="XY lines through measure (fitted)")
-    ax_s.semilogy(f, report.initial, ":", label="XY lines at the initial PSF")
+    ax_s.semilogy(f, report.initial, ":", label="XY lines at the refinement's start")
     ax_s.set_xlabel("frequency (cycles per axial sample)")
     ax_s.set_ylabel("power")
     ax_s.legend(fontsize=8)
     ax_s.grid(alpha=0.3)
     axial = np.asarray(report.psf().axial[0])
-    scale, unit = (pixel_size, "um") if pixel_size is not None else (1.0, "px")
+    scale, unit = (pixel_size, "µm") if pixel_size is not None else (1.0, "px")
     x = (np.arange(axial.size) - axial.size // 2) * scale
     ax_p.plot(x, axial, "o-", ms=3)
     ax_p.set_xlabel(f"axial offset ({unit})")
     ax_p.set_ylabel("PSF (sums to 1)")
     ax_p.set_title(f"{report.family}: FWHM {report.fwhm_px:.3g} px")
     ax_p.grid(alpha=0.3)
+    iv = report.interval
+    if iv is not None:
+        sig = np.where(report.profile_sigmas <= 0.05, 0.0, report.profile_sigmas)
+        ax_o.semilogy(sig, report.profile_losses, "o-", ms=3, label="objective (nuisance fitted)")
+        ax_o.axhline(iv.threshold, color="C3", ls="--", lw=1, label="interval threshold")
+        high = iv.high if np.isfinite(iv.high) else float(sig.max())
+        ax_o.axvspan(iv.low, high, color="C2", alpha=0.2, label="95% interval")
+        ax_o.axvline(report.subsample, color="0.5", ls=":", lw=1, label="axial step")
+        ax_o.set_xlabel("additional axial sigma (px)")
+        ax_o.set_ylabel("spectral objective")
+        verdict = "identifiable" if iv.identifiable else "NOT identifiable from this stack"
+        ax_o.set_title(f"sigma {iv.low:.3g} to {iv.high:.3g} px: {verdict}", fontsize=9)
+        ax_o.legend(fontsize=8)
+        ax_o.grid(alpha=0.3)
+        if pixel_size is not None:
+            top = ax_o.secondary_xaxis("top", functions=(lambda v: v * pixel_size,
+                                                          lambda v: v / pixel_size))
+            top.set_xlabel("additional axial sigma (µm)")
     fig.suptitle(f"PSF self-calibration, objective {report.loss:.3g}")
     atomic_write(path, lambda temp: fig.savefig(temp, format="png", dpi=100), overwrite=overwrite)
 
@@ -329,15 +347,21 @@ def calibrate_file(
     spacing: Sequence[float] | None = None,
     steps: int = 40,
     overwrite: bool = False,
+    allow_unidentified: bool = False,
     log: Log = _stderr,
 ) -> dict:
     """``isojax calibrate``: learn the additional axial PSF from a stack and write it.
 
     Writes ``output`` (the 2D ``(lateral, axial)`` PSF, float32, pixel size in the
     metadata), ``output`` with ``.json`` (widths in pixels and micrometres, the objective's
-    final value, the fit's trajectory) and ``.png`` (observed and synthetic spectra, the
-    PSF profile). Nothing is written if anything fails; nothing is written unless all three
-    outputs may be (:func:`isojax.io.check_outputs`).
+    final value, the fit's trajectory, the width's 95% interval and the objective's
+    profile over the width) and ``.png`` (observed and synthetic spectra, the PSF profile,
+    the objective's profile with the interval). Nothing is written if anything fails;
+    nothing is written unless all three outputs may be (:func:`isojax.io.check_outputs`).
+    When the profile does not pin the width (its interval touches zero or is wide:
+    :func:`isojax.calibrate.search.profile_interval`), nothing is written and the
+    command fails, unless ``allow_unidentified``: a delta is never written as if it were
+    a measurement.
 
     Args:
       stack_path: the anisotropic stack TIFF.
@@ -348,13 +372,16 @@ def calibrate_file(
       spacing: voxel size ``(dz, dy, dx)`` in micrometres, overriding the metadata.
       steps: L-BFGS iterations.
       overwrite: replace existing outputs (never the stack).
+      allow_unidentified: write the PSF even when the stack does not identify its width
+        (the JSON then says ``"identifiable": false``).
 
     Returns:
       The JSON report as a dict.
 
     Raises:
       IsojaxInputError: bad stack or options; an output exists and ``overwrite`` is False;
-        an output is the stack.
+        an output is the stack; the width is not identifiable and ``allow_unidentified``
+        is False.
     """
     import json
 
@@ -381,6 +408,19 @@ def calibrate_file(
         jax.random.key(0), stack, subsample=s, family=family, init_fwhm=init_px, steps=steps,
         spacing=sp,  # the stack's own voxel size: fit_psf checks the factor against it
     )
+    iv = report.interval
+    um = "" if pixel is None else f" = {report.fwhm_px * pixel:.4g} µm"
+    hi_um = "" if pixel is None else f" ({iv.low * pixel:.3g} to {iv.high * pixel:.3g} µm)"
+    log(f"axial PSF ({family}): FWHM {report.fwhm_px:.3g} px{um}, sigma {report.sigma_px:.3g} "
+        f"px; 95% interval for sigma {iv.low:.3g} to {iv.high:.3g} px{hi_um}; objective "
+        f"{report.loss:.4g}; {report.seconds:.1f} s")
+    for w in report.warnings:
+        log(f"warning: {w}")
+    if not report.identifiable and not allow_unidentified:
+        raise IsojaxInputError(
+            f"the axial PSF is not identifiable from this stack (sigma between {iv.low:.3g} "
+            f"and {iv.high:.3g} px fit it equally well); nothing written. Give a bead or "
+            "theory PSF, or pass --allow-unidentified to write the best fit anyway.")
     summary = report.to_json()
     summary.update(stack=str(stack_path), subsample_from=how, psf_file=output.name)
     written = []
@@ -396,11 +436,6 @@ def calibrate_file(
         for path in written:
             path.unlink(missing_ok=True)
         raise
-    um = "" if pixel is None else f" = {report.fwhm_px * pixel:.4g} um"
-    log(f"axial PSF ({family}): FWHM {report.fwhm_px:.3g} px{um}, sigma {report.sigma_px:.3g} "
-        f"px; objective {report.loss:.4g}; {report.seconds:.1f} s")
-    for w in report.warnings:
-        log(f"warning: {w}")
     log(f"wrote {output}, {json_path.name} and {png_path.name}")
     return summary
 

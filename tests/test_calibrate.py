@@ -8,8 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
+from scipy import ndimage as ndi
 
 from isojax import calibrate
+from isojax.calibrate import search as cal_search
 from isojax.calibrate import spectra as cal_spectra
 from isojax.cli import main
 from isojax.errors import IsojaxInputError
@@ -164,6 +166,10 @@ def test_an_unresolved_width_is_reported():
                                   init_fwhm=2.0, steps=STEPS)
     assert report.sigma_px < 0.5
     assert any("near-delta" in w for w in report.warnings)
+    # ... and that the width is not identifiable: the interval includes zero
+    assert not report.identifiable
+    assert report.interval.low == 0.0
+    assert any("not identifiable from this stack" in w for w in report.warnings)
 
 
 def test_spectral_objective_is_smallest_at_the_true_width(spectra):
@@ -264,6 +270,13 @@ def test_cli_calibrate_writes_outputs(sim, tmp_path, capsys):
     assert report["fwhm_um"] == pytest.approx(report["fwhm_px"] * 0.1)
     assert "objective" in report
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert report["identifiable"] is True
+    lo, hi = report["sigma_interval_px"]
+    assert lo <= report["sigma_px"] <= hi
+    assert report["sigma_interval_um"] == pytest.approx([lo * 0.1, hi * 0.1])
+    assert len(report["profile"]["sigma_px"]) == len(report["profile"]["objective"])
+    assert report["profile"]["sigma_px"][0] == 0.0  # the search includes a delta
+    assert "95% interval for sigma" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -326,3 +339,109 @@ def test_training_without_psf_needs_calibration(tmp_path):
         train(np.ones((12, 40, 40), np.float32), None, workdir=tmp_path / "m",
               synth_config=SynthConfig(subsample=3.0, patch_size=16),
               config=TrainConfig(steps=1), progress=False)
+
+
+# ---- an independent specimen (not isojax.simulate): the collapse to a delta ------------
+
+
+def _independent_stack(seed, *, s, w, shape=(96, 96, 96), photons=500.0):
+    """Random filaments (blurred line segments, isotropic directions), a 3D Gaussian PSF
+    (lateral sigma 1 px, additional axial sigma w) by scipy, every s-th plane, Poisson and
+    read noise: a specimen the training simulator did not make."""
+    rng = np.random.default_rng(seed)
+    vol = np.zeros(shape, np.float32)
+    n = int(np.prod(shape) / 6000)
+    d = rng.normal(size=(n, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    for c, u, length in zip(rng.uniform(0, shape, (n, 3)), d, rng.uniform(20, 80, n), strict=True):
+        p = np.round(c + np.arange(-length / 2, length / 2, 0.5)[:, None] * u).astype(int)
+        p = p[np.all((p >= 0) & (p < shape), axis=1)]
+        np.add.at(vol, (p[:, 0], p[:, 1], p[:, 2]), rng.uniform(0.5, 1.5))
+    b = ndi.gaussian_filter(vol, 0.7)
+    b = ndi.gaussian_filter(b.astype(np.float64), (math.sqrt(1 + w * w), 1.0, 1.0), mode="wrap")
+    b = b[:: int(s)] / np.percentile(b, 99.9)
+    lam = np.clip(b, 0, None) * photons + 10.0
+    return (rng.poisson(lam) + rng.normal(0, 2.0, lam.shape)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def wide_at_step3():
+    """Z step 3 px, true additional sigma 4.2 px: the stack of the collapse report."""
+    return _independent_stack(3, s=3.0, w=4.2)
+
+
+def test_objective_rises_monotonically_from_a_delta_to_the_truth(wide_at_step3):
+    # Bug: each side got the other side's detector noise, v (sum h^2 + N_h): a noise level
+    # the candidate chose, largest for a delta. On a noisy stack the objective then had a
+    # local minimum at zero width behind a hump near half a step (the default start, FWHM
+    # one step, sat on it), and L-BFGS walked to the delta. Both sides now carry white
+    # noise v whatever the candidate: the profile falls all the way to the truth.
+    target, segment = calibrate.prepare_spectra(jax.random.key(0), wide_at_step3, subsample=3.0)
+    sig = np.array([cal_search.DELTA_SIGMA, 0.5, 1.0, 1.27, 2.0, 3.0, 4.2])
+    losses, _ = cal_search.width_profile(target, sig, subsample=3.0, segment=segment,
+                                         taps=cal_search.grid_taps(wide_at_step3.shape[-1]))
+    assert np.all(np.diff(losses) < 0), losses
+
+
+# None: the default start (FWHM one step). A start 0.5x the truth searches exactly the
+# same grid (three steps exceed three times its width), so it is not run again.
+@pytest.mark.parametrize("start", [None, 2 * 4.2 * FWHM])
+def test_a_width_above_the_step_is_found_from_any_start(wide_at_step3, start):
+    # the reported collapse: step 3, sigma 4.2, default start FWHM 3 px -> sigma 6e-7 px
+    if start is None:
+        grid = cal_search.width_grid(3.0, n_lat=96)
+        assert np.array_equal(grid, cal_search.width_grid(3.0, n_lat=96, init_sigma=2.1))
+    _, report = calibrate.fit_psf(jax.random.key(1), wide_at_step3, subsample=3.0,
+                                  init_fwhm=start, steps=STEPS)
+    assert report.sigma_px == pytest.approx(4.2, rel=0.10)
+    assert report.identifiable
+    assert report.interval.low < report.sigma_px < report.interval.high
+    assert report.profile_sigmas[0] == cal_search.DELTA_SIGMA  # the search saw a delta
+    assert report.profile_sigmas.max() >= 9.0  # ... and three axial steps
+    assert not any("near-delta" in w for w in report.warnings)
+
+
+def test_profile_interval_reads_the_threshold_off_the_profile():
+    sig = np.concatenate([[cal_search.DELTA_SIGMA], np.linspace(0.5, 10.0, 20)])
+    parabola = 0.01 + 0.02 * (sig - 5.0) ** 2
+    iv = cal_search.profile_interval(sig, parabola, n_freq=16)
+    assert iv.threshold == pytest.approx(0.01 * math.exp(3.841458820694124 / 8))
+    half = math.sqrt((iv.threshold - 0.01) / 0.02)
+    assert iv.best == 5.0
+    half = max(half, 5.0 * cal_search.MODEL_ERROR)  # never narrower than the model error
+    assert iv.low == pytest.approx(5.0 - half, abs=0.05)  # linear interpolation on the grid
+    assert iv.high == pytest.approx(5.0 + half, abs=0.05)
+    sharp = cal_search.profile_interval(sig, 0.01 + 10.0 * (sig - 5.0) ** 2, n_freq=16)
+    assert (sharp.low, sharp.high) == pytest.approx((4.5, 5.5))
+    assert iv.identifiable
+    # a profile that is lowest at the delta: the interval touches zero
+    falling = 0.01 + 0.001 * sig
+    iv0 = cal_search.profile_interval(sig, falling, n_freq=16)
+    assert (iv0.best, iv0.low) == (0.0, 0.0)
+    assert not iv0.identifiable
+    # a flat profile: no upper bound
+    ivf = cal_search.profile_interval(sig, np.full_like(sig, 0.1), n_freq=16)
+    assert ivf.high == math.inf
+    assert not ivf.identifiable
+    # wide: more than a factor 2 between the ends
+    shallow = 0.01 + 1e-5 * (sig - 5.0) ** 2
+    assert not cal_search.profile_interval(sig, shallow, n_freq=16).identifiable
+
+
+def test_cli_calibrate_refuses_an_unidentified_width_unless_allowed(tmp_path, capsys):
+    # white noise has no axial blur to find: nothing is written, the command fails
+    stack = np.random.default_rng(0).random((16, 64, 64)).astype(np.float32)
+    path = write_tiff(tmp_path / "noise.tif", stack, spacing=(0.4, 0.1, 0.1))
+    out = tmp_path / "axial.tif"
+    assert main(["calibrate", str(path), "-o", str(out), "--steps", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "not identifiable from this stack" in err
+    assert "--allow-unidentified" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noise.tif"]
+    assert main(["calibrate", str(path), "-o", str(out), "--steps", "2",
+                 "--allow-unidentified"]) == 0
+    capsys.readouterr()
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["identifiable"] is False
+    assert any("not identifiable from this stack" in w for w in report["warnings"])
+    assert read_tiff(out)[0].ndim == 2

@@ -364,7 +364,8 @@ def test_calibrate_refuses_existing_outputs_and_its_stack(tmp_path, capsys):
     stack = write_tiff(tmp_path / "stack.tif", (rng.random((16, 48, 48)) * 1000).astype(np.uint16),
                        spacing=SPACING, dtype=np.uint16)  # calibration needs 16 planes
     out = tmp_path / "axial.tif"
-    base = ["calibrate", str(stack), "--steps", "2"]
+    # white noise identifies no width: --allow-unidentified lets the outputs be written
+    base = ["calibrate", str(stack), "--steps", "2", "--allow-unidentified"]
     for name in ("axial.tif", "axial.json", "axial.png"):  # any one of the three outputs
         (tmp_path / name).write_bytes(b"a user's file")
         before = _contents(tmp_path)

@@ -27,11 +27,17 @@ one module each (this package re-exports their public names):
   lines start at random offsets), and over the Z lines of all XZ and YZ planes (up to
   :data:`_MAX_PLANES` of each), compared as logarithms, with two fitted nuisance
   constants: a white noise floor and a gain. Detector noise of variance ``v`` reaches the
-  two sides through different filters and is added to each from the other (``v`` is
-  bounded by both the lateral lines' highest frequencies and the Z lines' spectrum, so
-  a noise-free stack gets none). The *lateral*
+  two sides through different filters; each side gets white noise added up to ``v``
+  (``v (1 - sum h^2)`` and ``v (1 - N_h(f))``), so both carry the same white noise
+  whatever the candidate (``v`` is bounded by both the lateral lines' highest
+  frequencies and the Z lines' spectrum, so a noise-free stack gets none). The *lateral*
   PSF blurs XY lines and Z lines alike, so it cancels: what the comparison identifies is
   the *additional* axial PSF, the one :func:`isojax.degrade` needs.
+
+* **Global search and an interval** (:mod:`isojax.calibrate.search`): the objective
+  profiled over a grid of Gaussian widths (a delta up to three axial steps), the
+  refinement's starts, and a likelihood-ratio-like interval for the width that says when
+  the stack does not identify it.
 
 * **Fitting** (:func:`fit_psf`, in :mod:`isojax.calibrate.fit`), and the joint maths the
   training loop uses to refine the PSF with the network (:func:`consistency_loss`,

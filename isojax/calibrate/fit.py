@@ -27,10 +27,18 @@ from isojax.calibrate.params import (
     psf_sigma,
     smoothness_penalty,
 )
+from isojax.calibrate.search import (
+    DELTA_SIGMA,
+    WidthInterval,
+    grid_taps,
+    local_minima,
+    profile_interval,
+    width_grid,
+    width_profile,
+)
 from isojax.calibrate.spectra import (
     _MAX_PLANES,
     _check_stack,
-    _init_nuisance,
     _log_spectra_jit,
     _model_log_spectrum,
     prepare_spectra,
@@ -126,7 +134,14 @@ class CalibrationReport:
       initial: model spectrum at the initial PSF ``(n_freq,)``.
       seconds: wall-clock time of the fit, including compilation.
       n_lines: lateral lines used; n_z_lines: observed Z lines; segment: Welch length.
-      warnings: problems found (e.g. the fit at the support's edge).
+      warnings: problems found (e.g. the fit at the support's edge, a width that the
+        stack does not identify).
+      interval: a :class:`~isojax.calibrate.search.WidthInterval` for the Gaussian sigma
+        (px), from the objective's profile over the width.
+      profile_sigmas, profile_losses: that profile, ``(k,)`` each (sigma in px; the first
+        is :data:`~isojax.calibrate.search.DELTA_SIGMA`, a delta).
+      start_fwhm_px: the FWHM (px) the gradient refinement started from, the best cell
+        of the global search.
     """
 
     family: str
@@ -150,6 +165,15 @@ class CalibrationReport:
     n_z_lines: int
     segment: int
     warnings: tuple[str, ...] = ()
+    interval: WidthInterval | None = None
+    profile_sigmas: np.ndarray | None = None
+    profile_losses: np.ndarray | None = None
+    start_fwhm_px: float | None = None
+
+    @property
+    def identifiable(self) -> bool:
+        """Whether the profile pins the width (an interval off zero and not wide)."""
+        return bool(self.interval is not None and self.interval.identifiable)
 
     @property
     def sigma_um(self) -> float | None:
@@ -186,6 +210,29 @@ class CalibrationReport:
             "seconds": self.seconds,
             "warnings": list(self.warnings),
             "trajectory": self.trajectory,
+            **self._interval_json(),
+        }
+
+    def _interval_json(self) -> dict:
+        if self.interval is None:
+            return {}
+        iv = self.interval
+
+        def um(v):
+            return None if self.pixel_size is None or v is None else v * self.pixel_size
+
+        hi = iv.high if math.isfinite(iv.high) else None
+        fw = _FWHM_PER_SIGMA
+        return {
+            "identifiable": bool(iv.identifiable),
+            "sigma_interval_px": [iv.low, hi],
+            "sigma_interval_um": [um(iv.low), um(hi)],
+            "fwhm_interval_px": [iv.low * fw, None if hi is None else hi * fw],
+            "interval_threshold": iv.threshold,
+            "start_fwhm_px": self.start_fwhm_px,
+            "profile": {"sigma_px": [0.0 if v <= DELTA_SIGMA else float(v)
+                                     for v in self.profile_sigmas],
+                        "objective": [float(v) for v in self.profile_losses]},
         }
 
 
@@ -261,6 +308,58 @@ def _fit_warnings(a: np.ndarray, axial: np.ndarray, *, taps: int, fwhm0: float, 
     return problems
 
 
+def _starts(losses: np.ndarray, family) -> list[int]:
+    """Grid cells the refinement starts from: the lowest local minimum of the profile, and
+    the second lowest if it is within 50% of it (the Gaussian family); the best cell off
+    the delta (the others: their supports follow the start's width)."""
+    if family != "gaussian":
+        return [1 + int(np.argmin(losses[1:]))]
+    cells = local_minima(losses, 2)
+    return [i for i in cells if losses[i] <= 1.5 * losses[cells[0]]]
+
+
+def _refine(i, grid, nuis, target, *, family, taps_g, n_lat, n_lobes, smoothness, s,
+            segment, steps) -> dict:
+    """L-BFGS from the grid's cell ``i`` (its width and fitted nuisance constants)."""
+    fwhm_start = float(grid[i]) * _FWHM_PER_SIGMA
+    taps = taps_g if family == "gaussian" else _support(max(fwhm_start, 0.5), n_lat // 2)
+    theta_psf = init_params(family, fwhm_px=fwhm_start, taps=taps, n_lobes=n_lobes)
+    nuisance = {"log_gain": np.float32(nuis[i, 0]), "log_floor": np.float32(nuis[i, 1])}
+    psf0 = psf_from_params(family, theta_psf, taps=taps)
+    initial = np.exp(np.asarray(_model_log_spectrum(psf0, nuisance, target, s, segment)))
+    theta, hist, final, spec, _sigma = _fit(
+        {"psf": theta_psf, "nuisance": nuisance}, target, family=family, taps=taps,
+        smoothness=smoothness, subsample=s, segment=segment, steps=steps,
+    )
+    return {"theta": theta, "hist": hist, "final": final, "spec": spec, "taps": taps,
+            "initial": initial, "start_fwhm": fwhm_start}
+
+
+def _interval(grid, losses, sigma_px, spec, target, *, s, segment, taps_g):
+    """The width's interval from the grid's profile, with as many more widths around the
+    refined one (same count: the same compiled profile) and the refined point itself."""
+    extra = np.array([], np.float64)
+    extra_l = np.array([], np.float64)
+    if sigma_px > DELTA_SIGMA:
+        extra = np.clip(sigma_px * np.geomspace(0.6, 1.0 / 0.6, len(grid)), grid[1], grid[-1])
+        extra_l, _ = width_profile(target, extra, subsample=s, segment=segment, taps=taps_g)
+        extra, extra_l = np.append(extra, sigma_px), np.append(extra_l, spec)
+    sig = np.concatenate([grid, extra])
+    val = np.concatenate([losses, extra_l])
+    order = np.argsort(sig, kind="stable")
+    sig, val = sig[order], val[order]
+    return profile_interval(sig, val, n_freq=segment // 2), sig, val
+
+
+def _unidentified_message(iv: WidthInterval, s: float) -> str:
+    hi = "no upper bound within the search" if not math.isfinite(iv.high) else f"{iv.high:.3g} px"
+    why = ("it includes zero width" if iv.low <= 0 else
+           f"it spans more than a factor {iv.high / iv.low:.2g}")
+    return (f"the additional axial width is not identifiable from this stack: its 95% "
+            f"interval is sigma {iv.low:.3g} px to {hi} ({why}; axial step {s:g} px). "
+            "Give a measured or theoretical PSF instead")
+
+
 def fit_psf(
     key: Array,
     stack,
@@ -289,8 +388,11 @@ def fit_psf(
       stack: anisotropic stack ``(z, y, x)``, raw intensities (normalised here).
       subsample: anisotropy factor, axial step / lateral pixel size, >= 1.
       family: ``"gaussian"`` (default), ``"multi-gaussian"`` or ``"free"``.
-      init_fwhm: initial axial FWHM in lateral pixels; default ``subsample``. Must be at
-        least 0.5 px and at most an eighth of the planes' shorter side.
+      init_fwhm: an axial FWHM in lateral pixels that the global search must reach
+        (it searches up to three times its width, and at least three axial steps); default
+        ``subsample``. The refinement starts from the search's best cells, not from it.
+        At least 0.5 px and at most the FWHM of a Gaussian whose +-4 sigma fits in the
+        planes' shorter side (``2.355 (n - 1) / 8`` px).
       steps: L-BFGS iterations (>= 1), each with a zoom line search.
       n_lobes: side-lobe pairs for ``"multi-gaussian"``.
       smoothness: weight of the smoothness penalty for ``"free"`` and ``"multi-gaussian"``.
@@ -330,38 +432,48 @@ def fit_psf(
     check_subsample_against_spacing(s, spacing)
     n_lat = min(a.shape[1:])
     fwhm0 = float(s if config.init_fwhm is None else config.init_fwhm)
-    if not 0.5 <= fwhm0 <= n_lat / 8:
+    top = _FWHM_PER_SIGMA * (n_lat - 1) / 8
+    if not 0.5 <= fwhm0 <= top:
         raise IsojaxInputError(
             f"the initial axial FWHM {fwhm0:g} px is outside its valid range [0.5, "
-            f"{n_lat / 8:g}] px for planes of {n_lat} px (a kernel 3x wider must fit in a "
-            "line); give a smaller --init-fwhm or use larger planes."
+            f"{top:.4g}] px for planes of {n_lat} px (+-4 sigma must fit in a line); give a "
+            "smaller --init-fwhm or use larger planes."
         )
     target, segment = prepare_spectra(key, a, subsample=s, max_lines=config.max_lines)
-    taps = _support(fwhm0, n_lat // 2)
-    theta_psf = init_params(family, fwhm_px=fwhm0, taps=taps, n_lobes=n_lobes)
-    psf0 = psf_from_params(family, theta_psf, taps=taps)
-    theta = {"psf": theta_psf, "nuisance": _init_nuisance(psf0, target, s, segment)}
-    initial = np.exp(np.asarray(_model_log_spectrum(psf0, theta["nuisance"], target, s, segment)))
-    theta, hist, final, spec, _sigma = _fit(
-        theta, target, family=family, taps=taps, smoothness=float(smoothness), subsample=s,
-        segment=segment, steps=int(steps),
-    )
+    # global before local: the profile over a grid of Gaussian widths picks the starts
+    grid = width_grid(s, n_lat=n_lat,
+                      init_sigma=None if init_fwhm is None else fwhm0 / _FWHM_PER_SIGMA)
+    taps_g = grid_taps(n_lat)
+    losses, nuis = width_profile(target, grid, subsample=s, segment=segment, taps=taps_g)
+    runs = [_refine(i, grid, nuis, target, family=family, taps_g=taps_g, n_lat=n_lat,
+                    n_lobes=n_lobes, smoothness=float(smoothness), s=s, segment=segment,
+                    steps=int(steps))
+            for i in _starts(losses, family)]
+    best = min(runs, key=lambda r: float(r["final"]) if np.isfinite(float(r["final"])) else np.inf)
+    theta, hist, final, spec, taps = (best[k] for k in ("theta", "hist", "final", "spec", "taps"))
     theta = jax.tree.map(np.asarray, theta)
+    if family == "gaussian":  # the grid's support held three axial steps; keep 3x the width
+        taps = _support(max(float(np.exp(theta["psf"]["log_sigma"])) * _FWHM_PER_SIGMA, 1.0),
+                        n_lat // 2)
     psf = psf_from_params(family, theta["psf"], taps=taps)
     axial = np.asarray(psf.axial[0])
     sigma_px = float(psf_sigma(psf))
     fwhm_px = _axial_fwhm(axial)
+    interval, prof_s, prof_l = _interval(grid, losses, sigma_px, float(spec), target,
+                                         s=s, segment=segment, taps_g=taps_g)
     obs_log, model_log = _log_spectra_jit(psf, theta["nuisance"], target, s, segment)
     model = np.exp(np.asarray(model_log))
-    losses, specs, sigmas = (np.asarray(h) for h in hist)
+    losses_h, specs, sigmas = (np.asarray(h) for h in hist)
     stride = max(1, steps // 100)
     trajectory = [
-        {"step": i + 1, "loss": float(losses[i]), "spectral_loss": float(specs[i]),
+        {"step": i + 1, "loss": float(losses_h[i]), "spectral_loss": float(specs[i]),
          "sigma_px": float(sigmas[i]), "fwhm_px": float(sigmas[i]) * _FWHM_PER_SIGMA}
         for i in range(0, steps, stride)
     ]
-    problems = _fit_warnings(a, axial, taps=taps, fwhm0=fwhm0, final=final,
+    problems = _fit_warnings(a, axial, taps=taps, fwhm0=best["start_fwhm"], final=final,
                              sigma_px=sigma_px, s=s)
+    if not interval.identifiable:
+        problems.append(_unidentified_message(interval, s))
     report = CalibrationReport(
         family=family, params=theta["psf"], nuisance=theta["nuisance"], taps=taps,
         sigma_px=sigma_px, fwhm_px=fwhm_px,
@@ -370,9 +482,11 @@ def fit_psf(
         subsample=s,
         init_fwhm_px=fwhm0, loss=float(final), spectral_loss=float(spec),
         trajectory=trajectory, frequencies=np.asarray(target.frequencies),
-        observed=np.exp(np.asarray(obs_log)), synthetic=model, initial=initial,
+        observed=np.exp(np.asarray(obs_log)), synthetic=model, initial=best["initial"],
         seconds=time.perf_counter() - t0, n_lines=int(target.lines.shape[0]),
-        n_z_lines=int((min(a.shape[1], _MAX_PLANES) + min(a.shape[2], _MAX_PLANES)) * n_lat), segment=segment, warnings=tuple(problems),
+        n_z_lines=int((min(a.shape[1], _MAX_PLANES) + min(a.shape[2], _MAX_PLANES)) * n_lat),
+        segment=segment, warnings=tuple(problems), interval=interval,
+        profile_sigmas=prof_s, profile_losses=prof_l, start_fwhm_px=best["start_fwhm"],
     )
     return psf, report
 

@@ -297,21 +297,36 @@ def _noise_spectrum(psf, n: int, subsample: float, frequencies: Array) -> Array:
     return jnp.sum(w * r * jnp.cos(2 * jnp.pi * frequencies[:, None] * m), axis=-1)
 
 
-def _log_spectra(psf, nuisance, target, subsample, segment):
-    """(log observed, log model) spectra, each with the other side's detector noise added.
+def _noised_spectra(psf, target, subsample, segment):
+    """(observed, synthetic) spectra before the nuisance constants, each carrying white
+    detector noise of the stack's variance ``v``, whatever the candidate PSF.
 
-    Both sides carry the stack's white noise of variance ``v`` after different filters:
-    the Z lines ``v sum(h^2)`` (lateral blur, white along z), the synthetic lines ``v
-    N_h(f)`` (blur and sampling). Adding each side's noise to the other makes the noise
-    equal on both, without subtracting anything.
+    Both sides carry the stack's noise after different filters: the laterally blurred Z
+    lines ``v sum(h^2)`` (white along z), the measured lateral lines ``v N_h(f)``. Each
+    side gets white noise added up to the raw stack's level ``v``: ``v (1 - sum(h^2))``
+    and ``v (1 - N_h(f))`` (both >= 0 for a kernel that sums to 1), so both end with the
+    same white noise ``v`` for every candidate.
+
+    Before, each side got the *other* side's noise, ``v (sum(h^2) + N_h(f))`` on both: a
+    noise level that the candidate chooses. A delta maximises it (both sums are 1), and
+    white noise added to both sides shrinks every log-ratio, so on noisy stacks a delta
+    scored better than all narrow-to-moderate widths and the objective had a local minimum
+    at zero width behind a hump near half an axial step (docs/calibration.md, 'Why the fit
+    collapsed to a delta').
     """
     v = target.noise_var
     h = _axial_profile(psf)
     obs = observed_spectrum(psf, target, segment=segment)
     syn = synthetic_spectrum(psf, target, subsample=subsample, segment=segment)
     n_h = _noise_spectrum(psf, target.lines.shape[-1], subsample, target.frequencies)
-    obs = obs + v * n_h
-    syn = syn + v * jnp.sum(h**2)
+    obs = obs + v * jnp.maximum(1.0 - jnp.sum(h**2), 0.0)
+    syn = syn + v * jnp.maximum(1.0 - n_h, 0.0)
+    return obs, syn
+
+
+def _log_spectra(psf, nuisance, target, subsample, segment):
+    """(log observed, log model) spectra, both with white noise ``v`` (:func:`_noised_spectra`)."""
+    obs, syn = _noised_spectra(psf, target, subsample, segment)
     model = jnp.exp(nuisance["log_gain"]) * syn + jnp.exp(nuisance["log_floor"])
     return jnp.log(jnp.maximum(obs, 1e-30)), jnp.log(model)
 
