@@ -220,6 +220,8 @@ def train(
       TrainingDiverged: the loss became NaN or inf; the last good checkpoint is kept.
       isojax.interrupt.Interrupted: SIGINT or SIGTERM; a checkpoint was saved first.
     """
+    # Long only by its docstring (the public contract: resume, noise, signals); the body is
+    # the set-up order and delegates each phase to one function.
     main = distributed.is_main_process()  # only process 0 writes files and messages
     log = log or log_to_stderr
     if not main:
