@@ -36,6 +36,7 @@ import numpy as np
 
 from isojax import __version__, distributed, synth
 from isojax.errors import IsojaxInputError, log_to_stderr, log_warnings
+from isojax.forward import FactoredPSF
 from isojax.interrupt import Interrupted, deferred_signals
 from isojax.io import write_tiff
 from isojax.model_folder import (
@@ -127,7 +128,7 @@ class _Loop(NamedTuple):
 
 def train(
     stack,
-    psf: AxialPSF | Any = None,
+    psf: AxialPSF | FactoredPSF | np.ndarray | None = None,
     *,
     workdir: str | os.PathLike,
     synth_config: SynthConfig,
