@@ -216,8 +216,9 @@ def train(
 
     Raises:
       IsojaxInputError: bad stack or PSF (:func:`isojax.psf.check_psf`), a
-        ``psf_pixel_size`` that is not the :class:`~isojax.psf.AxialPSF`'s, folder already holding a model without ``resume``,
-        nothing to resume, or settings or a PSF that differ from the folder's on resume.
+        ``psf_pixel_size`` that is not the :class:`~isojax.psf.AxialPSF`'s, folder already
+        holding a model without ``resume``, nothing to resume, or settings or a PSF that
+        differ from the folder's on resume.
       TrainingDiverged: the loss became NaN or inf; the last good checkpoint is kept.
       isojax.interrupt.Interrupted: SIGINT or SIGTERM; a checkpoint was saved first.
     """
