@@ -13,17 +13,18 @@ work is in :mod:`isojax.synth`, :mod:`isojax.train` and :mod:`isojax.predict`.
 
 from __future__ import annotations
 
-import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from isojax import geometry
 from isojax.errors import IsojaxInputError, log_to_stderr
+
+if TYPE_CHECKING:
+    from isojax.psf import AxialPSF
 
 Log = Callable[[str], None]
 
@@ -78,6 +79,10 @@ def __getattr__(name: str):
         from isojax.psf.sources import resolve_psf
 
         return resolve_psf
+    if name in ("demo", "DEMO_FILES"):  # in isojax.demo_pipeline, which imports this module
+        from isojax import demo_pipeline
+
+        return getattr(demo_pipeline, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -85,7 +90,7 @@ def train_file(
     stack_path: str | os.PathLike,
     *,
     model: str | os.PathLike,
-    psf: str | os.PathLike | None = None,
+    psf: str | os.PathLike | AxialPSF | None = None,
     bead: str | os.PathLike | None = None,
     bead_spacing: Sequence[float] | None = None,
     theory: dict | None = None,
@@ -128,7 +133,9 @@ def train_file(
 
     The anisotropy factor comes from ``subsample`` or the voxel size (metadata or
     ``spacing``); the PSF from a file, a bead stack, or a theoretical model, at the stack's
-    lateral pixel size. See :func:`isojax.train.train` for what the folder holds.
+    lateral pixel size; ``psf`` may also be an :class:`~isojax.psf.AxialPSF` checked
+    already (at the stack's lateral pixel size), used as it is. See
+    :func:`isojax.train.train` for what the folder holds.
 
     ``resume`` continues the folder's training (:func:`isojax.train.train`): a larger
     ``steps`` extends a run, keeping the folder's warm-up length. When stderr is not a
@@ -180,74 +187,36 @@ def train_file(
       IsojaxInputError: an unusable stack, PSF source or model folder (the message names
         the fix).
     """
-    from isojax.psf.sources import resolve_psf
     from isojax.synth import SynthConfig, check_contrast
     from isojax.train import TrainConfig, train
     from isojax.unet import UNetConfig
 
-    _check_model_folder(model, inputs={"stack": stack_path, "PSF": psf, "bead stack": bead})
+    _check_model_folder(model, inputs={"stack": stack_path, "bead stack": bead,
+                                       "PSF": None if _is_axial_psf(psf) else psf})
     stack, g = geometry.read_stack(stack_path, spacing=spacing, subsample=subsample, log=log)
     check_contrast(stack, percentiles=(1.0, 99.8), name=stack_path)  # train's percentiles
     log(f"stack {stack_path}: shape {stack.shape} (z, y, x), subsample {g.subsample:.4g} "
         f"from {g.how}")
     pixel = g.pixel_size
-    calibration = None
-    if calibrate_psf:
-        from isojax.calibrate import CalibrationConfig
-
-        calibration = CalibrationConfig(
-            family=family, init_fwhm=_um_to_px(init_fwhm, pixel, "--init-fwhm")
-        )
-    if calibrate_psf and not (psf or bead or theory):
-        axial = None
-        log("no PSF source: the PSF is learned from the stack (--calibrate-psf)")
-    else:
-        axial = resolve_psf(
-            pixel_size=pixel, psf=psf, bead=bead, bead_spacing=bead_spacing, theory=theory,
-            log=log,
-        ).kernel  # checked once; train() takes the array (it re-checks: see train.py)
-    synth_config = SynthConfig(
-        subsample=g.subsample,
-        patch_size=patch_size,
-        interpolation=interpolation,
-        photons=photons,
-        read_noise=read_noise,
+    axial, calibration = _training_psf(
+        pixel, psf=psf, bead=bead, bead_spacing=bead_spacing, theory=theory,
+        calibrate_psf=calibrate_psf, family=family, init_fwhm=init_fwhm, log=log,
     )
-    warmup_steps = min(100, steps // 10)
-    if resume and (Path(model) / "config.json").exists():
-        from isojax.train import read_model_config
-
-        # the warm-up is part of the run's schedule: an extended run keeps the folder's
-        kept = read_model_config(model).get("train", {}).get("warmup_steps")
-        if isinstance(kept, int) and not isinstance(kept, bool) and kept >= 0:
-            warmup_steps = kept
+    # the frozen settings, built once here and checked on construction
+    synth_config = SynthConfig(subsample=g.subsample, patch_size=patch_size,
+                               interpolation=interpolation, photons=photons,
+                               read_noise=read_noise)
     config = TrainConfig(
-        steps=steps,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        loss=loss,
-        seed=seed,
-        checkpoint_every=checkpoint_every,
-        val_every=val_every,
-        warmup_steps=warmup_steps,
+        steps=steps, batch_size=batch_size, learning_rate=learning_rate, loss=loss, seed=seed,
+        checkpoint_every=checkpoint_every, val_every=val_every,
+        warmup_steps=_warmup_steps(model, steps=steps, resume=resume),
         compute_dtype=compute_dtype,
     )
     net = UNetConfig(first_filters=first_filters, depth=depth, prob_out=loss == "laplace")
-    summary = train(
-        stack,
-        axial,
-        workdir=model,
-        synth_config=synth_config,
-        config=config,
-        net=net,
-        spacing=g.spacing,
-        psf_pixel_size=pixel,
-        resume=resume,
-        progress=progress,
-        log=log,
-        calibrate_psf=calibrate_psf,
-        calibration=calibration,
-        match_noise=match_noise,
+    summary = train(  # the AxialPSF as it is: train() does not check it again
+        stack, axial, workdir=model, synth_config=synth_config, config=config, net=net,
+        spacing=g.spacing, psf_pixel_size=pixel, resume=resume, progress=progress, log=log,
+        calibrate_psf=calibrate_psf, calibration=calibration, match_noise=match_noise,
         log_every=log_every,
     )
     if summary.get("steps_run") == 0:
@@ -257,6 +226,56 @@ def train_file(
         f"{summary['best_val_loss']:.4g} at step {summary['best_step']}; model in {model}"
     )
     return summary
+
+
+def _is_axial_psf(psf) -> bool:
+    from isojax.psf import AxialPSF
+
+    return isinstance(psf, AxialPSF)
+
+
+def _training_psf(pixel: float | None, *, psf, bead, bead_spacing, theory, calibrate_psf: bool,
+                  family: str, init_fwhm: float | None, log: Log):
+    """``train_file``'s PSF (None when it is learned from nothing) and calibration settings.
+
+    Returns:
+      ``(axial, calibration)``: the checked :class:`~isojax.psf.AxialPSF` (``psf`` itself
+      when it is one) or None, and a :class:`isojax.calibrate.CalibrationConfig` with
+      ``calibrate_psf`` (else None).
+    """
+    from isojax.psf.sources import resolve_psf
+
+    calibration = None
+    if calibrate_psf:
+        from isojax.calibrate import CalibrationConfig
+
+        calibration = CalibrationConfig(
+            family=family, init_fwhm=_um_to_px(init_fwhm, pixel, "--init-fwhm")
+        )
+    if _is_axial_psf(psf):
+        return psf, calibration  # checked by whoever built it (demo: from its bead)
+    if calibrate_psf and not (psf or bead or theory):
+        log("no PSF source: the PSF is learned from the stack (--calibrate-psf)")
+        return None, calibration
+    axial = resolve_psf(
+        pixel_size=pixel, psf=psf, bead=bead, bead_spacing=bead_spacing, theory=theory,
+        log=log,
+    )
+    return axial, calibration
+
+
+def _warmup_steps(model, *, steps: int, resume: bool) -> int:
+    """The warm-up length: a tenth of the steps (at most 100), or on resume the folder's.
+
+    The warm-up is part of the run's schedule: an extended run keeps the folder's.
+    """
+    if resume and (Path(model) / "config.json").exists():
+        from isojax.model_folder import read_model_config
+
+        kept = read_model_config(model).get("train", {}).get("warmup_steps")
+        if isinstance(kept, int) and not isinstance(kept, bool) and kept >= 0:
+            return kept
+    return min(100, steps // 10)
 
 
 def _check_model_folder(model, *, inputs: dict) -> None:
@@ -563,190 +582,3 @@ def predict_file(
     stack, g = geometry.read_stack(stack_path, spacing=spacing, subsample=subsample, log=log)
     return predict_stack_file(stack_path, stack, apply_fn, meta, geometry=g, output=output,
                               **options)
-
-
-def _simulated_bead(key, *, sigma_lateral_px, sigma_axial_px, pixel_size, z_step, photons=3000.0):
-    """A sub-resolution bead imaged with the simulator's Gaussian PSF (background and noise)."""
-    import jax
-
-    from isojax.forward import add_noise
-    from isojax.psf import gaussian_psf
-
-    spacing = (z_step, pixel_size, pixel_size)
-    sigma_um = (
-        sigma_axial_px * pixel_size,
-        sigma_lateral_px * pixel_size,
-        sigma_lateral_px * pixel_size,
-    )
-    psf3d = np.asarray(gaussian_psf(sigma_um, spacing, shape=(31, 41, 41)))
-    psf3d = psf3d / psf3d.max()
-    background = 0.05
-    bead = add_noise(key, jax.numpy.asarray(psf3d + background), photons=photons, sigma=0.002)
-    return (np.asarray(bead) * 1000).astype(np.float32), spacing
-
-
-#: What :func:`demo` writes into its folder; with ``overwrite`` only these are replaced.
-DEMO_FILES = ("stack.tif", "truth.tif", "bead.tif", "psf.tif", "psf.png", "model/",
-              "isojax.tif", "linear.tif", "views.png", "scores.json")
-
-
-def demo(
-    out: str | os.PathLike = "isojax-demo",
-    *,
-    seed: int = 0,
-    subsample: float = 4.0,
-    shape: Sequence[int] = (96, 128, 128),
-    steps: int = 300,
-    batch_size: int = 8,
-    patch_size: int = 64,
-    first_filters: int = 16,
-    overwrite: bool = False,
-    progress: bool = True,
-    log: Log = _stderr,
-) -> dict:
-    """``isojax demo``: the whole pipeline on a simulated stack with known ground truth.
-
-    1. Simulates an isotropic specimen (filaments, vesicles) at 0.1 µm voxels and its
-       anisotropic acquisition: Gaussian PSF of sigma 1 px laterally and 3 px axially,
-       Z sampled every ``subsample`` pixels, shot and read noise.
-    2. Simulates a bead stack with the same optics, derives the additional axial PSF from
-       it with the PSF toolkit, and compares it with the known answer
-       (sigma ``sqrt(3^2 - 1^2)`` px).
-    3. Trains a U-Net briefly (``first_filters=16`` by default so that the demo takes a few
-       minutes on two CPU cores; ``isojax train`` uses CARE's 32), then predicts the
-       isotropic stack.
-    4. Scores linear interpolation and isojax against the truth on the physical grid (PSNR,
-       SSIM) and draws orthogonal views.
-
-    Writes into ``out``: ``stack.tif`` (anisotropic input), ``truth.tif``, ``bead.tif``,
-    ``psf.tif``/``psf.png``, ``model/``, ``isojax.tif``, ``linear.tif``, ``views.png``,
-    ``scores.json`` (:data:`DEMO_FILES`). An existing ``out`` that is not empty is refused
-    unless ``overwrite``; then only these files are replaced and any other file in ``out``
-    is kept.
-
-    Args:
-      out: the folder to write into.
-      seed: the random seed of the simulation and the training.
-      subsample: the simulated anisotropy factor.
-      shape: the isotropic specimen's shape ``(z, y, x)`` in voxels.
-      steps: training steps.
-      batch_size: patches per training step.
-      patch_size: side of the square training patches in pixels.
-      first_filters: filters of the U-Net's first level.
-      overwrite: replace the demo's own files in a non-empty ``out``.
-      progress: show progress.
-      log: where messages go.
-
-    Returns:
-      The scores: PSNR and SSIM of linear interpolation and of isojax.
-
-    Raises:
-      IsojaxInputError: ``out`` is a file, or a folder that is not empty and ``overwrite``
-        is False.
-    """
-    import json
-
-    import jax
-
-    from isojax.io import write_tiff
-    from isojax.metrics import psnr, ssim
-    from isojax.plot import save_psf_png, save_views_png
-    from isojax.predict import upsample_z
-    from isojax.psf.sources import resolve_psf
-    from isojax.simulate import simulate_stack
-
-    t_start = time.perf_counter()
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise IsojaxInputError(f"{out} is a file: choose a folder for the demo's outputs (--out)")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise IsojaxInputError(
-            f"{out} exists and is not empty; pass --overwrite to replace the demo's own files "
-            f"in it ({', '.join(DEMO_FILES)}; other files are kept), or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    k_spec, k_bead = jax.random.split(jax.random.key(seed))
-    sxy, sz, pixel = 1.0, 3.0, 0.1
-    log(
-        f"1/4 simulating a {tuple(shape)} isotropic specimen and its acquisition (subsample {subsample:g})"
-    )
-    simulated, _, acq = simulate_stack(
-        k_spec,
-        shape_zyx=tuple(shape),
-        subsample=subsample,
-        sigma_lateral=sxy,
-        sigma_axial=sz,
-        photons=500.0,
-        read_noise=0.002,
-        pixel_size=pixel,
-    )
-    stack = np.asarray(simulated) * 1000  # camera-like units
-    reference = np.asarray(acq.reference) * 1000
-    write_tiff(out / "stack.tif", stack, spacing=acq.spacing)
-    write_tiff(out / "truth.tif", reference, spacing=acq.spacing_fine)
-
-    log("2/4 deriving the axial PSF from a simulated bead")
-    bead, bead_spacing = _simulated_bead(
-        k_bead, sigma_lateral_px=sxy, sigma_axial_px=sz, pixel_size=pixel, z_step=2 * pixel
-    )
-    write_tiff(out / "bead.tif", bead, spacing=bead_spacing)
-    axial = resolve_psf(pixel_size=pixel, bead=out / "bead.tif", log=log).dense()
-    write_tiff(out / "psf.tif", axial, pixel_size=pixel)
-    save_psf_png(out / "psf.png", axial, pixel_size=pixel, title="Axial PSF derived from the bead")
-    from isojax.psf import fwhm
-
-    measured = fwhm(axial[axial.shape[0] // 2])
-    expected = 2.3548 * math.sqrt(sz**2 - sxy**2)
-    log(f"    axial FWHM {measured:.2f} px; the simulated optics give {expected:.2f} px")
-
-    log(f"3/4 training for {steps} steps (batch {batch_size}, patch {patch_size})")
-    model = out / "model"
-    if model.exists():
-        import shutil
-
-        shutil.rmtree(model)  # the demo's own folder: start afresh each run
-    train_file(
-        out / "stack.tif",
-        model=model,
-        psf=out / "psf.tif",
-        steps=steps,
-        batch_size=batch_size,
-        patch_size=patch_size,
-        first_filters=first_filters,
-        seed=seed,
-        checkpoint_every=max(steps // 4, 1),
-        val_every=max(steps // 4, 1),
-        progress=progress,
-        log=log,
-    )
-    log("4/4 predicting and scoring")
-    pred = predict_file(
-        out / "stack.tif", model=model, output=out / "isojax.tif", overwrite=True,
-        progress=progress, log=log,
-    )
-    linear = np.asarray(upsample_z(stack, subsample))
-    write_tiff(out / "linear.tif", linear, spacing=acq.spacing_fine)
-    truth = reference[: pred.shape[0]]
-    rng = float(truth.max() - truth.min())
-    methods = {
-        name: {
-            "psnr_db": float(psnr(v, truth, data_range=rng)),
-            "ssim": float(ssim(v, truth, data_range=rng)),
-        }
-        for name, v in (("linear", linear), ("isojax", pred))
-    }
-    seconds = time.perf_counter() - t_start
-    scores: dict[str, dict[str, float] | float] = {**methods, "seconds": seconds}
-    (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
-    save_views_png(
-        out / "views.png",
-        {"truth": truth, "input (linear)": linear, "isojax": pred},
-        spacing=acq.spacing_fine,
-        title=f"subsample {subsample:g}: orthogonal views through the centre",
-    )
-    print(f"{'method':<10} {'PSNR (dB)':>10} {'SSIM':>8}")
-    for name in ("linear", "isojax"):
-        print(f"{name:<10} {methods[name]['psnr_db']:>10.2f} {methods[name]['ssim']:>8.4f}")
-    print(
-        f"outputs in {out}/ (views.png shows truth, input and restoration); {seconds:.0f} s"
-    )
-    return scores

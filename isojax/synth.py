@@ -511,6 +511,8 @@ def make_pairs(
       >>> src.shape, tgt.dtype
       ((2, 16, 16), dtype('float32'))
     """
+    # Long, and kept whole: one jitted function whose discrete choices share one uniform draw
+    # (each random call site costs compile time); a third of its length is the docstring.
     if stack.ndim != 3:
         raise ValueError(f"stack must be 3D (z, y, x), got shape {stack.shape}.")
     _nz, ny, nx = stack.shape

@@ -487,6 +487,8 @@ def predict_large(
         the batch shape. Whatever fails, nothing is left at ``output_path`` (nor temporary
         files next to it).
     """
+    # Long, and kept whole: the option checks, then the slab plan, whose closures (load,
+    # finish) share the normalisation bounds; half of its length is the docstring.
     _check_run(interpolation, fuse, apply_fn)
     multiple = _positive_int("multiple", multiple)
     memory_budget = _positive_int("memory_budget", memory_budget)

@@ -180,6 +180,8 @@ def predict_stack(
       >>> predict_stack(stack, lambda b: b, subsample=2.0, normalization=None).shape
       (5, 8, 8)
     """
+    # Long by its docstring (the public contract); the body is the option checks, then one
+    # pass: normalise, upsample, the batch stream over both views, denormalise.
     s = check_subsample(subsample)
     _check_run(interpolation, fuse, apply_fn)
     multiple = _positive_int("multiple", multiple)

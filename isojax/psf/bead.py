@@ -168,6 +168,8 @@ def process_bead(
       IsojaxInputError: not a finite 3D array with at least 5 voxels per axis, bad spacing or
         options, or no bead that stands out of the background.
     """
+    # Long (two thirds docstring), and kept whole: background, support, centring, crop and
+    # report each use what the step before found (one pass over one bead).
     spacing = _spacing3(spacing)
     a = np.asarray(stack, dtype=np.float64)
     if a.ndim != 3:

@@ -29,11 +29,10 @@ import jax
 import numpy as np
 
 from isojax import calibrate
-from isojax.errors import IsojaxInputError
 from isojax.forward import FactoredPSF
 from isojax.io import write_tiff
 from isojax.model_folder import write_json
-from isojax.psf import fwhm
+from isojax.psf import AxialPSF, fwhm
 from isojax.synth import SynthConfig
 from isojax.unet import apply_unet
 
@@ -77,16 +76,15 @@ class JointRefinement(NamedTuple):
     every: int  # one update every this many training steps
 
 
-def pre_calibrate(stack, psf, *, synth_config: SynthConfig, calibration=None,
+def pre_calibrate(stack, psf: AxialPSF | None, *, synth_config: SynthConfig, calibration=None,
                   pixel_size: float | None = None,
                   log: Callable[[str], None]) -> Calibration:
     """Spectral pre-calibration of the PSF from the initial guess.
 
     Args:
       stack: the raw anisotropic stack ``(z, y, x)``.
-      psf: the initial guess (2D ``(lateral, axial)`` or a
-        :class:`~isojax.forward.FactoredPSF`), or None to start from
-        ``calibration.init_fwhm`` (or, without one, the subsample factor).
+      psf: the initial guess, checked (an :class:`~isojax.psf.AxialPSF`), or None to
+        start from ``calibration.init_fwhm`` (or, without one, the subsample factor).
       synth_config: training's synthesis settings (their subsample factor, chosen and
         checked by the caller).
       calibration: a :class:`isojax.calibrate.CalibrationConfig`; None for the defaults.
@@ -95,17 +93,12 @@ def pre_calibrate(stack, psf, *, synth_config: SynthConfig, calibration=None,
 
     Returns:
       The :class:`Calibration`.
-
-    Raises:
-      IsojaxInputError: the initial PSF is not 2D.
     """
     config = calibration or calibrate.CalibrationConfig()
     s = float(synth_config.subsample)
     if psf is not None:
-        dense = np.asarray(psf.dense() if hasattr(psf, "dense") else psf, np.float64)
-        if dense.ndim != 2:
-            raise IsojaxInputError(f"the initial PSF must be 2D (lateral, axial), got {dense.shape}")
-        init = fwhm(dense[dense.shape[0] // 2])
+        dense = psf.dense()
+        init = fwhm(dense[dense.shape[0] // 2].astype(np.float64))
         how = "the given PSF"
     else:
         init = config.init_fwhm if config.init_fwhm is not None else s
@@ -216,7 +209,7 @@ def finish_calibration(state: JointState, calibration: Calibration, records: lis
     Returns:
       The final PSF's axial FWHM (``fwhm_px``, ``fwhm_um``) and ``shape``.
     """
-    dense = np.asarray(state.psf.dense(), np.float32)
+    dense = AxialPSF(state.psf, pixel_size, "the joint refinement").dense()
     write_tiff(workdir / "psf.tif", dense, pixel_size=pixel_size)
     final_fwhm = float(fwhm(dense[dense.shape[0] // 2].astype(np.float64)))
     joint_path = [

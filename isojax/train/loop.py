@@ -25,6 +25,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from isojax import __version__, distributed, synth
-from isojax.errors import IsojaxInputError, log_to_stderr
+from isojax.errors import IsojaxInputError, log_to_stderr, log_warnings
+from isojax.forward import FactoredPSF
 from isojax.interrupt import Interrupted, deferred_signals
 from isojax.io import write_tiff
 from isojax.model_folder import (
@@ -50,6 +52,7 @@ from isojax.model_folder import (
     write_model_config,
 )
 from isojax.plot import save_loss_png
+from isojax.psf import AxialPSF
 from isojax.synth import SynthConfig
 from isojax.train.config import TrainConfig
 from isojax.train.joint import (
@@ -102,8 +105,7 @@ class _Prepared(NamedTuple):
     normed: Array  # the stack normalised with its percentiles (z, y, x)
     train_z: np.ndarray  # planes pairs are drawn from
     val_z: np.ndarray  # planes of the validation batches
-    psf: Any  # the PSF pairs are synthesised with (array or FactoredPSF)
-    psf_dense: np.ndarray  # float32 (lateral, axial), as psf.tif holds it
+    psf: AxialPSF  # the PSF pairs are synthesised with (checked once, at train()'s entry)
     calibration: Calibration | None  # with calibrate_psf: the pre-calibration
     meta: dict  # config.json
 
@@ -126,7 +128,7 @@ class _Loop(NamedTuple):
 
 def train(
     stack,
-    psf=None,
+    psf: AxialPSF | FactoredPSF | np.ndarray | None = None,
     *,
     workdir: str | os.PathLike,
     synth_config: SynthConfig,
@@ -166,14 +168,18 @@ def train(
     Args:
       stack: anisotropic stack ``(z, y, x)`` (raw intensities; normalised here with
         stack-level percentiles, stored in the model folder for prediction).
-      psf: additional axial PSF, 2D ``(lateral, axial)`` at the lateral pixel size, or a
-        :class:`~isojax.forward.FactoredPSF`.
+      psf: additional axial PSF at the lateral pixel size: an
+        :class:`~isojax.psf.AxialPSF` (checked already, used as it is), or a 2D
+        ``(lateral, axial)`` array or :class:`~isojax.forward.FactoredPSF`, checked here
+        once (:meth:`AxialPSF.checked <isojax.psf.AxialPSF.checked>`, with
+        ``psf_pixel_size``).
       workdir: the model folder (created).
       synth_config: how pairs are synthesised (subsample factor, patch size, noise...).
       config: optimisation settings.
       net: network settings (CARE's defaults if None).
       spacing: voxel size ``(dz, dy, dx)`` of the stack in µm, stored for prediction.
-      psf_pixel_size: pixel size of the PSF in µm, stored with it.
+      psf_pixel_size: pixel size of the PSF in µm, stored with it (default: the
+        :class:`~isojax.psf.AxialPSF`'s; with ``calibrate_psf``, reports widths in µm).
       percentiles: normalisation percentiles ``(pmin, pmax)``.
       resume: continue from the folder's last checkpoint. The settings must be the same
         (the message names each one that differs), and so must the PSF (compared with the
@@ -209,17 +215,22 @@ def train(
       ``steps_run``, the steps run by this call (0 when there was nothing to do).
 
     Raises:
-      IsojaxInputError: bad stack, folder already holding a model without ``resume``,
-        nothing to resume, or settings or a PSF that differ from the folder's on resume.
+      IsojaxInputError: bad stack or PSF (:func:`isojax.psf.check_psf`), a
+        ``psf_pixel_size`` that is not the :class:`~isojax.psf.AxialPSF`'s, folder already
+        holding a model without ``resume``, nothing to resume, or settings or a PSF that
+        differ from the folder's on resume.
       TrainingDiverged: the loss became NaN or inf; the last good checkpoint is kept.
       isojax.interrupt.Interrupted: SIGINT or SIGTERM; a checkpoint was saved first.
     """
+    # Long only by its docstring (the public contract: resume, noise, signals); the body is
+    # the set-up order and delegates each phase to one function.
     main = distributed.is_main_process()  # only process 0 writes files and messages
     log = log or log_to_stderr
     if not main:
         log, progress = (lambda msg: None), False
     net = net or UNetConfig()
     workdir = Path(workdir).absolute()
+    psf, psf_pixel_size = _checked_psf(psf, psf_pixel_size, log=log)
     stack = _check_stack(stack, patch_size=synth_config.patch_size, net=net,
                          percentiles=percentiles)
     prep, synth_config = _prepare(
@@ -229,7 +240,7 @@ def train(
     )
     run = _Run(workdir, config, net, synth_config, psf_pixel_size, main, log, progress,
                log_every)
-    done_before = check_resume(workdir, prep.meta, prep.psf_dense, resume=resume,
+    done_before = check_resume(workdir, prep.meta, prep.psf.dense(), resume=resume,
                                compare_psf=prep.calibration is None)
     if resume:
         if done_before is not None and done_before >= config.steps:
@@ -242,10 +253,37 @@ def train(
     if main:
         workdir.mkdir(parents=True, exist_ok=True)
         if not resume:  # on resume psf.tif is the same (checked), or the learned PSF
-            write_tiff(workdir / "psf.tif", prep.psf_dense, pixel_size=psf_pixel_size)
+            write_tiff(workdir / "psf.tif", prep.psf.dense(), pixel_size=psf_pixel_size)
         write_model_config(workdir, prep.meta)
     distributed.barrier("isojax-model-folder")
     return _set_up_and_run(run, prep, resume=resume)
+
+
+def _checked_psf(psf, pixel_size: float | None, *,
+                 log: Callable[[str], None]) -> tuple[AxialPSF | None, float | None]:
+    """The PSF as an :class:`~isojax.psf.AxialPSF` (checked here unless it is one already)
+    and the pixel size it is stored with. The check's warnings go to ``log``, as
+    :func:`isojax.psf.resolve_psf` sends them.
+
+    Raises:
+      IsojaxInputError: what :func:`isojax.psf.check_psf` refuses; a ``pixel_size`` that is
+        not the :class:`~isojax.psf.AxialPSF`'s.
+    """
+    if psf is None:
+        return None, pixel_size
+    if not isinstance(psf, AxialPSF):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            checked = AxialPSF.checked(psf, pixel_size=pixel_size, provenance="train(psf=...)")
+        log_warnings(log, caught)
+        return checked, pixel_size
+    if pixel_size is None:
+        return psf, psf.pixel_size
+    if psf.pixel_size is not None and not math.isclose(psf.pixel_size, pixel_size, rel_tol=1e-6):
+        raise IsojaxInputError(
+            f"psf_pixel_size {pixel_size:g} um is not the PSF's pixel size "
+            f"({psf.pixel_size:g} um, {psf.provenance}): pass one or the other, not both.")
+    return psf, pixel_size
 
 
 def _check_stack(stack, *, patch_size: int, net: UNetConfig,
@@ -281,7 +319,7 @@ def _check_stack(stack, *, patch_size: int, net: UNetConfig,
     return stack
 
 
-def _prepare(stack: np.ndarray, psf, *, synth_config: SynthConfig, config: TrainConfig,
+def _prepare(stack: np.ndarray, psf: AxialPSF | None, *, synth_config: SynthConfig, config: TrainConfig,
              net: UNetConfig, spacing, psf_pixel_size, percentiles, calibrate_psf: bool,
              calibration, match_noise: bool, log) -> tuple[_Prepared, SynthConfig]:
     """The PSF (or its pre-calibration), the normalised stack, the noise and ``config.json``.
@@ -303,7 +341,7 @@ def _prepare(stack: np.ndarray, psf, *, synth_config: SynthConfig, config: Train
     if calibrate_psf:
         cal = pre_calibrate(stack, psf, synth_config=synth_config, calibration=calibration,
                             pixel_size=psf_pixel_size, log=log)
-        psf = cal.report.psf()
+        psf = AxialPSF(cal.report.psf(), psf_pixel_size, "the spectral pre-calibration")
     elif psf is None:
         raise IsojaxInputError(
             "no PSF given: pass one (--psf, --bead or the theory options), or learn it from "
@@ -320,7 +358,6 @@ def _prepare(stack: np.ndarray, psf, *, synth_config: SynthConfig, config: Train
             + (f"{photons:.4g} photons per unit, " if photons is not None else "no shot noise, ")
             + f"read noise {read_noise:.3g}; added to the synthetic inputs"
         )
-    psf_dense = np.asarray(psf.dense() if hasattr(psf, "dense") else psf, np.float32)
     meta = {
         "format": FORMAT,
         "isojax_version": __version__,
@@ -336,14 +373,14 @@ def _prepare(stack: np.ndarray, psf, *, synth_config: SynthConfig, config: Train
             "hi": float(hi),
         },
         "spacing": None if spacing is None else [float(v) for v in spacing],
-        "psf": {"file": "psf.tif", "pixel_size": psf_pixel_size, "shape": list(psf_dense.shape)},
+        "psf": {"file": "psf.tif", "pixel_size": psf_pixel_size, "shape": [int(n) for n in psf.shape]},
         "calibrate_psf": bool(calibrate_psf),
         "stack_shape": list(stack.shape),
         **({} if cal is None else {"calibration": calibration_meta(cal)}),
         "train_planes": [int(train_z[0]), int(train_z[-1])],
         "val_planes": [int(val_z[0]), int(val_z[-1])],
     }
-    return _Prepared(normed, train_z, val_z, psf, psf_dense, cal, meta), synth_config
+    return _Prepared(normed, train_z, val_z, psf, cal, meta), synth_config
 
 
 def _set_up_and_run(run: _Run, prep: _Prepared, *, resume: bool) -> dict:
@@ -373,7 +410,7 @@ def _set_up_and_run(run: _Run, prep: _Prepared, *, resume: bool) -> dict:
     )
     state = placement.place_state(state)
     stack_dev = jnp.asarray(prep.normed)
-    psf_dev = jax.tree.map(jnp.asarray, prep.psf if joint_state is None else joint_state.psf)
+    psf_dev = prep.psf.kernel if joint_state is None else joint_state.psf
 
     def draw(key, z_indices, psf):
         """This process's share of a batch, placed as the global batch."""
