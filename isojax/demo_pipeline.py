@@ -115,11 +115,11 @@ def demo(
     log(
         f"1/4 simulating a {tuple(shape)} isotropic specimen and its acquisition (subsample {subsample:g})"
     )
-    stack, _, acq = simulate_stack(
+    simulated, _, acq = simulate_stack(
         k_spec, shape_zyx=tuple(shape), subsample=subsample, sigma_lateral=sxy,
         sigma_axial=sz, photons=500.0, read_noise=0.002, pixel_size=pixel,
     )
-    stack = np.asarray(stack) * 1000  # camera-like units
+    stack = np.asarray(simulated) * 1000  # camera-like units
     reference = np.asarray(acq.reference) * 1000
     write_tiff(out / "stack.tif", stack, spacing=acq.spacing)
     write_tiff(out / "truth.tif", reference, spacing=acq.spacing_fine)
@@ -212,14 +212,15 @@ def _demo_scores(out: Path, stack, reference, pred, *, spacing_fine, subsample: 
     write_tiff(out / "linear.tif", linear, spacing=spacing_fine)
     truth = reference[: pred.shape[0]]
     rng = float(truth.max() - truth.min())
-    scores = {
+    methods = {
         name: {
             "psnr_db": float(psnr(v, truth, data_range=rng)),
             "ssim": float(ssim(v, truth, data_range=rng)),
         }
         for name, v in (("linear", linear), ("isojax", pred))
     }
-    scores["seconds"] = time.perf_counter() - t_start
+    seconds = time.perf_counter() - t_start
+    scores: dict[str, dict[str, float] | float] = {**methods, "seconds": seconds}
     (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
     save_views_png(
         out / "views.png",
@@ -229,8 +230,8 @@ def _demo_scores(out: Path, stack, reference, pred, *, spacing_fine, subsample: 
     )
     print(f"{'method':<10} {'PSNR (dB)':>10} {'SSIM':>8}")
     for name in ("linear", "isojax"):
-        print(f"{name:<10} {scores[name]['psnr_db']:>10.2f} {scores[name]['ssim']:>8.4f}")
+        print(f"{name:<10} {methods[name]['psnr_db']:>10.2f} {methods[name]['ssim']:>8.4f}")
     print(
-        f"outputs in {out}/ (views.png shows truth, input and restoration); {scores['seconds']:.0f} s"
+        f"outputs in {out}/ (views.png shows truth, input and restoration); {seconds:.0f} s"
     )
     return scores

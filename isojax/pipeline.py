@@ -235,7 +235,8 @@ def _is_axial_psf(psf) -> bool:
 
 
 def _training_psf(pixel: float | None, *, psf, bead, bead_spacing, theory, calibrate_psf: bool,
-                  family: str, init_fwhm: float | None, log: Log):
+                  family: Literal["gaussian", "multi-gaussian", "free"],
+                  init_fwhm: float | None, log: Log):
     """``train_file``'s PSF (None when it is learned from nothing) and calibration settings.
 
     Returns:

@@ -123,10 +123,10 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"isojax: error: {message}", file=sys.stderr)
         return EXIT_INPUT
     except OSError as exc:
-        message = _os_error_message(exc)
-        if message is None:
+        os_message = _os_error_message(exc)
+        if os_message is None:
             return _internal_error()
-        print(f"isojax: error: {message}", file=sys.stderr)
+        print(f"isojax: error: {os_message}", file=sys.stderr)
         return EXIT_INPUT
     except Exception as exc:
         if _out_of_memory(exc):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from isojax.cli.options import (
     EXIT_OK,
@@ -48,7 +49,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if multihost:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id,
                                host_timeout=args.host_timeout)
-    quiet = {} if distributed.is_main_process() else {"log": lambda msg: None}
+    quiet: dict[str, Any] = {} if distributed.is_main_process() else {"log": lambda msg: None}
     try:
         train_file(
             args.stack,

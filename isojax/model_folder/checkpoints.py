@@ -135,7 +135,7 @@ def _read_step(manager, step: int, sharding) -> dict:
         raise _Damaged(step_dir, describe_damage(step_dir, exc)) from exc
 
 
-def _intact(workdir: Path, name: str) -> tuple[list[int], list[int]]:
+def _intact(workdir: Path, name: Literal["last", "best"]) -> tuple[list[int], list[int]]:
     """The steps of ``checkpoints/<name>`` whose every file reads, and all its steps.
 
     Both lists are newest first; a folder orbax cannot even list gives two empty lists.
@@ -183,7 +183,7 @@ def _advice(workdir: Path, damaged: _Damaged | None, *,
 
     tips = []
     if purpose == "predict":
-        other = "last" if which == "best" else "best"
+        other: Literal["last", "best"] = "last" if which == "best" else "best"
         good, every = _intact(workdir, other)
         if good:
             where = rel(workdir / "checkpoints" / other / str(good[0]))
@@ -272,10 +272,11 @@ def restore_state(manager, net: UNetConfig, config: TrainConfig, *, step: int | 
         raise IsojaxInputError(exc.message(advice)) from exc.__cause__
     names = sorted(k for k in flat if not k.startswith(_EXTRA))
     treedef = jax.tree.structure(template)
-    if len(names) != treedef.num_leaves:
+    n_leaves = len(jax.tree.leaves(template))
+    if len(names) != n_leaves:
         raise IsojaxInputError(
             f"checkpoint {step} in {manager.directory} holds {len(names)} arrays where this "
-            f"network and optimiser need {treedef.num_leaves}; it was written with other "
+            f"network and optimiser need {n_leaves}; it was written with other "
             "settings. Train into a new folder."
         )
     state = jax.tree.unflatten(treedef, [flat[k] for k in names])
@@ -333,7 +334,7 @@ def load_model(workdir: str | os.PathLike, *, which: Literal["best", "last"] = "
             exc.message(_advice(workdir, exc, purpose="predict"))
         ) from exc.__cause__
     if manager.latest_step() is None:
-        other = "last" if which == "best" else "best"
+        other: Literal["last", "best"] = "last" if which == "best" else "best"
         try:
             other_empty = _manager(workdir, other).latest_step() is None
         except _Damaged:

@@ -50,7 +50,7 @@ def describe_damage(step_dir: Path, exc: BaseException | None) -> str:
     Returns:
       ``"<file> is <how>"``, or a shortened reason when the file cannot be known.
     """
-    texts = []
+    texts: list[str] = []
     e = exc
     while e is not None and len(texts) < 4:
         texts.append(str(e))

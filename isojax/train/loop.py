@@ -406,7 +406,7 @@ def _set_up_and_run(run: _Run, prep: _Prepared, *, resume: bool) -> dict:
     # the data key is the same on every process; a local copy (the state is donated) feeds
     # the pair synthesis
     data_key = jax.random.wrap_key_data(
-        np.asarray(jax.random.key_data(state.key)), impl=PRNG_IMPL
+        jnp.array(jax.random.key_data(state.key)), impl=PRNG_IMPL
     )
     state = placement.place_state(state)
     stack_dev = jnp.asarray(prep.normed)
@@ -570,6 +570,8 @@ def _finish(run: _Run, prep: _Prepared, summary: dict, joint_state: JointState |
     records = read_metrics(run.workdir / "metrics.jsonl")
     save_loss_png(run.workdir / "loss.png", records)
     if prep.calibration is not None:
+        if joint_state is None:  # a joint refinement is built whenever there is a calibration
+            raise RuntimeError("internal: a calibration without its joint refinement state")
         summary["psf"] = finish_calibration(joint_state, prep.calibration, records,
                                             run.workdir, run.psf_pixel_size)
     if summary["best_step"] is None:
