@@ -80,6 +80,11 @@ def width_grid(subsample: float, *, n_lat: int, init_sigma: float | None = None)
     times ``init_sigma`` if larger), capped at ``(n_lat - 1) / 8`` so that +-4 sigma fits in
     a lateral line.
 
+    Args:
+      subsample: the anisotropy factor (the axial step in lateral pixels).
+      n_lat: the length of the lateral lines the spectra are taken along, in pixels.
+      init_sigma: a user's starting width in px (``--init-fwhm``), or None.
+
     Returns:
       ``(k,)`` float64, ascending, the first entry :data:`DELTA_SIGMA`.
     """
@@ -145,7 +150,8 @@ def width_profile(target: SpectralTarget, sigmas, *, subsample: float, segment: 
     Args:
       target: from :func:`~isojax.calibrate.prepare_spectra`.
       sigmas: ``(k,)`` axial standard deviations in px (> 0; :data:`DELTA_SIGMA` is a delta).
-      subsample: anisotropy factor; segment: its Welch length.
+      subsample: anisotropy factor.
+      segment: its Welch length.
       taps: odd kernel length, the same for every width (one compiled program).
 
     Returns:

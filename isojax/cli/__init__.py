@@ -41,7 +41,11 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``isojax`` argument parser; add new topics here as further subparsers."""
+    """The ``isojax`` argument parser; add new topics here as further subparsers.
+
+    Returns:
+      The parser with every subcommand.
+    """
     parser = _Parser(prog="isojax", description="Isotropic restoration of 3D stacks in JAX.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                      parser_class=_Parser)

@@ -72,7 +72,14 @@ _SECONDS = {
 
 
 def unit_to_seconds(unit: str | None) -> float | None:
-    """Seconds per one time ``unit`` (``"s"``, ``"ms"``, ``"min"``, ``"second"``, ...), or None."""
+    """Seconds per one time ``unit`` (``"s"``, ``"ms"``, ``"min"``, ``"second"``, ...).
+
+    Args:
+      unit: the unit's name as files write it, or None.
+
+    Returns:
+      Seconds per unit, or None for an unknown or missing unit.
+    """
     if unit is None:
         return None
     text = str(unit).strip().lower().replace("\u00b5", "u").replace("\u03bc", "u")
@@ -391,6 +398,13 @@ def hyperstack_axes(path: str | os.PathLike, *, axes: str | None = None) -> str 
 
     Cheap (metadata only). A file with more than three axes whose names are unknown gives
     ``"?" * ndim``; a file that cannot be read gives None (its reader reports why).
+
+    Args:
+      path: a TIFF or OME-Zarr file.
+      axes: the user's ``--axes``, or None (from the metadata).
+
+    Returns:
+      The axes string (e.g. ``"TCZYX"``, ``"ZYX"``), ``"?" * ndim``, or None.
     """
     path = Path(path)
     try:
@@ -414,6 +428,13 @@ def hyperstack_axes(path: str | os.PathLike, *, axes: str | None = None) -> str 
 
 def parse_channels(text: str | Sequence[int] | None, n: int) -> tuple[int, ...]:
     """The channels that ``--channels 0,2`` selects out of ``n`` (all when None).
+
+    Args:
+      text: ``"0,2"``, a sequence of channel indices, or None (all).
+      n: the number of channels in the stack.
+
+    Returns:
+      The selected channel indices, in the given order.
 
     Raises:
       IsojaxInputError: not whole numbers, a repeated channel, or one out of range.
@@ -442,6 +463,13 @@ def parse_timepoints(text: str | None, n: int) -> tuple[int, ...]:
 
     Unlike a Python slice, a bound past the end is refused rather than clipped (a
     series shorter than the user thinks is a mistake worth hearing about).
+
+    Args:
+      text: ``"START:STOP[:STEP]"`` or one index, or None (all).
+      n: the number of time points in the stack.
+
+    Returns:
+      The selected time point indices, in order.
 
     Raises:
       IsojaxInputError: malformed text, a zero step, a bound out of range, or an empty

@@ -249,6 +249,12 @@ def check_psf_file(path: Path, meta: dict) -> None:
 def json_default(o):
     """``json.dumps``'s ``default``: numpy scalars as Python numbers.
 
+    Args:
+      o: a value ``json`` cannot write by itself.
+
+    Returns:
+      The Python number of a numpy scalar.
+
     Raises:
       TypeError: anything else that JSON cannot hold.
     """
@@ -286,6 +292,12 @@ def read_model_config(workdir: str | os.PathLike) -> dict:
     ``config.json`` is checked against the folder's schema
     (:func:`check_config`): required keys, types and ranges, and the
     network, training and synthesis sections must build their settings.
+
+    Args:
+      workdir: the model folder.
+
+    Returns:
+      The configuration as a dict.
 
     Raises:
       IsojaxInputError: missing folder or files, a damaged ``config.json`` or ``psf.tif``,

@@ -104,6 +104,13 @@ def is_series(path: str | os.PathLike, *, axes: str | None = None) -> bool:
 
     A 3D ``(z, y, x)`` stack is not a series (it goes the way it always went); a file that
     cannot be read is not either (its reader says why).
+
+    Args:
+      path: the input stack.
+      axes: the user's ``--axes``, or None (from the metadata).
+
+    Returns:
+      True when the stack goes through the time-lapse and channel path.
     """
     found = hyperstack_axes(path, axes=axes)
     return found is not None and any(a in found for a in "TC?")

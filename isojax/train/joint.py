@@ -195,7 +195,7 @@ def checkpoint_extra(state: JointState | None) -> dict | None:
     return None if state is None else {"theta": state.theta, "opt": state.opt_state}
 
 
-def finish_calibration(state: JointState, calibration: Calibration, records: list[dict],
+def finish_calibration(state: JointState, calibration: Calibration, records: list[dict], *,
                        workdir: Path, pixel_size: float | None) -> dict:
     """Write the final PSF (``psf.tif``) and ``psf_trajectory.json``; return a summary.
 

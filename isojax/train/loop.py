@@ -573,7 +573,8 @@ def _finish(run: _Run, prep: _Prepared, summary: dict, joint_state: JointState |
         if joint_state is None:  # a joint refinement is built whenever there is a calibration
             raise RuntimeError("internal: a calibration without its joint refinement state")
         summary["psf"] = finish_calibration(joint_state, prep.calibration, records,
-                                            run.workdir, run.psf_pixel_size)
+                                            workdir=run.workdir,
+                                            pixel_size=run.psf_pixel_size)
     if summary["best_step"] is None:
         summary.update(best_validation(records))
     return summary

@@ -53,6 +53,12 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     on the rate is the new schedule's (higher than where the old one ended, then decaying
     to ``final_lr_fraction`` of the peak at the new last step: a warm restart, as in SGDR).
     The warm-up keeps its original length (the model folder's ``warmup_steps``).
+
+    Args:
+      config: the training settings (learning rate, steps, warm-up, final fraction).
+
+    Returns:
+      The optax transformation.
     """
     warmup = min(config.warmup_steps, max(config.steps - 1, 0))
     schedule = optax.warmup_cosine_decay_schedule(
@@ -88,6 +94,11 @@ def new_key(seed: int) -> Array:
 def create_train_state(key: Array, net: UNetConfig, config: TrainConfig):
     """Fresh weights, optimiser state and data key.
 
+    Args:
+      key: the PRNG key of the weights' initialisation and the data stream.
+      net: the U-Net's settings.
+      config: the training settings (the optimiser's).
+
     Returns:
       ``(graphdef, state)``: the network's static structure and a :class:`TrainState`.
     """
@@ -117,7 +128,17 @@ def init_state(key: Array, net: UNetConfig, config: TrainConfig) -> TrainState:
 
 
 def loss_fn(pred: Array, target: Array, kind: str) -> Array:
-    """Mean loss over a batch. ``pred`` is ``(..., c)`` or ``(..., 2c)`` for Laplace."""
+    """Mean loss over a batch.
+
+    Args:
+      pred: the network's output ``(..., c)``, or ``(..., 2c)`` (mean and log scale) for
+        ``"laplace"``.
+      target: the clean planes ``(..., c)``.
+      kind: ``"mse"``, ``"mae"`` or ``"laplace"`` (the negative log-likelihood).
+
+    Returns:
+      The scalar loss.
+    """
     if kind == "laplace":
         c = target.shape[-1]
         mean, scale = pred[..., :c], pred[..., c:]
@@ -136,6 +157,14 @@ def make_train_step(graphdef, net: UNetConfig, config: TrainConfig):
     """``train_step(state, batch) -> (state, metrics)``, pure and jitted.
 
     ``batch`` is ``(source, target)``, each ``(b, h, w)`` with the last axis axial.
+
+    Args:
+      graphdef: the network's static structure (:func:`create_train_state`).
+      net: the U-Net's settings.
+      config: the training settings (the loss and the compute dtype).
+
+    Returns:
+      The jitted ``train_step``.
     """
     if config.loss == "laplace" and not net.prob_out:
         raise ValueError("loss='laplace' needs a probabilistic network: set prob_out=True.")
@@ -161,7 +190,16 @@ def make_train_step(graphdef, net: UNetConfig, config: TrainConfig):
 
 
 def make_eval_step(graphdef, net: UNetConfig, config: TrainConfig):
-    """``eval_step(params, batch) -> metrics`` (jitted): the training loss and MAE."""
+    """``eval_step(params, batch) -> metrics`` (jitted): the training loss and MAE.
+
+    Args:
+      graphdef: the network's static structure (:func:`create_train_state`).
+      net: the U-Net's settings.
+      config: the training settings (the loss and the compute dtype).
+
+    Returns:
+      The jitted ``eval_step``.
+    """
 
     dtype = _compute_dtype(config)
 
