@@ -131,7 +131,7 @@ def loss_fn(pred: Array, target: Array, kind: str) -> Array:
     """Mean loss over a batch.
 
     Args:
-      pred: the network's output ``(..., c)``, or ``(..., 2c)`` (mean and log scale) for
+      pred: the network's output ``(..., c)``, or ``(..., 2c)`` (mean and scale) for
         ``"laplace"``.
       target: the clean planes ``(..., c)``.
       kind: ``"mse"``, ``"mae"`` or ``"laplace"`` (the negative log-likelihood).
