@@ -60,6 +60,7 @@ def documentation(meta: dict, *, net: UNetConfig, tiles: tuple[int, int, int],
     Returns:
       Markdown text.
     """
+    # over 100 lines only as one Markdown template (the README of the package), kept whole to read as the page it writes
     s, interp = float(meta["subsample"]), meta["interpolation"]
     norm, synth, train = meta["normalization"], meta["synth"], meta["train"]
     dx = float(meta["psf"]["pixel_size"])
