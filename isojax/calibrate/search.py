@@ -80,6 +80,11 @@ def width_grid(subsample: float, *, n_lat: int, init_sigma: float | None = None)
     times ``init_sigma`` if larger), capped at ``(n_lat - 1) / 8`` so that +-4 sigma fits in
     a lateral line.
 
+    Args:
+      subsample: anisotropy factor (axial step / lateral pixel size), >= 1.
+      n_lat: lateral line length in px (the shorter side of the XY planes).
+      init_sigma: a starting width (sigma, px) to cover as well, or None.
+
     Returns:
       ``(k,)`` float64, ascending, the first entry :data:`DELTA_SIGMA`.
     """
@@ -145,7 +150,8 @@ def width_profile(target: SpectralTarget, sigmas, *, subsample: float, segment: 
     Args:
       target: from :func:`~isojax.calibrate.prepare_spectra`.
       sigmas: ``(k,)`` axial standard deviations in px (> 0; :data:`DELTA_SIGMA` is a delta).
-      subsample: anisotropy factor; segment: its Welch length.
+      subsample: anisotropy factor (static), >= 1.
+      segment: the Welch segment length (axial samples, even) returned with ``target``.
       taps: odd kernel length, the same for every width (one compiled program).
 
     Returns:

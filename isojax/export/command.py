@@ -20,7 +20,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_export_command(commands) -> None:
-    """Add ``export`` to the ``isojax`` subcommands (an ``argparse`` subparsers object)."""
+    """Add ``export`` to the ``isojax`` subcommands.
+
+    Args:
+      commands: the ``argparse`` subparsers object of the ``isojax`` parser.
+    """
     e = commands.add_parser(
         "export", help="write a model as a BioImage Model Zoo package (ONNX)",
         description="Write MODEL_DIR as a bioimage.io model package (spec 0.5): ONNX weights, "

@@ -20,6 +20,9 @@ def citations() -> list[dict]:
     """The ``cite`` entries of ``rdf.yaml``: CARE and Isotropic CARE.
 
     isojax itself has no DOI or web address yet; the README names it with its version.
+
+    Returns:
+      A list of ``{"text": ..., "doi": ...}`` dicts, one per paper.
     """
     return [
         {"text": "Weigert, M. et al. Content-aware image restoration: pushing the limits of "
@@ -43,7 +46,7 @@ def _psf_text(psf: np.ndarray, dx: float) -> str:
             f"{lateral_text}")
 
 
-def documentation(meta: dict, net: UNetConfig, tiles: tuple[int, int, int],
+def documentation(meta: dict, net: UNetConfig, *, tiles: tuple[int, int, int],
                   outputs: list[str], psf: np.ndarray) -> str:
     """The package's ``README.md``.
 

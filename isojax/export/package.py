@@ -65,6 +65,12 @@ def tile_sizes(net: UNetConfig) -> tuple[int, int, int]:
     smallest valid tile is the smallest multiple of the step that keeps at least one step
     after the halo is cropped from both sides.
 
+    Args:
+      net: the model's network settings.
+
+    Returns:
+      ``(minimum, step, halo)``, each in pixels.
+
     Example:
       >>> tile_sizes(UNetConfig())
       (92, 4, 43)
@@ -293,7 +299,7 @@ def export_model(
                        "model_folder": model_dir.name, "checkpoint": which,
                        "weights": "weights.onnx", "input": "input", "outputs": outputs}
         (work / "isojax.json").write_text(json.dumps({**meta, "export": export_info}, indent=2))
-        (work / "README.md").write_text(docs.documentation(meta, net, tile_sizes(net), outputs, psf))
+        (work / "README.md").write_text(docs.documentation(meta, net, tiles=tile_sizes(net), outputs=outputs, psf=psf))
         files: dict[str, Any] = {"documentation": "README.md", "cover": "cover.png", "isojax": "isojax.json",
                  "psf": "psf.tif", "test_input": "test_input.npy", "weights": "weights.onnx",
                  "opset": int(_opset(work / "weights.onnx"))}

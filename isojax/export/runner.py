@@ -28,7 +28,14 @@ PACKAGE_KIND = "isojax-isotropic-restoration"
 
 
 def is_package(path: str | os.PathLike) -> bool:
-    """Whether ``--model`` names a package file (a ``.zip``) rather than a model folder."""
+    """Whether ``--model`` names a package file (a ``.zip``) rather than a model folder.
+
+    Args:
+      path: the ``--model`` value.
+
+    Returns:
+      True for a ``.zip`` path that is not a directory.
+    """
     return Path(path).suffix.lower() == ".zip" and not Path(path).is_dir()
 
 

@@ -72,7 +72,14 @@ _SECONDS = {
 
 
 def unit_to_seconds(unit: str | None) -> float | None:
-    """Seconds per one time ``unit`` (``"s"``, ``"ms"``, ``"min"``, ``"second"``, ...), or None."""
+    """Seconds per one time ``unit`` (``"s"``, ``"ms"``, ``"min"``, ``"second"``, ...), or None.
+
+    Args:
+      unit: a unit name (OME, ImageJ or OME-Zarr spelling; case and ``µ`` ignored), or None.
+
+    Returns:
+      The length of one ``unit`` in seconds, or None for None or an unknown unit.
+    """
     if unit is None:
         return None
     text = str(unit).strip().lower().replace("\u00b5", "u").replace("\u03bc", "u")
@@ -396,6 +403,13 @@ def hyperstack_axes(path: str | os.PathLike, *, axes: str | None = None) -> str 
 
     Cheap (metadata only). A file with more than three axes whose names are unknown gives
     ``"?" * ndim``; a file that cannot be read gives None (its reader reports why).
+
+    Args:
+      path: a TIFF or OME-Zarr image.
+      axes: ``--axes``, overriding the file's own axis names (as :func:`open_hyperstack`).
+
+    Returns:
+      The axis letters, one per file axis (e.g. ``"TCZYX"``), or None.
     """
     path = Path(path)
     try:
@@ -419,6 +433,13 @@ def hyperstack_axes(path: str | os.PathLike, *, axes: str | None = None) -> str 
 
 def parse_channels(text: str | Sequence[int] | None, n: int) -> tuple[int, ...]:
     """The channels that ``--channels 0,2`` selects out of ``n`` (all when None).
+
+    Args:
+      text: ``"0,2"``, a sequence of channel indices, or None (every channel).
+      n: the number of channels in the file.
+
+    Returns:
+      The selected channel indices, in the order given.
 
     Raises:
       IsojaxInputError: not whole numbers, a repeated channel, or one out of range.
@@ -447,6 +468,14 @@ def parse_timepoints(text: str | None, n: int) -> tuple[int, ...]:
 
     Unlike a Python slice, a bound past the end is refused rather than clipped (a
     series shorter than the user thinks is a mistake worth hearing about).
+
+    Args:
+      text: ``"0:100"``, ``"::2"``, ``"5"`` (one index, negative counts from the end), or
+        None (every time point).
+      n: the number of time points in the file.
+
+    Returns:
+      The selected time point indices, ascending for a positive step.
 
     Raises:
       IsojaxInputError: malformed text, a zero step, a bound out of range, or an empty

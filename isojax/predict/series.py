@@ -104,6 +104,13 @@ def is_series(path: str | os.PathLike, *, axes: str | None = None) -> bool:
 
     A 3D ``(z, y, x)`` stack is not a series (it goes the way it always went); a file that
     cannot be read is not either (its reader says why).
+
+    Args:
+      path: a TIFF or OME-Zarr image.
+      axes: ``--axes``, overriding the file's own axis names.
+
+    Returns:
+      True for a series (restored by :func:`predict_series`), else False.
     """
     found = hyperstack_axes(path, axes=axes)
     return found is not None and any(a in found for a in "TC?")
