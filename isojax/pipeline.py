@@ -362,7 +362,7 @@ def calibrate_file(
     stack_path: str | os.PathLike,
     *,
     output: str | os.PathLike,
-    family: str = "gaussian",
+    family: Literal["gaussian", "multi-gaussian", "free"] = "gaussian",
     init_fwhm: float | None = None,
     subsample: float | None = None,
     spacing: Sequence[float] | None = None,
@@ -395,6 +395,7 @@ def calibrate_file(
       overwrite: replace existing outputs (never the stack).
       allow_unidentified: write the PSF even when the stack does not identify its width
         (the JSON then says ``"identifiable": false``).
+      log: progress and warning callback (one line per call); default: standard error.
 
     Returns:
       The JSON report as a dict.
@@ -430,6 +431,8 @@ def calibrate_file(
         spacing=sp,  # the stack's own voxel size: fit_psf checks the factor against it
     )
     iv = report.interval
+    if iv is None:  # fit_psf always profiles the width; a report without one is a bug
+        raise RuntimeError("fit_psf returned a report without a width interval")
     um = "" if pixel is None else f" = {report.fwhm_px * pixel:.4g} µm"
     hi_um = "" if pixel is None else f" ({iv.low * pixel:.3g} to {iv.high * pixel:.3g} µm)"
     log(f"axial PSF ({family}): FWHM {report.fwhm_px:.3g} px{um}, sigma {report.sigma_px:.3g} "

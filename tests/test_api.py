@@ -93,29 +93,20 @@ _EXCEPTIONS = {
         "whose arguments are all optional",
     ("isojax.cli.main", "positional-default"):
         "the console-script convention main(argv=None)",
+    # the branches of pipeline.predict_file, called positionally there with its data
+    ("isojax.predict.files.predict_stack_file", "positional-count"):
+        "(stack_path, stack, apply_fn, meta) are four data inputs, no options: the path, its "
+        "pixels, and the network with its configuration from load_predictor; "
+        "pipeline.predict_file passes them positionally",
+    ("isojax.predict.files.predict_volume_file", "positional-count"):
+        "(stack_path, volume, apply_fn, meta): as predict_stack_file, with the volume opened "
+        "for streaming; pipeline.predict_file passes them positionally",
+    ("isojax.predict.files.stream_prediction", "positional-count"):
+        "(stack_path, output, subsample, budget) are all required, no defaults; "
+        "pipeline.predict_file passes the budget positionally",
 }
 
-_PENDING = {
-    # isojax/calibrate/* (being edited): docstrings without sections
-    ("isojax.calibrate.joint.consistency_loss", "returns"),
-    ("isojax.calibrate.params.psf_sigma", "args"),
-    ("isojax.calibrate.params.psf_sigma", "returns"),
-    ("isojax.calibrate.params.smoothness_penalty", "args"),
-    ("isojax.calibrate.params.smoothness_penalty", "returns"),
-    ("isojax.calibrate.spectra.observed_spectrum", "args"),
-    ("isojax.calibrate.spectra.observed_spectrum", "returns"),
-    ("isojax.calibrate.spectra.synthetic_spectrum", "args"),
-    ("isojax.calibrate.spectra.synthetic_spectrum", "returns"),
-    # isojax/forward.py (being edited)
-    ("isojax.forward.gaussian_noise", "args"),
-    ("isojax.forward.gaussian_noise", "returns"),
-    # pipeline.calibrate_file (being edited): ``log`` is not in Args
-    ("isojax.pipeline.calibrate_file", "args"),
-    # isojax/predict/files.py (being edited): four positional parameters each
-    ("isojax.predict.files.predict_stack_file", "positional-count"),
-    ("isojax.predict.files.predict_volume_file", "positional-count"),
-    ("isojax.predict.files.stream_prediction", "positional-count"),
-}
+_PENDING: set[tuple[str, str]] = set()  # none left: every public function follows the rules
 
 
 def _public_modules():

@@ -144,7 +144,7 @@ class CalibrationReport:
         of the global search.
     """
 
-    family: str
+    family: Family
     params: Any
     nuisance: Any
     taps: int
@@ -223,6 +223,10 @@ class CalibrationReport:
 
         hi = iv.high if math.isfinite(iv.high) else None
         fw = _FWHM_PER_SIGMA
+        sigmas, losses = self.profile_sigmas, self.profile_losses
+        profile = None if sigmas is None or losses is None else {
+            "sigma_px": [0.0 if v <= DELTA_SIGMA else float(v) for v in sigmas],
+            "objective": [float(v) for v in losses]}
         return {
             "identifiable": bool(iv.identifiable),
             "sigma_interval_px": [iv.low, hi],
@@ -230,9 +234,7 @@ class CalibrationReport:
             "fwhm_interval_px": [iv.low * fw, None if hi is None else hi * fw],
             "interval_threshold": iv.threshold,
             "start_fwhm_px": self.start_fwhm_px,
-            "profile": {"sigma_px": [0.0 if v <= DELTA_SIGMA else float(v)
-                                     for v in self.profile_sigmas],
-                        "objective": [float(v) for v in self.profile_losses]},
+            "profile": profile,
         }
 
 

@@ -18,7 +18,7 @@ import optax
 from isojax.calibrate.fit import CalibrationConfig, CalibrationReport
 from isojax.calibrate.params import psf_from_params, psf_sigma, smoothness_penalty
 from isojax.calibrate.spectra import SpectralTarget, spectral_loss
-from isojax.forward import FactoredPSF, measure, sample_positions, upsample
+from isojax.forward import FactoredPSF, Interpolation, measure, sample_positions, upsample
 
 Array = jax.Array
 
@@ -39,6 +39,9 @@ def consistency_loss(restored: Array, samples: Array, psf, *, subsample: float) 
       samples: the observed axial samples they came from ``(b, lateral, n_samples)``.
       psf: the PSF (array or :class:`~isojax.forward.FactoredPSF`); differentiable.
       subsample: anisotropy factor (static).
+
+    Returns:
+      The scalar mean absolute error (the units of ``samples``).
     """
     y = measure(restored, psf, subsample)
     n = restored.shape[-1]
@@ -55,7 +58,7 @@ def consistency_loss(restored: Array, samples: Array, psf, *, subsample: float) 
 @functools.partial(jax.jit, static_argnames=("subsample", "patch_size", "batch_size",
                                              "interpolation"))
 def axial_patches(key: Array, stack: Array, *, subsample: float, patch_size: int,
-                  batch_size: int, interpolation: str = "linear") -> tuple[Array, Array]:
+                  batch_size: int, interpolation: Interpolation = "linear") -> tuple[Array, Array]:
     """Random observed axial (XZ or YZ) patches: their samples and their upsampled view.
 
     Args:

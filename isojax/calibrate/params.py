@@ -130,7 +130,14 @@ def psf_from_params(family: Family, params: dict, *, taps: int, lateral_sigma: f
 
 
 def psf_sigma(psf: FactoredPSF) -> Array:
-    """Axial standard deviation (pixels) of a PSF: the square root of its second moment."""
+    """Axial standard deviation (pixels) of a PSF: the square root of its second moment.
+
+    Args:
+      psf: a factored PSF whose ``axial`` kernel ``(1, taps)`` sums to one.
+
+    Returns:
+      The scalar standard deviation of the axial kernel, in axial pixels.
+    """
     a = psf.axial[0]
     x = jnp.arange(a.shape[-1], dtype=a.dtype) - a.shape[-1] // 2
     mean = jnp.sum(x * a)
@@ -142,6 +149,12 @@ def smoothness_penalty(kernel: Array) -> Array:
 
     Scale-free (the ratio does not change when the kernel is scaled); zero for a straight
     line, small for a wide smooth peak, of order one for a spike or a comb.
+
+    Args:
+      kernel: a kernel of any shape (flattened); not all zero.
+
+    Returns:
+      The scalar roughness (dimensionless).
     """
     k = jnp.ravel(kernel)
     d2 = k[:-2] - 2.0 * k[1:-1] + k[2:]

@@ -226,7 +226,9 @@ def _z_power(plane_sets, segment: int, chunk: int = 32) -> np.ndarray:
     ``|H|^2`` (a real kernel) and are added. Returns ``(M // 2 + 1, segment // 2)``, float64.
     """
     win = np.hanning(segment + 2)[1:-1]
-    total, count = 0.0, 0
+    total: np.ndarray | None = None
+    count = 0
+    m = 0
     for planes in plane_sets:
         nz, n = planes.shape[1], planes.shape[2]
         starts = _segment_starts(nz, segment)
@@ -240,8 +242,12 @@ def _z_power(plane_sets, segment: int, chunk: int = 32) -> np.ndarray:
             q = np.abs(np.fft.fft(f, axis=-1)) ** 2
             folded = q[..., : m // 2 + 1].copy()
             folded[..., 1 : m // 2] += q[..., m - 1 : m // 2 : -1]
-            total = total + folded.sum(axis=(0, 1))
+            part = folded.sum(axis=(0, 1))
+            total = part if total is None else total + part
             count += f.shape[0] * f.shape[1]
+    if total is None:
+        # unreachable from spectral_target (_check_stack leaves planes); a guard, not an input error
+        raise ValueError("_z_power needs at least one plane")
     power = total / (count * float(m) ** 2 * float(np.sum(win**2)))
     return power.T
 
@@ -257,6 +263,17 @@ def observed_spectrum(psf, target: SpectralTarget, *, segment: int) -> Array:
     Computed from ``target.z_power`` as ``sum_q |H(q)|^2 z_power[q]``: the spectrum of the
     planes blurred with mirrored (whole-sample reflecting) edges, averaged over one mirror
     period, for all the planes at the cost of one small product.
+
+    Args:
+      psf: the PSF (array ``(lateral, axial)`` or :class:`~isojax.forward.FactoredPSF`);
+        only its axial profile (summed laterally) is used.
+      target: the :class:`SpectralTarget` holding ``z_power``.
+      segment: Welch segment length; unused (fixed by ``target.z_power``), kept so both
+        spectra take the same arguments.
+
+    Returns:
+      The Welch power ``(segment // 2,)`` at frequencies ``k / segment``, ``k = 1 ..``
+      (cycles per axial sample).
     """
     del segment  # fixed by target.z_power
     h = _axial_profile(psf)
@@ -270,6 +287,16 @@ def synthetic_spectrum(psf, target: SpectralTarget, *, subsample: float, segment
 
     The lines are blurred by the axial profile and sampled every ``subsample`` pixels by
     the forward operator itself (aliasing included), exactly as the microscope samples z.
+
+    Args:
+      psf: the PSF (array ``(lateral, axial)`` or :class:`~isojax.forward.FactoredPSF`).
+      target: the :class:`SpectralTarget` whose lateral ``lines`` are degraded.
+      subsample: anisotropy factor (static), >= 1.
+      segment: Welch segment length in axial samples (even), as returned with ``target``.
+
+    Returns:
+      The Welch power ``(segment // 2,)`` at frequencies ``k / segment``, ``k = 1 ..``
+      (cycles per axial sample).
     """
     if isinstance(psf, FactoredPSF) and psf.lateral.shape[-1] > 1:
         # a 1D line has no lateral neighbours: only the axial profile acts on it

@@ -136,7 +136,7 @@ def _interp_taps(pos: np.ndarray, n: int, interpolation: str):
 
 
 @functools.lru_cache(maxsize=256)
-def _axial_geometry(n: int, s: float, n_taps: int, boundary: str, mode: str):
+def _axial_geometry(n: int, s: float, n_taps: int, boundary: str, mode: Mode):
     """Static scatter pattern of the banded blur-and-sample matrix.
 
     Entry ``A[k, j]`` of the matrix is ``sum`` of ``weight * psf_axial[tap]`` over the
@@ -162,7 +162,7 @@ def _axial_geometry(n: int, s: float, n_taps: int, boundary: str, mode: str):
 
 
 @functools.lru_cache(maxsize=256)
-def _upsample_matrix(n_low: int, n: int, s: float, interpolation: str, mode: str) -> np.ndarray:
+def _upsample_matrix(n_low: int, n: int, s: float, interpolation: str, mode: Mode) -> np.ndarray:
     """Static ``(n, n_low)`` matrix that brings samples back to the fine grid."""
     if mode == "csbdeep":
         # scipy.ndimage.zoom(order=1): output pixel j reads input coordinate j (m-1)/(n-1)
@@ -175,7 +175,7 @@ def _upsample_matrix(n_low: int, n: int, s: float, interpolation: str, mode: str
     return u
 
 
-def _band_matrices(axial: Array, n: int, s: float, boundary: str, mode: str) -> Array:
+def _band_matrices(axial: Array, n: int, s: float, boundary: str, mode: Mode) -> Array:
     """``(rank, n_samples, n)`` blur-and-sample matrices from axial profiles ``(rank, taps)``."""
     n_low, k, j, taps, w = _axial_geometry(n, s, int(axial.shape[-1]), boundary, mode)
     vals = axial[:, taps] * jnp.asarray(w, axial.dtype)
@@ -207,7 +207,7 @@ def _apply_axial(x: Array, a: Array, ax: int, precision) -> Array:
 
 
 @functools.lru_cache(maxsize=256)
-def _block_plan(n: int, s: float, n_taps: int, mode: str):
+def _block_plan(n: int, s: float, n_taps: int, mode: Mode):
     """Static plan for the blocked blur-and-sample product, or None for the full matrix.
 
     With ``s = P / Q``, ``Bs = j P`` fine pixels hold exactly ``B = j Q`` samples, and
@@ -253,7 +253,7 @@ def _block_plan(n: int, s: float, n_taps: int, mode: str):
     }
 
 
-def _axial_stage(x: Array, ax: int, s: float, n_taps: int, boundary: str, mode: str, precision):
+def _axial_stage(x: Array, ax: int, s: float, n_taps: int, boundary: str, mode: Mode, precision):
     """Return ``apply(v)``: blur axis ``ax`` of x with the profile v and keep the samples.
 
     Everything that does not depend on v (padding, reshaping) is done once, so that the

@@ -106,6 +106,8 @@ def _taps_impl(pl: _Plan, w: Array, xh: Array) -> Array:
             st = pl.starts[j][m]
             term = lax.slice_in_dim(xh, st, st + stop, pl.p, axis=-2) * w[:, j, m]
             acc = term if acc is None else acc + term
+        if acc is None:  # every output phase reads at least its centre tap
+            raise ValueError(f"phase {j} of the Fourier plan has no taps")
         phases.append(acc)
     y = jnp.stack(phases, axis=-2)  # (..., nb, q, F)
     return y.reshape(*y.shape[:-3], pl.nb * pl.q, y.shape[-1])

@@ -23,10 +23,12 @@ class FactoredPSF(NamedTuple):
     Attributes:
       lateral: ``(rank, n_lateral)`` lateral profiles of the terms.
       axial: ``(rank, n_axial)`` axial profiles of the terms.
+
+    Either may be a JAX or a NumPy array (a checked PSF keeps NumPy factors on the host).
     """
 
-    lateral: Array
-    axial: Array
+    lateral: Array | np.ndarray
+    axial: Array | np.ndarray
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -50,7 +50,17 @@ def poisson_noise(key: Array, x: Array, *, photons: float | Array) -> Array:
 
 
 def gaussian_noise(key: Array, x: Array, *, sigma: float | Array) -> Array:
-    """Additive white Gaussian noise of standard deviation ``sigma`` (units of ``x``)."""
+    """Additive white Gaussian noise of standard deviation ``sigma`` (units of ``x``).
+
+    Args:
+      key: a ``jax.random`` key.
+      x: the clean array, any shape.
+      sigma: noise standard deviation (units of ``x``): a scalar, or an array that
+        broadcasts against ``x``.
+
+    Returns:
+      ``x`` plus the noise, with the shape and dtype of ``x``.
+    """
     x = jnp.asarray(x)
     noise = jax.random.normal(key, x.shape, jnp.float32) * jnp.asarray(sigma, jnp.float32)
     return (x.astype(jnp.float32) + noise).astype(x.dtype)

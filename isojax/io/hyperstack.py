@@ -188,16 +188,18 @@ def _ome_extras(tif: tifffile.TiffFile) -> tuple[float | None, tuple[str, ...] |
     if pixels is None:
         return None, None
     interval = None
-    if pixels.get("TimeIncrement") is not None:
+    increment = pixels.get("TimeIncrement")
+    if increment is not None:
         factor = unit_to_seconds(pixels.get("TimeIncrementUnit", "s"))
         try:
-            value = float(pixels.get("TimeIncrement"))
+            value = float(increment)
         except ValueError:
             value = math.nan
         if factor is not None and math.isfinite(value) and value > 0:
             interval = factor * value
     names = [el.get("Name") for el in pixels if el.tag.rsplit("}", 1)[-1] == "Channel"]
-    return interval, (tuple(names) if names and all(names) else None)
+    given = [n for n in names if n]  # every channel named, or no names at all
+    return interval, (tuple(given) if names and len(given) == len(names) else None)
 
 
 def _imagej_extras(tif: tifffile.TiffFile, axes: str, shape) -> tuple[float | None, tuple | None]:
@@ -256,13 +258,15 @@ def _open_tiff(path: Path, axes, spacing) -> Hyperstack:
         sp, source = sp_ij, "imagej"
     else:
         sp, source = None, "none"
+    offset: int | None = None  # set when the pixels lie contiguous, uncompressed
+    map_shape: tuple[int, ...] = ()
     try:
         with _tifffile_log():
             mapped = tifffile.memmap(path, mode="r")
         offset, map_shape = mapped.offset, mapped.shape
         del mapped
     except (ValueError, tifffile.TiffFileError, OSError):
-        offset = map_shape = None
+        offset = None
     if offset is not None and math.prod(map_shape) == math.prod(shape):
 
         def reader(index):  # a short-lived map: only the pages read count as resident
@@ -318,8 +322,9 @@ def _zarr_metadata(path: Path):
     spacing = None
     if all(n in by_name for n in "ZYX"):
         factors = [unit_to_um(by_name[n][0].get("unit")) for n in "ZYX"]
-        if all(f is not None for f in factors):
-            spacing = tuple(f * by_name[n][1] for f, n in zip(factors, "ZYX", strict=True))
+        known = [f for f in factors if f is not None]
+        if len(known) == len(factors):
+            spacing = tuple(f * by_name[n][1] for f, n in zip(known, "ZYX", strict=True))
     interval = None
     if "T" in by_name:
         factor = unit_to_seconds(by_name["T"][0].get("unit"))
@@ -489,7 +494,7 @@ def parse_timepoints(text: str | None, n: int) -> tuple[int, ...]:
             "--timepoints 0:100 or --timepoints ::2")
     if len(parts) == 1:
         i = values[0]
-        if not -n <= i < n:
+        if i is None or not -n <= i < n:  # None was refused above
             raise IsojaxInputError(f"--timepoints {text}: time point {i} is out of range; {hint}")
         return (i % n,)
     start, stop, *rest = values

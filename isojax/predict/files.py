@@ -25,6 +25,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tifffile
@@ -33,7 +34,7 @@ from tqdm import tqdm
 from isojax.errors import IsojaxInputError, log_warnings
 from isojax.geometry import StackGeometry
 from isojax.io import _tifffile_log, write_tiff
-from isojax.predict.core import _cast, _geometry, upsampled_length
+from isojax.predict.core import Fuse, _cast, _geometry, upsampled_length
 from isojax.predict.large import LargePrediction, predict_large
 from isojax.predict.stack import predict_stack
 from isojax.synth import check_contrast
@@ -50,7 +51,7 @@ __all__ = [
 Log = Callable[[str], None]
 
 
-def load_predictor(model, *, which: str = "best"):
+def load_predictor(model, *, which: Literal["best", "last"] = "best"):
     """``(apply_fn, meta)`` of ``--model``: a model folder, or a package of ``isojax export``.
 
     A ``.zip`` is run by onnxruntime (:func:`isojax.export.load_package`); anything else is
@@ -216,7 +217,7 @@ def predict_stack_file(
     geometry: StackGeometry,
     model,
     output: Path,
-    fuse: str,
+    fuse: Fuse,
     batch_size: int | None,
     tile: int | None,
     keep_dtype: bool,
@@ -311,7 +312,7 @@ def predict_volume_file(
     geometry: StackGeometry,
     model,
     output: Path,
-    fuse: str,
+    fuse: Fuse,
     batch_size: int | None,
     tile: int | None,
     keep_dtype: bool,

@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -55,7 +55,7 @@ from isojax.io import (
 )
 from isojax.io.outputs import _host, _partial_tag, _pid_running
 from isojax.io.tiff import _IMAGEJ_DTYPES
-from isojax.predict.core import _cast, upsampled_length
+from isojax.predict.core import Fuse, _cast, upsampled_length
 from isojax.predict.files import (
     _check_model_subsample,
     _physical_memory,
@@ -175,7 +175,7 @@ class _SeriesStage(staged_output):
         self.temp = self.resume_from
         return self.temp
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         if self.keep and exc_type is not None:
             return False
         return super().__exit__(exc_type, exc, tb)
@@ -274,7 +274,7 @@ def predict_series_file(
     channels: str | None = None,
     timepoints: str | None = None,
     resume: bool = False,
-    fuse: str = "mean",
+    fuse: Fuse = "mean",
     batch_size: int | None = None,
     tile: int | None = None,
     keep_dtype: bool = False,
@@ -282,7 +282,7 @@ def predict_series_file(
     overwrite: bool = False,
     progress: bool = True,
     log: Log,
-    checkpoint: str = "best",
+    checkpoint: Literal["best", "last"] = "best",
 ) -> SeriesPrediction:
     """Restore every selected time point and channel of a hyperstack into a hyperstack.
 
