@@ -34,7 +34,7 @@ import numpy as np
 import tifffile
 
 from isojax.errors import IsojaxInputError
-from isojax.io.omezarr import _read_json, _zarr_spec
+from isojax.io.omezarr import _read_json, _zarr_spec, multiscale_scale
 from isojax.io.tiff import (
     _TIFF_ERRORS,
     _check_read,
@@ -302,22 +302,7 @@ def _zarr_metadata(path: Path):
     multiscale = ome["multiscales"][0]
     axes = [a if isinstance(a, dict) else {"name": a} for a in multiscale.get("axes", [])]
     names = "".join(str(a.get("name", "?")).upper()[:1] for a in axes)
-    datasets = multiscale.get("datasets") or []
-    if not datasets or "path" not in datasets[0]:
-        raise IsojaxInputError(f"{path}: the OME-Zarr multiscales entry lists no dataset path")
-    scale = np.ones(len(axes))
-    for transforms in (datasets[0].get("coordinateTransformations", []),
-                       multiscale.get("coordinateTransformations", [])):
-        for t in transforms:
-            if t.get("type") == "scale":
-                try:
-                    values = np.array([float(v) for v in t["scale"]])
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise IsojaxInputError(f"{path}: malformed OME-Zarr scale {t!r}") from exc
-                if values.shape != scale.shape or not np.all(np.isfinite(values) & (values > 0)):
-                    raise IsojaxInputError(
-                        f"{path}: the OME-Zarr scale must be {len(axes)} positive numbers: {t!r}")
-                scale = scale * values
+    datasets, scale = multiscale_scale(multiscale, len(axes), where=f"{path}: ")
     by_name = {n: (a, float(v)) for n, a, v in zip(names, axes, scale, strict=True)}
     spacing = None
     if all(n in by_name for n in "ZYX"):

@@ -158,10 +158,37 @@ def ome_zarr_spacing(attributes: dict) -> tuple[str, tuple[float, float, float] 
         raise IsojaxInputError(
             f"isojax reads 3D OME-Zarr images with space axes (z, y, x), got axes {names}; "
             "select one channel or time point first.")
+    datasets, scale = multiscale_scale(multiscale, len(axes))
+    factors = [unit_to_um(a.get("unit")) if isinstance(a, dict) else None for a in axes]
+    known = [f for f in factors if f is not None]
+    if len(known) != len(factors):
+        return str(datasets[0]["path"]), None
+    dz, dy, dx = (float(f * v) for f, v in zip(known, scale, strict=True))
+    return str(datasets[0]["path"]), (dz, dy, dx)
+
+
+def multiscale_scale(multiscale: dict, n_axes: int, *, where: str = "") -> tuple[list, np.ndarray]:
+    """The datasets of an OME-NGFF ``multiscales`` entry and its full-resolution scale.
+
+    The scale is the first dataset's ``scale`` transformation times the multiscale's own, one
+    factor per axis (in the axes' units).
+
+    Args:
+      multiscale: one entry of ``attributes.ome.multiscales``.
+      n_axes: the number of axes (the length every scale must have).
+      where: a prefix for messages (e.g. ``"image.zarr: "``).
+
+    Returns:
+      ``(datasets, scale)``: the entry's datasets (the first has a ``path``) and ``(n_axes,)``
+      positive factors.
+
+    Raises:
+      IsojaxInputError: no dataset path, or a malformed or non-positive scale.
+    """
     datasets = multiscale.get("datasets") or []
     if not datasets or "path" not in datasets[0]:
-        raise IsojaxInputError("the OME-Zarr multiscales entry lists no dataset path")
-    scale = np.ones(3)
+        raise IsojaxInputError(f"{where}the OME-Zarr multiscales entry lists no dataset path")
+    scale = np.ones(n_axes)
     for transforms in (datasets[0].get("coordinateTransformations", []),
                        multiscale.get("coordinateTransformations", [])):
         for t in transforms:
@@ -169,16 +196,12 @@ def ome_zarr_spacing(attributes: dict) -> tuple[str, tuple[float, float, float] 
                 try:
                     values = np.array([float(v) for v in t["scale"]])
                 except (KeyError, TypeError, ValueError) as exc:
-                    raise IsojaxInputError(f"malformed OME-Zarr scale {t!r}") from exc
-                if values.shape != (3,) or not np.all(np.isfinite(values) & (values > 0)):
-                    raise IsojaxInputError(f"the OME-Zarr scale must be 3 positive numbers: {t!r}")
+                    raise IsojaxInputError(f"{where}malformed OME-Zarr scale {t!r}") from exc
+                if values.shape != scale.shape or not np.all(np.isfinite(values) & (values > 0)):
+                    raise IsojaxInputError(
+                        f"{where}the OME-Zarr scale must be {n_axes} positive numbers: {t!r}")
                 scale = scale * values
-    factors = [unit_to_um(a.get("unit")) if isinstance(a, dict) else None for a in axes]
-    known = [f for f in factors if f is not None]
-    if len(known) != len(factors):
-        return str(datasets[0]["path"]), None
-    dz, dy, dx = (float(f * v) for f, v in zip(known, scale, strict=True))
-    return str(datasets[0]["path"]), (dz, dy, dx)
+    return datasets, scale
 
 
 def _zarr_spec(path: Path) -> dict:
