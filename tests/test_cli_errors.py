@@ -10,8 +10,9 @@ import os
 import numpy as np
 import pytest
 
-from isojax import __version__, cli
+from isojax import __version__
 from isojax.cli import main
+from isojax.cli import pipeline as cli_commands  # where the subcommands' functions live
 from isojax.io import write_tiff
 
 BUG_LINE = (f"isojax: internal error: this is a bug in isojax {__version__}; please report it "
@@ -86,7 +87,7 @@ def test_an_os_error_on_a_file_is_one_line_naming_it(tmp_path, monkeypatch, caps
         missing.read_text()  # a real FileNotFoundError, with its filename
         return 0
 
-    monkeypatch.setattr(cli, "_cmd_demo", command)  # the CLI's own dispatch runs it
+    monkeypatch.setattr(cli_commands, "_cmd_demo", command)  # the CLI's own dispatch runs it
     line = _one_error_line(capsys, main(["demo", "--out", str(tmp_path / "d")]))
     assert line == f"isojax: error: {missing}: No such file or directory"
 
@@ -109,7 +110,7 @@ def test_a_plain_value_error_is_a_bug_with_its_traceback(tmp_path, monkeypatch, 
                       fuse="sideways")
         return 0
 
-    monkeypatch.setattr(cli, "_cmd_demo", command)
+    monkeypatch.setattr(cli_commands, "_cmd_demo", command)
     _bug(capsys, main(["demo", "--out", str(tmp_path / "d")]), "ValueError: fuse must be one of")
 
 
@@ -118,7 +119,7 @@ def test_an_os_error_without_a_file_is_a_bug(tmp_path, monkeypatch, capsys):
         os.close(-1)  # a real OSError (EBADF) that names no file
         return 0
 
-    monkeypatch.setattr(cli, "_cmd_demo", command)
+    monkeypatch.setattr(cli_commands, "_cmd_demo", command)
     _bug(capsys, main(["demo", "--out", str(tmp_path / "d")]), "OSError: [Errno 9]")
 
 
@@ -129,7 +130,7 @@ def test_a_type_error_is_a_bug(tmp_path, monkeypatch, capsys):
         SynthConfig(subsample=2.0, no_such_option=1)
         return 0
 
-    monkeypatch.setattr(cli, "_cmd_demo", command)
+    monkeypatch.setattr(cli_commands, "_cmd_demo", command)
     _bug(capsys, main(["demo", "--out", str(tmp_path / "d")]), "TypeError")
 
 
@@ -140,7 +141,7 @@ def test_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
         # what write() raises on a full disk: an OSError with no file name
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(cli, "_cmd_demo", command)
+    monkeypatch.setattr(cli_commands, "_cmd_demo", command)
     line = _one_error_line(capsys, main(["demo", "--out", str(tmp_path / "d")]))
     assert os.strerror(errno.ENOSPC) in line
     assert "free some space" in line
@@ -152,7 +153,7 @@ def test_an_os_error_naming_a_file_descriptor_is_one_line(tmp_path, monkeypatch,
     def command(args):
         raise OSError(errno.EIO, os.strerror(errno.EIO), 5)  # filename: a descriptor
 
-    monkeypatch.setattr(cli, "_cmd_demo", command)
+    monkeypatch.setattr(cli_commands, "_cmd_demo", command)
     line = _one_error_line(capsys, main(["demo", "--out", str(tmp_path / "d")]))
     assert line == f"isojax: error: 5: {os.strerror(errno.EIO)}"
 
@@ -170,7 +171,7 @@ def test_running_out_of_memory_is_one_line_with_what_to_change(tmp_path, monkeyp
             np.zeros(2**45)
         return 0
 
-    monkeypatch.setattr(cli, "_cmd_demo", command)
+    monkeypatch.setattr(cli_commands, "_cmd_demo", command)
     line = _one_error_line(capsys, main(["demo", "--out", str(tmp_path / "d")]))
     assert line.startswith("isojax: error: out of memory (")
     assert line.endswith("close other programs and run it again")
