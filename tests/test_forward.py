@@ -416,8 +416,10 @@ def test_fourier_gradient_in_psf_of_any_rank(rank):
         x = jnp.asarray(rng.random((2, 8, 70)))
         f = jax.jit(lambda p: isojax.degrade(x, p, 2.5))
         check_grads(f, (psf,), order=1, modes=["fwd", "rev"])
-        if rank == 1:
-            check_grads(jax.jit(lambda a, p: isojax.measure(a, p, 10.2)), (x, psf), order=2)
+        if rank == 1:  # second order in the PSF (the operator is linear in x)
+            x_small = x[:1, :4]
+            check_grads(jax.jit(lambda p: isojax.measure(x_small, p, 10.2)), (psf,), order=2,
+                        modes=["rev"])
 
 
 def test_concrete_dense_psf_is_factored_outside_jit_when_its_rank_is_low():
