@@ -127,10 +127,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from isojax.pipeline import demo
+    if args.channels == 1 and args.timepoints == 1:
+        from isojax.pipeline import demo
 
-    demo(args.out, seed=args.seed, steps=args.steps, overwrite=args.overwrite,
-         progress=not args.quiet)
+        demo(Path("isojax-demo") if args.out is None else args.out, seed=args.seed, steps=args.steps, overwrite=args.overwrite,
+             progress=not args.quiet)
+        return EXIT_OK
+    from isojax.demo_series import demo_series
+
+    out = Path("isojax-demo-series") if args.out is None else args.out
+    demo_series(out, channels=args.channels, timepoints=args.timepoints, seed=args.seed,
+                steps=args.steps, overwrite=args.overwrite, progress=not args.quiet)
     return EXIT_OK
 
 
@@ -330,9 +337,16 @@ def _add_demo_command(commands: argparse._SubParsersAction) -> None:
         "demo", help="simulate, derive the PSF, train, predict and score",
         description="The whole pipeline on a simulated stack with known ground truth; prints "
         "PSNR and SSIM of linear interpolation and isojax and draws orthogonal views.")
-    d.add_argument("--out", type=Path, default=Path("isojax-demo"), metavar="DIR",
+    d.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="folder for the simulated stack, the model, the restoration and the "
-                   "pictures")
+                   "pictures (default isojax-demo, or isojax-demo-series with --channels or "
+                   "--timepoints)")
+    d.add_argument("--channels", type=_positive_int, default=1, metavar="N",
+                   help="simulate a time-lapse with N channels (1 to 4), each with its own "
+                   "specimen, bead and axial PSF; trains one network per channel")
+    d.add_argument("--timepoints", type=_positive_int, default=1, metavar="N",
+                   help="simulate N time points with drift and bleaching; the output is a "
+                   "TZCYX hyperstack, scored per time point and channel")
     d.add_argument("--steps", type=_positive_int, default=300, metavar="N", help="training steps")
     d.add_argument("--seed", type=int, default=0, metavar="N", help="random seed of the simulation and training")
     d.add_argument("--overwrite", action="store_true",
