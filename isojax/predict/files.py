@@ -37,6 +37,7 @@ from isojax.io import _tifffile_log, write_tiff
 from isojax.predict.core import Fuse, _cast, _geometry, upsampled_length
 from isojax.predict.large import LargePrediction, predict_large
 from isojax.predict.stack import predict_stack
+from isojax.predict.uncertainty import write_tiff_pair
 from isojax.synth import check_contrast
 from isojax.unet import UNetConfig
 
@@ -224,6 +225,7 @@ def predict_stack_file(
     overwrite: bool,
     progress: bool,
     log: Log,
+    uncertainty: Path | None = None,
 ) -> np.ndarray:
     """The in-memory branch of :func:`isojax.pipeline.predict_file`: restore, cast, write.
 
@@ -247,6 +249,10 @@ def predict_stack_file(
       overwrite: replace an existing output.
       progress: show a progress bar on stderr.
       log: where messages go.
+      uncertainty: a TIFF for the Laplace scale of a probabilistic ``apply_fn`` (one
+        returning ``(mean, scale)``: :func:`isojax.predict.uncertainty.load_probabilistic`),
+        float32 with the output's voxel size, written with the output
+        (:func:`isojax.predict.uncertainty.write_tiff_pair`); or None.
 
     Returns:
       The restored stack, float32 (before any cast).
@@ -287,14 +293,21 @@ def predict_stack_file(
             multiple=2**depth,
             normalization=(norm["pmin"], norm["pmax"]),
             progress=report,
+            uncertainty=uncertainty is not None,
         )
     finally:
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - t0
     out_spacing = geometry.isotropic_spacing
+    volume, scale = volume if uncertainty is not None else (volume, None)
     data = _cast(volume, stack.dtype) if keep_dtype else volume.astype(np.float32)
-    write_tiff(output, data, spacing=out_spacing, dtype=data.dtype, overwrite=overwrite)
+    if scale is None:
+        write_tiff(output, data, spacing=out_spacing, dtype=data.dtype, overwrite=overwrite)
+    else:
+        write_tiff_pair(output, data, uncertainty, scale, spacing=out_spacing,
+                        overwrite=overwrite)
+        log(f"wrote {uncertainty}: the Laplace scale of each voxel, float32")
     log(
         f"wrote {output}: shape {data.shape}, {data.dtype}, voxel size "
         f"{'unknown' if out_spacing is None else ', '.join(f'{v:.4g}' for v in out_spacing)} um; "

@@ -63,6 +63,7 @@ from isojax.predict.core import (
     upsample_z,
     upsampled_length,
 )
+from isojax.predict.uncertainty import denormalize_scale
 from isojax.synth import check_contrast, denormalize
 
 __all__ = ["predict_stack"]
@@ -97,7 +98,8 @@ def predict_stack(
     multiple: int = 4,
     normalization: tuple[float, float] | None = DEFAULT_PERCENTILES,
     progress: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
+    uncertainty: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Restore an anisotropic stack into an isotropic one (Isotropic CARE prediction).
 
     Steps: percentile normalisation of the whole stack; Z upsampling on the physical grid
@@ -133,7 +135,8 @@ def predict_stack(
       stack: ``(z, y, x)`` array, Z coarse (``z >= 2``), finite values, any real dtype.
       apply_fn: the trained network as a pure function ``(b, h, w) -> (b, h, w)`` on float32
         (``h`` lateral, ``w`` axial, both multiples of ``multiple``). A probabilistic model
-        may return a pair ``(mean, scale)``: the mean is used and the scale dropped.
+        may return a pair ``(mean, scale)``: the mean is used and the scale dropped, unless
+        ``uncertainty``.
       subsample: anisotropy factor ``dz / dx`` (µm / µm), >= 1, e.g. 10.2; the one the
         network was trained for.
       interpolation: ``"linear"`` or ``"cubic"``: how Z is upsampled; use the one that
@@ -162,17 +165,24 @@ def predict_stack(
         before the network and back after it, as in training; None feeds the raw values.
       progress: called as ``progress(done, total)`` after each batch, counting images
         (slices or tiles) over both views.
+      uncertainty: also return the Laplace scale of a probabilistic ``apply_fn`` (which
+        must then return ``(mean, scale)``), fused over the views with the means' rule
+        (:func:`isojax.predict.uncertainty.fuse_scales`) and brought to intensity units
+        (:func:`isojax.predict.uncertainty.denormalize_scale`). One more output-sized
+        float32 volume in memory.
 
     Returns:
       The restored stack, float32 NumPy array ``(upsampled_length(z, subsample), y, x)``
       with isotropic voxels ``(dx, dy, dx)``: output slice ``j`` sits at
-      ``z0 + j * dz / subsample``.
+      ``z0 + j * dz / subsample``. With ``uncertainty``, the pair ``(restored, scale)`` of
+      two such arrays, the scale > 0.
 
     Raises:
       ValueError: if the stack is not 3D, has fewer than 2 slices or non-finite values,
         is constant between the normalisation percentiles, ``subsample < 1``, an option is
         out of range, the tile is too small for the overlap, or ``apply_fn`` changes the
-        batch shape; each message says what to change.
+        batch shape (or gives no scale with ``uncertainty``); each message says what to
+        change.
 
     Example:
       >>> import numpy as np
@@ -213,11 +223,12 @@ def predict_stack(
 
     vol = _upsample_on_host(x, s, interpolation, memory_budget)
     out = np.empty_like(vol)
+    scale = np.empty_like(vol) if uncertainty else None
 
     jitted = jax.jit(apply_fn)  # jax caches compilations per (function, shape) across calls
 
-    def run(batch: np.ndarray) -> np.ndarray:
-        return _batch_result(jitted(jnp.asarray(batch)), batch.shape)
+    def run(batch: np.ndarray):
+        return _batch_result(jitted(jnp.asarray(batch)), batch.shape, with_scale=uncertainty)
 
     views = {"xz": [1], "yz": [2]}.get(fuse, [1, 2])  # batch axis: 1 = y (XZ), 2 = x (YZ)
     in_flight = _in_flight()
@@ -239,7 +250,7 @@ def predict_stack(
     batches = itertools.chain.from_iterable(
         _view_batches(
             vol,
-            out,
+            out if scale is None else (out, scale),
             axis=axis,
             fuse=None if v == 0 else fuse,
             geometry=geometries[axis],
@@ -255,4 +266,6 @@ def predict_stack(
 
     if percentiles is not None:
         denormalize(out, lo, hi, out=out)
-    return out
+        if scale is not None:
+            denormalize_scale(scale, lo, hi, out=scale)
+    return out if scale is None else (out, scale)
