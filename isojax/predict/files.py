@@ -36,7 +36,7 @@ from isojax.geometry import StackGeometry
 from isojax.io import _tifffile_log, write_tiff
 from isojax.predict.core import Fuse, _cast, _geometry, upsampled_length
 from isojax.predict.large import LargePrediction, predict_large
-from isojax.predict.stack import predict_stack
+from isojax.predict.stack import predict_stack, predict_stack_uncertainty
 from isojax.predict.uncertainty import write_tiff_pair
 from isojax.synth import check_contrast
 from isojax.unet import UNetConfig
@@ -280,39 +280,35 @@ def predict_stack_file(
             bar.refresh()
 
     t0 = time.perf_counter()
+    options = dict(subsample=s, interpolation=meta["interpolation"], fuse=fuse,
+                   batch_size=batch_size, tile=tile, overlap=_tile_overlap(meta),
+                   multiple=2**depth, normalization=(norm["pmin"], norm["pmax"]),
+                   progress=report)
+    scale = None
     try:
-        volume = predict_stack(
-            stack.astype(np.float32),
-            apply_fn,
-            subsample=s,
-            interpolation=meta["interpolation"],
-            fuse=fuse,
-            batch_size=batch_size,
-            tile=tile,
-            overlap=_tile_overlap(meta),
-            multiple=2**depth,
-            normalization=(norm["pmin"], norm["pmax"]),
-            progress=report,
-            uncertainty=uncertainty is not None,
-        )
+        if uncertainty is None:
+            volume = predict_stack(stack.astype(np.float32), apply_fn, **options)
+        else:
+            volume, scale = predict_stack_uncertainty(stack.astype(np.float32), apply_fn,
+                                                      **options)
     finally:
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - t0
     out_spacing = geometry.isotropic_spacing
-    volume, scale = volume if uncertainty is not None else (volume, None)
     data = _cast(volume, stack.dtype) if keep_dtype else volume.astype(np.float32)
-    if scale is None:
+    if uncertainty is None or scale is None:
         write_tiff(output, data, spacing=out_spacing, dtype=data.dtype, overwrite=overwrite)
     else:
         write_tiff_pair(output, data, uncertainty, scale, spacing=out_spacing,
                         overwrite=overwrite)
-        log(f"wrote {uncertainty}: the Laplace scale of each voxel, float32")
     log(
         f"wrote {output}: shape {data.shape}, {data.dtype}, voxel size "
         f"{'unknown' if out_spacing is None else ', '.join(f'{v:.4g}' for v in out_spacing)} um; "
         f"{volume.size / elapsed / 1e6:.2f} Mvoxel/s"
     )
+    if uncertainty is not None:
+        log(f"wrote {uncertainty}: the Laplace scale of each voxel, float32, same shape")
     return volume
 
 

@@ -67,7 +67,7 @@ from isojax.predict.files import (
     load_predictor,
 )
 from isojax.predict.spread import barrier, from_main, my_timepoints, rank_and_count
-from isojax.predict.stack import predict_stack
+from isojax.predict.stack import predict_stack, predict_stack_uncertainty
 from isojax.predict.uncertainty import check_uncertainty_output, load_probabilistic
 
 __all__ = ["SeriesPrediction", "is_series", "predict_series_file"]
@@ -371,18 +371,21 @@ def predict_series_file(
     settings = dict(subsample=g.subsample, interpolation=meta["interpolation"], fuse=fuse,
                     batch_size=batch_size, tile=tile, overlap=_tile_overlap(meta),
                     multiple=2 ** int(meta["unet"]["depth"]),
-                    normalization=(norm["pmin"], norm["pmax"]),
-                    uncertainty=unc is not None)
+                    normalization=(norm["pmin"], norm["pmax"]))
 
     def restore(t: int, c: int):
         """The restored volume of input time point ``t`` and channel ``c``, or with an
         uncertainty map the pair ``(restored, scale)``."""
         volume = hyper.read(t, c)
+        scale = None
         try:
-            result = predict_stack(volume.astype(np.float32), apply_fn, **settings)
+            if unc is None:
+                mean = predict_stack(volume.astype(np.float32), apply_fn, **settings)
+            else:
+                mean, scale = predict_stack_uncertainty(volume.astype(np.float32), apply_fn,
+                                                        **settings)
         except IsojaxInputError as exc:
             raise IsojaxInputError(f"{stack_path}: time point {t}, channel {c}: {exc}") from None
-        mean, scale = result if unc is not None else (result, None)
         mean = _cast(mean, volume.dtype) if keep_dtype else mean
         return mean if scale is None else (mean, scale)
 
@@ -507,12 +510,16 @@ def _to_zarr(summary: SeriesPrediction, restore, targets: list[_Target], *,
              progress: bool, overwrite: bool, log: Log) -> SeriesPrediction:
     """Write this process's time points into the staged stores (process 0 stages them)."""
     rank, n_proc = rank_and_count()
+
+    def paths(got: tuple[list[_SeriesStage], list[HyperstackZarr]] | None) -> str:
+        return json.dumps([] if got is None else [str(s.path) for s in got[1]])
+
     with contextlib.ExitStack() as stack:
         opened, text = from_main(
             lambda: _open_stores(summary, targets, stack, overwrite=overwrite, log=log),
-            share=lambda got: json.dumps([str(s.path) for s in got[1]]),
-            what="the output")
-        stages, stores = opened or ([], [HyperstackZarr.open(p) for p in json.loads(text)])
+            share=paths, what="the output")
+        stages, stores = (opened if opened is not None
+                          else ([], [HyperstackZarr.open(p) for p in json.loads(text)]))
         done = set.intersection(*(s.done() for s in stores)) & set(range(summary.shape[0]))
         mine = my_timepoints(summary.shape[0])
         todo = [i for i in mine if i not in done]

@@ -72,7 +72,7 @@ def _broadcast_text(text: str | None) -> str:
     return bytes(got[: int(np.argmin(got)) if not got.all() else len(got)]).decode()
 
 
-def from_main(fn: Callable[[], T], *, share: Callable[[T], str] = lambda v: "",
+def from_main(fn: Callable[[], T], *, share: Callable[[T], str] | None = None,
               what: str = "the prediction") -> tuple[T | None, str]:
     """Run ``fn`` on process 0 only; tell every process whether it worked, and a text.
 
@@ -83,7 +83,8 @@ def from_main(fn: Callable[[], T], *, share: Callable[[T], str] = lambda v: "",
 
     Args:
       fn: what only process 0 does (create or adopt the output, check it).
-      share: the text of its result that the others need (at most 8 KiB of UTF-8).
+      share: the text of its result that the others need (at most 8 KiB of UTF-8), or
+        None for none.
       what: what ``fn`` starts, for the others' error message.
 
     Returns:
@@ -95,11 +96,11 @@ def from_main(fn: Callable[[], T], *, share: Callable[[T], str] = lambda v: "",
     p, n = rank_and_count()
     if n == 1:
         value = fn()
-        return value, share(value)
+        return value, "" if share is None else share(value)
     if p == 0:
         try:
             value = fn()
-            text = "ok:" + share(value)
+            text = "ok:" + ("" if share is None else share(value))
         except BaseException:
             _broadcast_text("failed")
             raise

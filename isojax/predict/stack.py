@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -66,7 +67,7 @@ from isojax.predict.core import (
 from isojax.predict.uncertainty import denormalize_scale
 from isojax.synth import check_contrast, denormalize
 
-__all__ = ["predict_stack"]
+__all__ = ["predict_stack", "predict_stack_uncertainty"]
 
 
 def _upsample_on_host(x: np.ndarray, s: float, interpolation: Interpolation,
@@ -98,8 +99,7 @@ def predict_stack(
     multiple: int = 4,
     normalization: tuple[float, float] | None = DEFAULT_PERCENTILES,
     progress: Callable[[int, int], None] | None = None,
-    uncertainty: bool = False,
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+) -> np.ndarray:
     """Restore an anisotropic stack into an isotropic one (Isotropic CARE prediction).
 
     Steps: percentile normalisation of the whole stack; Z upsampling on the physical grid
@@ -135,8 +135,8 @@ def predict_stack(
       stack: ``(z, y, x)`` array, Z coarse (``z >= 2``), finite values, any real dtype.
       apply_fn: the trained network as a pure function ``(b, h, w) -> (b, h, w)`` on float32
         (``h`` lateral, ``w`` axial, both multiples of ``multiple``). A probabilistic model
-        may return a pair ``(mean, scale)``: the mean is used and the scale dropped, unless
-        ``uncertainty``.
+        may return a pair ``(mean, scale)``: the mean is used and the scale dropped
+        (:func:`predict_stack_uncertainty` keeps it).
       subsample: anisotropy factor ``dz / dx`` (µm / µm), >= 1, e.g. 10.2; the one the
         network was trained for.
       interpolation: ``"linear"`` or ``"cubic"``: how Z is upsampled; use the one that
@@ -165,24 +165,17 @@ def predict_stack(
         before the network and back after it, as in training; None feeds the raw values.
       progress: called as ``progress(done, total)`` after each batch, counting images
         (slices or tiles) over both views.
-      uncertainty: also return the Laplace scale of a probabilistic ``apply_fn`` (which
-        must then return ``(mean, scale)``), fused over the views with the means' rule
-        (:func:`isojax.predict.uncertainty.fuse_scales`) and brought to intensity units
-        (:func:`isojax.predict.uncertainty.denormalize_scale`). One more output-sized
-        float32 volume in memory.
 
     Returns:
       The restored stack, float32 NumPy array ``(upsampled_length(z, subsample), y, x)``
       with isotropic voxels ``(dx, dy, dx)``: output slice ``j`` sits at
-      ``z0 + j * dz / subsample``. With ``uncertainty``, the pair ``(restored, scale)`` of
-      two such arrays, the scale > 0.
+      ``z0 + j * dz / subsample``.
 
     Raises:
       ValueError: if the stack is not 3D, has fewer than 2 slices or non-finite values,
         is constant between the normalisation percentiles, ``subsample < 1``, an option is
         out of range, the tile is too small for the overlap, or ``apply_fn`` changes the
-        batch shape (or gives no scale with ``uncertainty``); each message says what to
-        change.
+        batch shape; each message says what to change.
 
     Example:
       >>> import numpy as np
@@ -190,8 +183,62 @@ def predict_stack(
       >>> predict_stack(stack, lambda b: b, subsample=2.0, normalization=None).shape
       (5, 8, 8)
     """
-    # Long by its docstring (the public contract); the body is the option checks, then one
-    # pass: normalise, upsample, the batch stream over both views, denormalise.
+    mean, _ = _restore(
+        stack, apply_fn, subsample=subsample, interpolation=interpolation, fuse=fuse,
+        batch_size=batch_size, memory_budget=memory_budget, bytes_per_pixel=bytes_per_pixel,
+        tile=tile, overlap=overlap, multiple=multiple, normalization=normalization,
+        progress=progress, uncertainty=False)
+    return mean
+
+
+def predict_stack_uncertainty(stack, apply_fn: Callable[[Array], tuple[Array, Array]],
+                              **options: Any) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predict_stack` of a probabilistic network, with its fused uncertainty map.
+
+    The same restoration as :func:`predict_stack` with the same ``options``, and the
+    network's per-pixel Laplace scale over the same slices and tiles: fused over the two
+    views by the means' rule (:func:`isojax.predict.uncertainty.fuse_scales`: their average
+    for ``fuse="mean"``) and brought to intensity units (``scale * (hi - lo)``,
+    :func:`isojax.predict.uncertainty.denormalize_scale`). One more output-sized float32
+    volume in memory.
+
+    Args:
+      stack: as :func:`predict_stack`.
+      apply_fn: the network, ``(b, h, w) -> (mean, scale)``, both ``(b, h, w)`` float32,
+        the scale > 0 (:func:`isojax.predict.uncertainty.load_probabilistic`).
+      **options: :func:`predict_stack`'s keyword options (``subsample`` required).
+
+    Returns:
+      ``(restored, scale)``: two float32 arrays ``(upsampled_length(z, subsample), y, x)``.
+
+    Raises:
+      ValueError: as :func:`predict_stack`, and when ``apply_fn`` returns no pair.
+    """
+    mean, scale = _restore(stack, apply_fn, uncertainty=True, **options)
+    assert scale is not None
+    return mean, scale
+
+
+def _restore(
+    stack,
+    apply_fn: Callable,
+    *,
+    subsample: float,
+    interpolation: Interpolation = "linear",
+    fuse: Fuse = "mean",
+    batch_size: int | None = None,
+    memory_budget: int = _DEFAULT_BUDGET,
+    bytes_per_pixel: int = _BYTES_PER_PIXEL,
+    tile: int | tuple[int, int] | None = None,
+    overlap: int = 96,
+    multiple: int = 4,
+    normalization: tuple[float, float] | None = DEFAULT_PERCENTILES,
+    progress: Callable[[int, int], None] | None = None,
+    uncertainty: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`predict_stack`, and with ``uncertainty`` the fused scale (else None)."""
+    # the option checks, then one pass: normalise, upsample, the batch stream over both
+    # views, denormalise
     s = check_subsample(subsample)
     _check_run(interpolation, fuse, apply_fn)
     multiple = _positive_int("multiple", multiple)
@@ -268,4 +315,4 @@ def predict_stack(
         denormalize(out, lo, hi, out=out)
         if scale is not None:
             denormalize_scale(scale, lo, hi, out=scale)
-    return out if scale is None else (out, scale)
+    return out, scale
