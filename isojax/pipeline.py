@@ -521,8 +521,8 @@ def predict_file(
     With ``uncertainty``, a probabilistic model (``--loss laplace``) also writes its
     per-voxel Laplace scale there, fused over the views as the means are, in intensity
     units, in the output's format and voxel size (:mod:`isojax.predict.uncertainty`); the
-    map follows the output's overwrite rules and is never left partial. Whole stacks in
-    memory and hyperstacks only: the streamed path refuses it.
+    map follows the output's overwrite rules and is never left partial; in memory, streamed
+    and for hyperstacks alike.
 
     Args:
       stack_path: the anisotropic 3D stack ``(z, y, x)``, TIFF or OME-Zarr.
@@ -603,15 +603,11 @@ def predict_file(
     options: dict[str, Any] = dict(model=model, fuse=fuse, batch_size=batch_size, tile=tile,
                    keep_dtype=keep_dtype, overwrite=overwrite, progress=progress, log=log)
     if stream_prediction(stack_path, output, float(meta["subsample"]), memory_budget):
-        if unc is not None:
-            raise IsojaxInputError(
-                f"--uncertainty {unc}: the streamed prediction (an OME-Zarr input or output, "
-                "or a stack over the memory budget) cannot write an uncertainty map yet; "
-                "write a TIFF, raising --memory-budget if needed")
         volume, g = geometry.open_stack(stack_path, spacing=spacing, subsample=subsample,
                                         log=log)
         return predict_volume_file(stack_path, volume, apply_fn, meta, geometry=g,
-                                   output=output, memory_budget=memory_budget, **options)
+                                   output=output, memory_budget=memory_budget,
+                                   uncertainty=unc, **options)
     output = check_writable(output)
     stack, g = geometry.read_stack(stack_path, spacing=spacing, subsample=subsample, log=log)
     return predict_stack_file(stack_path, stack, apply_fn, meta, geometry=g, output=output,

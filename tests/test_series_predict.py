@@ -15,7 +15,14 @@ import pytest
 import tifffile
 
 from isojax.cli import main
-from isojax.io import HyperstackZarr, open_hyperstack, read_hyperstack, read_tiff, write_tiff
+from isojax.io import (
+    HyperstackZarr,
+    open_hyperstack,
+    open_volume,
+    read_hyperstack,
+    read_tiff,
+    write_tiff,
+)
 from isojax.pipeline import predict_file
 from isojax.predict import upsampled_length
 
@@ -181,11 +188,25 @@ def test_uncertainty_errors_write_nothing(files, laplace, mae, tmp_path, capsys,
     assert open_hyperstack(tmp_path / "u.tif").dtype == np.float32
 
 
-def test_uncertainty_with_the_streamed_path_is_refused(files, laplace, tmp_path, capsys):
-    _one_line_error(["predict", str(files / "stack.tif"), "--model", str(laplace), "-o",
-                     str(tmp_path / "iso.zarr"), "--uncertainty", str(tmp_path / "u.zarr")],
-                    capsys, "the streamed prediction")
-    assert list(tmp_path.iterdir()) == []
+@pytest.mark.parametrize("keep_dtype", [False, True])
+def test_streamed_uncertainty_equals_the_in_memory_one(files, laplace, tmp_path, keep_dtype):
+    """Slab by slab into OME-Zarr (with --keep-dtype the first view waits in a scratch store,
+    its scale in the map itself): the map of the in-memory prediction."""
+    predict_file(files / "stack.tif", model=laplace, output=tmp_path / "mem.tif",
+                 uncertainty=tmp_path / "mem-u.tif", progress=False, log=lambda m: None)
+    expected, sp, _ = read_tiff(tmp_path / "mem-u.tif")
+    result = predict_file(files / "stack.tif", model=laplace, output=tmp_path / "big.zarr",
+                          uncertainty=tmp_path / "big-u.zarr", memory_budget=100_000,
+                          keep_dtype=keep_dtype, progress=False, log=lambda m: None)
+    assert result.uncertainty == tmp_path / "big-u.zarr"
+    assert result.slab_lines[0] < 16  # several slabs
+    volume = open_volume(tmp_path / "big-u.zarr")
+    assert volume.dtype == np.float32
+    np.testing.assert_allclose(volume.spacing, sp)
+    scale = volume.read((slice(None),) * 3)
+    np.testing.assert_allclose(scale, expected, rtol=1e-5, atol=1e-5 * expected.max())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big-u.zarr", "big.zarr", "mem-u.tif",
+                                                          "mem.tif"]
 
 
 def test_a_failure_during_the_run_leaves_neither_output(files, laplace, tmp_path, capsys):

@@ -329,6 +329,7 @@ def predict_volume_file(
     overwrite: bool,
     progress: bool,
     log: Log,
+    uncertainty: Path | None = None,
 ) -> LargePrediction:
     """The streaming branch of :func:`isojax.pipeline.predict_file`: slab by slab to a file.
 
@@ -353,6 +354,8 @@ def predict_volume_file(
       overwrite: replace an existing output.
       progress: show a progress bar on stderr.
       log: where messages go.
+      uncertainty: where :func:`isojax.predict.predict_large` writes the Laplace scale of a
+        probabilistic ``apply_fn`` (one returning ``(mean, scale)``), or None.
 
     Returns:
       The :class:`isojax.predict.LargePrediction` summary.
@@ -390,7 +393,7 @@ def predict_volume_file(
                 batch_size=batch_size, tile=tile, overlap=_tile_overlap(meta),
                 multiple=2 ** int(meta["unet"]["depth"]),
                 normalization=(norm["pmin"], norm["pmax"]), output_dtype=dtype,
-                overwrite=overwrite, progress=report,
+                overwrite=overwrite, progress=report, uncertainty=uncertainty,
             )
     finally:
         if bar is not None:
@@ -407,4 +410,6 @@ def predict_volume_file(
         f"{'unknown' if sp_out is None else ', '.join(f'{v:.4g}' for v in sp_out)} um; "
         f"{math.prod(result.shape) / elapsed / 1e6:.2f} Mvoxel/s"
     )
+    if uncertainty is not None:
+        log(f"wrote {uncertainty}: the Laplace scale of each voxel, float32, same shape")
     return result

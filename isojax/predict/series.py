@@ -19,6 +19,12 @@ place once complete. An OME-Zarr output records a completion marker per time poi
 its data; a run that is killed or interrupted leaves its partial output, and ``--resume``
 adopts it (when it was written for the same input, model and selection) and continues
 from the first unfinished time point.
+
+With ``--uncertainty`` a probabilistic model's scale (:mod:`isojax.predict.uncertainty`)
+goes to a second hyperstack of the same format, staged, marked and resumed with the
+restoration. In a multi-host job the time points are shared by the processes
+(:mod:`isojax.predict.spread`): process ``p`` of ``N`` restores ``p, p + N, ...`` into the
+one OME-Zarr that process 0 staged.
 """
 
 from __future__ import annotations
