@@ -62,23 +62,27 @@ def files(tmp_path_factory):
     return d
 
 
-def _train(files, name, loss):
-    assert main(["train", str(files / "stack.tif"), "--psf", str(files / "psf.tif"), "--model",
-                 str(files / name), "--steps", "2", "--batch-size", "2", "--patch-size", "16",
-                 "--first-filters", "4", "--checkpoint-every", "2", "--loss", loss,
-                 "--quiet"]) == 0
-    return files / name
-
-
 @pytest.fixture(scope="module")
 def laplace(files):
     """A tiny probabilistic model (2 steps): the network is arbitrary, the prediction real."""
-    return _train(files, "laplace", "laplace")
+    assert main(["train", str(files / "stack.tif"), "--psf", str(files / "psf.tif"), "--model",
+                 str(files / "laplace"), "--steps", "2", "--batch-size", "2", "--patch-size",
+                 "16", "--first-filters", "4", "--checkpoint-every", "2", "--loss", "laplace",
+                 "--quiet"]) == 0
+    return files / "laplace"
 
 
 @pytest.fixture(scope="module")
-def mae(files):
-    return _train(files, "mae", "mae")
+def mae(files, laplace):
+    """The Laplace model's folder saying it has no scale (what --loss mae writes): refused
+    from its config.json, before any weights are read."""
+    folder = files / "mae"
+    shutil.copytree(laplace, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["unet"]["prob_out"] = False
+    config["train"]["loss"] = "mae"
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
 
 
 def _reference_upsample_z(stack, s):
@@ -97,8 +101,10 @@ def reference_scale(stack, model, fuse="mean"):
     _, net, params, meta = load_network(model)
     graphdef, _ = jax.eval_shape(lambda: init_unet(jax.random.key(0), net))
 
+    network = jax.jit(lambda x: apply_unet(graphdef, params, x[..., None]))
+
     def scales(images):  # (b, lateral, axial) -> the scale head's output
-        return np.asarray(apply_unet(graphdef, params, jnp.asarray(images, jnp.float32)[..., None]))[..., 1]
+        return np.asarray(network(jnp.asarray(images, jnp.float32)))[..., 1]
 
     norm = meta["normalization"]
     x = stack.astype(np.float64)
@@ -115,7 +121,7 @@ def reference_scale(stack, model, fuse="mean"):
 # The uncertainty map
 
 
-@pytest.mark.parametrize("fuse", ["mean", "geometric", "yz"])
+@pytest.mark.parametrize("fuse", ["mean", "geometric"])
 def test_uncertainty_of_a_stack_equals_the_network_on_its_slices(files, laplace, tmp_path, fuse):
     out, unc = tmp_path / "iso.tif", tmp_path / "unc.tif"
     restored = predict_file(files / "stack.tif", model=laplace, output=out, uncertainty=unc,
@@ -129,6 +135,8 @@ def test_uncertainty_of_a_stack_equals_the_network_on_its_slices(files, laplace,
     assert np.all(scale > 0)
     expected = reference_scale(_series()[0, 0], laplace, fuse)
     np.testing.assert_allclose(scale, expected, rtol=1e-4, atol=1e-4 * expected.max())
+    if fuse != "mean":
+        return
     # the restoration is what it is without --uncertainty
     plain = predict_file(files / "stack.tif", model=laplace, output=tmp_path / "plain.tif",
                          fuse=fuse, progress=False, log=lambda m: None)
@@ -222,6 +230,49 @@ def test_a_failure_during_the_run_leaves_neither_output(files, laplace, tmp_path
         assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.tif"]
 
 
+def _dead_pid() -> str:
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _killed_partial(finished, name, marked=(0, 3)):
+    """What a killed run leaves: ``finished`` copied to ``NAME.partial-<host>-<dead pid>-...``,
+    the time points ``marked`` done and set to -7 (a value no network gives), the rest 0."""
+    from isojax.io.outputs import _host
+
+    partial = finished.parent / f"{name}.partial-{_host()}-{_dead_pid()}-abcd1234"
+    shutil.copytree(finished, partial)
+    store = HyperstackZarr.open(partial)
+    for t in range(store.shape[0]):
+        for c in range(store.shape[1]):
+            store.write(t, c, np.full(store.shape[2:], -7.0 if t in marked else 0.0, np.float32))
+    for t in marked:
+        store.mark_done(t)
+    return partial
+
+
+def test_a_killed_run_with_its_map_resumes_both(files, laplace, tmp_path):
+    stack = files / "ij.tif"
+    kw = {"model": laplace, "progress": False, "log": lambda m: None}
+    predict_file(stack, output=tmp_path / "one.zarr", uncertainty=tmp_path / "one-u.zarr", **kw)
+    expected, _ = read_hyperstack(tmp_path / "one.zarr")
+    expected_u, _ = read_hyperstack(tmp_path / "one-u.zarr")
+    partials = [_killed_partial(tmp_path / "one.zarr", "iso.zarr"),
+                _killed_partial(tmp_path / "one-u.zarr", "u.zarr", marked=(0,))]
+    lines = []
+    result = predict_file(stack, output=tmp_path / "iso.zarr", uncertainty=tmp_path / "u.zarr",
+                          resume=True, **{**kw, "log": lines.append})
+    assert result.resumed == (0,)  # finished in both: time point 3 lacks its map
+    assert sum("--resume: continuing" in line for line in lines) == 2
+    got, _ = read_hyperstack(tmp_path / "iso.zarr")
+    got_u, _ = read_hyperstack(tmp_path / "u.zarr")
+    assert np.all(got[0] == -7.0)
+    assert np.all(got_u[0] == -7.0)
+    np.testing.assert_allclose(got[1:], expected[1:], rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(got_u[1:], expected_u[1:], rtol=1e-5, atol=1e-5)
+    assert not any(p.exists() for p in partials)
+
+
 # ----------------------------------------------------------------------------------------
 # Two processes
 
@@ -278,20 +329,8 @@ def test_two_processes_share_the_time_points_and_resume(files, laplace, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir() if ".zarr" in p.name) == \
         ["one.zarr", "two.zarr"]
 
-    # a killed run: time point 0 (process 0's) and 3 (process 1's) finished, marked with a
-    # value no network gives; 1 and 2 unfinished (zeros). Its writer, a dead process here.
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    from isojax.io.outputs import _host
-
-    partial = tmp_path / f"again.zarr.partial-{_host()}-{dead}-abcd1234"
-    shutil.copytree(out, partial)
-    store = HyperstackZarr.open(partial)
-    for t in range(N_T):
-        for c in range(N_C):
-            store.write(t, c, np.full((Z_UP, 16, 16), -7.0 if t in (0, 3) else 0.0, np.float32))
-    store.mark_done(0)
-    store.mark_done(3)
+    # a killed run: time point 0 (process 0's) and 3 (process 1's) finished, 1 and 2 not
+    partial = _killed_partial(out, "again.zarr", marked=(0, 3))
     codes, errs = _two_processes(
         tmp_path, [stack, "--model", str(laplace), "-o", str(tmp_path / "again.zarr"),
                    "--resume"], "resume")

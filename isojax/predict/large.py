@@ -408,19 +408,10 @@ def _write_slabs(
                             out.write(index, end(result))
                     done += 1
                     if progress is not None:
-                        progress(
-                            SlabProgress(
-                                "xz" if axis == 1 else "yz",
-                                a0,
-                                a1,
-                                results[0].shape,
-                                _slab_bytes(
-                                    a1 - a0, n_z=n_z, n_up=n_up, n_lateral=n_lat, itemsize=itemsize
-                                ),
-                                done,
-                                total,
-                            )
-                        )
+                        nbytes = _slab_bytes(a1 - a0, n_z=n_z, n_up=n_up, n_lateral=n_lat,
+                                             itemsize=itemsize)
+                        progress(SlabProgress("xz" if axis == 1 else "yz", a0, a1,
+                                              results[0].shape, nbytes, done, total))
                     del results
             del outs, middles
     finally:

@@ -138,18 +138,20 @@ def load_probabilistic(model: str | os.PathLike, *,
 
     from isojax import export
     from isojax.export.convert import load_network
+    from isojax.model_folder import read_model_config
     from isojax.unet import apply_unet, init_unet
 
     if export.is_package(model):
         raise IsojaxInputError(
             f"--uncertainty: {model} is an exported package; pass the model folder it was "
             "exported from (packages give the restoration only)")
-    _, net, params, meta = load_network(model, which=which)
-    if not net.prob_out:
-        loss = meta.get("train", {}).get("loss", "mae")
+    config = read_model_config(model)  # checked before the weights are loaded
+    if not config["unet"].get("prob_out", False):
+        loss = config.get("train", {}).get("loss", "mae")
         raise IsojaxInputError(
             f"--uncertainty needs a probabilistic model, trained with --loss laplace; {model} "
             f"was trained with --loss {loss} and has no scale: drop --uncertainty")
+    _, net, params, meta = load_network(model, which=which)
     graphdef, _ = jax.eval_shape(lambda: init_unet(jax.random.key(0), net))
     c = net.out_channels
 
