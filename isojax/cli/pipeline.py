@@ -130,7 +130,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         keep_dtype=args.keep_dtype,
         memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9),
         overwrite=args.overwrite,
-        progress=not args.quiet,
+        progress=not args.quiet and not quiet,  # process 0 only
         checkpoint=args.checkpoint,
         axes=args.axes, channels=args.channels, timepoints=args.timepoints, resume=args.resume,
         uncertainty=args.uncertainty, **quiet,

@@ -334,7 +334,7 @@ def predict_series_file(
         that has no scale; during the run (the partial output is removed): a time point and
         channel without contrast (named in the message).
     """
-    # over 100 lines with its docstring (which documents every option); the code is 60 lines
+    # over 100 lines with its docstring (which documents every option); the code is 75 lines
     output = Path(output)
     unc = None if uncertainty is None else Path(uncertainty)
     fmt = volume_format(output)
