@@ -1,6 +1,7 @@
 """Prediction of a Laplace model's uncertainty map (--uncertainty), and of a time-lapse spread
 over two processes (process p takes time points p, p + 2, ...) with its resume."""
 
+import functools
 import json
 import os
 import shutil
@@ -92,16 +93,21 @@ def _reference_upsample_z(stack, s):
     return np.apply_along_axis(lambda v: np.interp(np.arange(n_up), pos, v), 0, stack)
 
 
-def reference_scale(stack, model, fuse="mean"):
-    """The uncertainty map computed directly: the network on every XZ and YZ slice of the
-    normalised, Z-upsampled stack (np.percentile, np.interp), the scales fused, in units."""
+@functools.cache
+def _reference_network(model):
+    """The model's U-Net from its weights (isojax.unet), jitted, and its config."""
     from isojax.export.convert import load_network
     from isojax.unet import apply_unet, init_unet
 
     _, net, params, meta = load_network(model)
     graphdef, _ = jax.eval_shape(lambda: init_unet(jax.random.key(0), net))
+    return jax.jit(lambda x: apply_unet(graphdef, params, x[..., None])), meta
 
-    network = jax.jit(lambda x: apply_unet(graphdef, params, x[..., None]))
+
+def reference_scale(stack, model, fuse="mean"):
+    """The uncertainty map computed directly: the network on every XZ and YZ slice of the
+    normalised, Z-upsampled stack (np.percentile, np.interp), the scales fused, in units."""
+    network, meta = _reference_network(model)
 
     def scales(images):  # (b, lateral, axial) -> the scale head's output
         return np.asarray(network(jnp.asarray(images, jnp.float32)))[..., 1]
