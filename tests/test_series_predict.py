@@ -359,3 +359,20 @@ def test_two_processes_refuse_a_tiff_output(files, laplace, tmp_path):
     assert "spread over 2 processes" in line
     assert "name the output .zarr" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiff0.err", "tiff1.err"]
+
+
+def test_when_process_0_fails_the_others_stop_with_one_line(files, laplace, tmp_path):
+    """Only process 0 looks at partials: one written for another selection stops it; process
+    1 then stops too, at once, instead of waiting for it."""
+    stack = str(files / "ij.tif")
+    predict_file(stack, model=laplace, output=tmp_path / "one.zarr", timepoints="0:2",
+                 progress=False, log=lambda m: None)
+    _killed_partial(tmp_path / "one.zarr", "two.zarr", marked=(0,))
+    shutil.rmtree(tmp_path / "one.zarr")
+    codes, errs = _two_processes(tmp_path, [stack, "--model", str(laplace), "-o",
+                                            str(tmp_path / "two.zarr"), "--resume"], "fail")
+    assert codes == [1, 1], errs
+    assert "was written with another timepoints" in errs[0].strip().splitlines()[-1]
+    assert errs[1].strip().splitlines()[-1] == (
+        "isojax: error: process 1: process 0 failed while checking the outputs; its error "
+        "says why")

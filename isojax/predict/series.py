@@ -367,7 +367,7 @@ def predict_series_file(
         targets.append(_Target(unc, {**identity, "dtype": "float32", "uncertainty": True}))
     claimed, _ = from_main(lambda: _claim(targets, resume=resume, overwrite=overwrite,
                                           inputs={"stack": stack_path, "model folder": model},
-                                          log=log), what="the prediction")
+                                          log=log), what="checking the outputs")
     targets = claimed or targets
     apply_fn, meta = _load_network(model, checkpoint=checkpoint, uncertainty=unc is not None)
     check_tile_option(tile, meta)
@@ -523,7 +523,7 @@ def _to_zarr(summary: SeriesPrediction, restore, targets: list[_Target], *,
     with contextlib.ExitStack() as stack:
         opened, text = from_main(
             lambda: _open_stores(summary, targets, stack, overwrite=overwrite, log=log),
-            share=paths, what="the output")
+            share=paths, what="creating the output")
         stages, stores = (opened if opened is not None
                           else ([], [HyperstackZarr.open(p) for p in json.loads(text)]))
         done = set.intersection(*(s.done() for s in stores)) & set(range(summary.shape[0]))

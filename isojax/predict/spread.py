@@ -73,7 +73,7 @@ def _broadcast_text(text: str | None) -> str:
 
 
 def from_main(fn: Callable[[], T], *, share: Callable[[T], str] | None = None,
-              what: str = "the prediction") -> tuple[T | None, str]:
+              what: str = "preparing the prediction") -> tuple[T | None, str]:
     """Run ``fn`` on process 0 only; tell every process whether it worked, and a text.
 
     Alone (one process) this is ``fn()``. In a job, process 0 calls ``fn`` and broadcasts
@@ -85,7 +85,7 @@ def from_main(fn: Callable[[], T], *, share: Callable[[T], str] | None = None,
       fn: what only process 0 does (create or adopt the output, check it).
       share: the text of its result that the others need (at most 8 KiB of UTF-8), or
         None for none.
-      what: what ``fn`` starts, for the others' error message.
+      what: what ``fn`` does, for the others' error message.
 
     Returns:
       ``(result, text)`` on process 0; ``(None, text)`` on the others.
@@ -108,8 +108,8 @@ def from_main(fn: Callable[[], T], *, share: Callable[[T], str] | None = None,
         return value, text[3:]
     text = _broadcast_text(None)
     if not text.startswith("ok:"):
-        raise IsojaxInputError(f"process {p}: process 0 stopped before {what} started; its "
-                               "error says why")
+        raise IsojaxInputError(f"process {p}: process 0 failed while {what}; its error "
+                               "says why")
     return None, text[3:]
 
 
