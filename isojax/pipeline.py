@@ -557,9 +557,10 @@ def predict_file(
     Raises:
       IsojaxInputError: an unusable stack, model folder or output path, a memory budget
         that is not positive, ``uncertainty`` with a model that has no scale or in another
-        format than ``output``, or several processes for a 3D stack.
+        format than ``output``, or a 3D stack in a multi-host job (only time-lapses are
+        spread over processes).
     """
-    # over 100 lines with its docstring (which documents every option); the code is 41 lines
+    # over 100 lines with its docstring (which documents every option); the code is 50 lines
     from isojax import distributed
     from isojax.io import check_outputs, check_writable
     from isojax.predict.files import (

@@ -300,8 +300,8 @@ def predict_stack_file(
     if uncertainty is None or scale is None:
         write_tiff(output, data, spacing=out_spacing, dtype=data.dtype, overwrite=overwrite)
     else:
-        write_tiff_pair(output, data, uncertainty, scale, spacing=out_spacing,
-                        overwrite=overwrite)
+        write_tiff_pair(data, scale, output=output, uncertainty=uncertainty,
+                        spacing=out_spacing, overwrite=overwrite)
     log(
         f"wrote {output}: shape {data.shape}, {data.dtype}, voxel size "
         f"{'unknown' if out_spacing is None else ', '.join(f'{v:.4g}' for v in out_spacing)} um; "

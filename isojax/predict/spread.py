@@ -40,7 +40,11 @@ _TEXT_BYTES = 8192
 
 
 def rank_and_count() -> tuple[int, int]:
-    """``(p, N)``: this process's index and the number of processes (``(0, 1)`` alone)."""
+    """This process's index and the number of processes of the job.
+
+    Returns:
+      ``(p, N)``: ``jax.process_index()`` and ``jax.process_count()`` (``(0, 1)`` alone).
+    """
     return jax.process_index(), jax.process_count()
 
 

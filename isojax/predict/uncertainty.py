@@ -163,7 +163,7 @@ def load_probabilistic(model: str | os.PathLike, *,
     return apply_fn, meta
 
 
-def write_tiff_pair(output: Path, data: np.ndarray, uncertainty: Path, scale: np.ndarray, *,
+def write_tiff_pair(data: np.ndarray, scale: np.ndarray, *, output: Path, uncertainty: Path,
                     spacing, overwrite: bool) -> None:
     """Write a restoration and its uncertainty map as two TIFFs, neither of them partial.
 
@@ -172,8 +172,10 @@ def write_tiff_pair(output: Path, data: np.ndarray, uncertainty: Path, scale: np
     while writing either leaves neither (nor a temporary file).
 
     Args:
-      output: the restoration's TIFF; ``data`` its array, in its dtype.
-      uncertainty: the map's TIFF; ``scale`` its array (written float32).
+      data: the restoration ``(z, y, x)``, written in its dtype.
+      scale: the map ``(z, y, x)``, written float32.
+      output: the restoration's TIFF.
+      uncertainty: the map's TIFF.
       spacing: the voxel size ``(dz, dy, dx)`` of both, in micrometres, or None.
       overwrite: replace existing files (refused otherwise).
     """
