@@ -484,6 +484,7 @@ def predict_file(
     channels: str | None = None,
     timepoints: str | None = None,
     resume: bool = False,
+    uncertainty: str | os.PathLike | None = None,
 ):
     """``isojax predict``: restore a stack with a trained model and write an isotropic volume.
 
@@ -507,12 +508,21 @@ def predict_file(
     ``checkpoint`` picks the model folder's checkpoint: ``"best"`` (lowest validation loss,
     the default) or ``"last"`` (the last training step); see :func:`isojax.train.load_model`.
 
+    In a multi-host job (:func:`isojax.distributed.initialize`), the processes share a
+    hyperstack's time points (OME-Zarr output); a 3D stack is refused there.
+
     A stack with a time or channel axis (an ImageJ hyperstack, OME-TIFF or OME-Zarr ``t c z
     y x``; ``axes`` names the axes of a file that does not) is restored time point by time
     point and channel by channel into a ``TZCYX`` TIFF or a ``t c z y x`` OME-Zarr, and a
     :class:`isojax.predict.series.SeriesPrediction` is returned: see
     :func:`isojax.predict.series.predict_series_file` for ``channels``, ``timepoints``
     and ``resume``.
+
+    With ``uncertainty``, a probabilistic model (``--loss laplace``) also writes its
+    per-voxel Laplace scale there, fused over the views as the means are, in intensity
+    units, in the output's format and voxel size (:mod:`isojax.predict.uncertainty`); the
+    map follows the output's overwrite rules and is never left partial; in memory, streamed
+    and for hyperstacks alike.
 
     Args:
       stack_path: the anisotropic 3D stack ``(z, y, x)``, TIFF or OME-Zarr.
@@ -536,6 +546,8 @@ def predict_file(
       timepoints: the time points to restore (slice syntax, ``"0:100"``), or None (all);
         hyperstacks only.
       resume: continue a killed hyperstack prediction into OME-Zarr from its partial output.
+      uncertainty: where to write the uncertainty map (``.tif`` or ``.zarr`` as
+        ``output``), or None.
 
     Returns:
       The restored array (in memory), a :class:`isojax.predict_large.LargePrediction`
@@ -543,10 +555,13 @@ def predict_file(
       hyperstack).
 
     Raises:
-      IsojaxInputError: an unusable stack, model folder or output path, or a memory budget
-        that is not positive.
+      IsojaxInputError: an unusable stack, model folder or output path, a memory budget
+        that is not positive, ``uncertainty`` with a model that has no scale or in another
+        format than ``output``, or a 3D stack in a multi-host job (only time-lapses are
+        spread over processes).
     """
-    # over 100 lines with its docstring (which documents every option); the code is 41 lines
+    # over 100 lines with its docstring (which documents every option); the code is 50 lines
+    from isojax import distributed
     from isojax.io import check_outputs, check_writable
     from isojax.predict.files import (
         check_tile_option,
@@ -556,26 +571,35 @@ def predict_file(
         stream_prediction,
     )
     from isojax.predict.series import is_series, predict_series_file
+    from isojax.predict.uncertainty import check_uncertainty_output, load_probabilistic
 
     if memory_budget is not None and memory_budget < 1:
         raise IsojaxInputError(f"the memory budget must be positive, got {memory_budget} bytes")
+    unc = None if uncertainty is None else Path(uncertainty)
+    if unc is not None:
+        check_uncertainty_output(Path(output), unc)
     if is_series(stack_path, axes=axes):
         return predict_series_file(
             stack_path, model=model, output=output, subsample=subsample, spacing=spacing,
             axes=axes, channels=channels, timepoints=timepoints, resume=resume, fuse=fuse,
             batch_size=batch_size, tile=tile, keep_dtype=keep_dtype,
             memory_budget=memory_budget, overwrite=overwrite, progress=progress, log=log,
-            checkpoint=checkpoint)
+            checkpoint=checkpoint, uncertainty=unc)
     for flag, value in (("--channels", channels), ("--timepoints", timepoints),
-                        ("--resume", resume or None)):
+                        ("--resume", resume or None),
+                        ("a multi-host job", None if distributed.process_count() == 1 else 1)):
         if value is not None and os.path.exists(stack_path):
             raise IsojaxInputError(
                 f"{stack_path}: {flag} is for stacks with a time or channel axis, and this one "
                 "has neither; if it has one, name its axes with --axes (e.g. --axes TZYX)")
     output = Path(output)
-    check_outputs([output], inputs={"stack": stack_path, "model folder": model},
+    check_outputs([output] if unc is None else [output, unc],
+                  inputs={"stack": stack_path, "model folder": model},
                   overwrite=overwrite, log=log)
-    apply_fn, meta = load_predictor(model, which=checkpoint)
+    if unc is None:
+        apply_fn, meta = load_predictor(model, which=checkpoint)
+    else:
+        apply_fn, meta = load_probabilistic(model, which=checkpoint)
     check_tile_option(tile, meta)
     options: dict[str, Any] = dict(model=model, fuse=fuse, batch_size=batch_size, tile=tile,
                    keep_dtype=keep_dtype, overwrite=overwrite, progress=progress, log=log)
@@ -583,8 +607,9 @@ def predict_file(
         volume, g = geometry.open_stack(stack_path, spacing=spacing, subsample=subsample,
                                         log=log)
         return predict_volume_file(stack_path, volume, apply_fn, meta, geometry=g,
-                                   output=output, memory_budget=memory_budget, **options)
+                                   output=output, memory_budget=memory_budget,
+                                   uncertainty=unc, **options)
     output = check_writable(output)
     stack, g = geometry.read_stack(stack_path, spacing=spacing, subsample=subsample, log=log)
     return predict_stack_file(stack_path, stack, apply_fn, meta, geometry=g, output=output,
-                              **options)
+                              uncertainty=unc, **options)

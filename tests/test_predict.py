@@ -387,3 +387,65 @@ def test_whole_pipeline_against_an_independent_reference(fuse):
     expected = {"mean": (xz + yz) / 2, "xz": xz, "yz": yz}[fuse]
     out = predict_stack(x, blur5, subsample=s, fuse=fuse, normalization=None)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------
+# The uncertainty map of a probabilistic network (predict_stack_uncertainty)
+
+
+def blur5_laplace(b):
+    """A fake probabilistic network: the blur as the mean, a positive scale that varies."""
+    m = blur5(b)
+    return m, 0.1 + m**2
+
+
+def test_uncertainty_fuses_the_scales_as_the_means():
+    from isojax.predict import predict_stack_uncertainty
+    from isojax.predict.uncertainty import fuse_scales
+
+    def by_view(b):  # padded XZ slices are (x, z) = (8, 8), YZ slices (y, z) = (4, 8)
+        return b, jnp.full_like(b, 2.0 if b.shape[1] == 8 else 8.0)  # scale 2 in XZ, 8 in YZ
+
+    y = np.ones((3, 4, 8), np.float32)
+    kw = {"subsample": 2.0, "normalization": None}
+    expected = {"mean": 5.0, "geometric": 4.0, "xz": 2.0, "yz": 8.0}
+    for fuse, value in expected.items():
+        mean, scale = predict_stack_uncertainty(y, by_view, fuse=fuse, **kw)
+        np.testing.assert_allclose(scale, value, rtol=1e-6)
+        assert scale.shape == mean.shape == (5, 4, 8)
+        np.testing.assert_allclose(fuse_scales(np.float32(2.0), np.float32(8.0), fuse), value)
+        np.testing.assert_array_equal(mean, predict_stack(y, by_view, fuse=fuse, **kw))
+
+
+@pytest.mark.parametrize("fuse", ["mean", "geometric", "xz"])
+def test_uncertainty_against_an_independent_reference(fuse):
+    """scipy's correlate2d on np.interp's slices, the scales fused, times hi - lo."""
+    from isojax.predict import predict_stack_uncertainty
+
+    x = 100 + 50 * np.random.default_rng(4).random((5, 8, 12)).astype(np.float32)
+    s = 2.75  # 12 output slices: no padding to multiples of 4
+    lo, hi = np.percentile(x.astype(np.float64), (1.0, 99.8))
+    vol = reference_upsample_z((x.astype(np.float64) - lo) / (hi - lo), s)
+    k = np.outer(np.arange(1.0, 6.0), [1.0, 3.0, 2.0, 5.0, 4.0])
+    k /= k.sum()
+    xz = np.stack([correlate2d(vol[:, j, :].T, k, mode="same").T for j in range(8)], axis=1)
+    yz = np.stack([correlate2d(vol[:, :, i].T, k, mode="same").T for i in range(12)], axis=2)
+    b_xz, b_yz = 0.1 + xz**2, 0.1 + yz**2
+    expected = {"mean": (b_xz + b_yz) / 2, "geometric": np.sqrt(b_xz * b_yz), "xz": b_xz}[fuse]
+    mean, scale = predict_stack_uncertainty(x, blur5_laplace, subsample=s, fuse=fuse)
+    np.testing.assert_allclose(scale, expected * (hi - lo), rtol=1e-4)
+    assert np.all(scale > 0)
+    np.testing.assert_array_equal(mean, predict_stack(x, blur5_laplace, subsample=s, fuse=fuse))
+
+
+def test_uncertainty_tiled_equals_untiled_and_needs_a_scale():
+    from isojax.predict import predict_stack_uncertainty
+
+    x = np.random.default_rng(1).random((6, 21, 18)).astype(np.float32)
+    kw = {"subsample": 3.5, "normalization": None}
+    whole = predict_stack_uncertainty(x, blur5_laplace, **kw)
+    tiled = predict_stack_uncertainty(x, blur5_laplace, tile=12, overlap=8, **kw)
+    for a, b in zip(whole, tiled, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"must return a pair \(mean, scale\)"):
+        predict_stack_uncertainty(x, blur5, **kw)

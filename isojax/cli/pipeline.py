@@ -37,19 +37,29 @@ def _theory(args: argparse.Namespace) -> dict | None:
     return {**given, "pinhole_au": args.pinhole}
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _join_job(args: argparse.Namespace) -> dict[str, Any]:
+    """Join a multi-host job when its options or ``JAX_COORDINATOR_ADDRESS`` say so.
+
+    Returns:
+      The keyword arguments that silence the log on every process but process 0.
+    """
     import os
 
     from isojax import distributed
-    from isojax.pipeline import train_file
-    from isojax.train import TrainingDiverged
 
     multihost = (args.distributed or args.coordinator or args.num_processes is not None
                  or args.process_id is not None or os.environ.get(distributed.ENV_ADDRESS))
     if multihost:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id,
                                host_timeout=args.host_timeout)
-    quiet: dict[str, Any] = {} if distributed.is_main_process() else {"log": lambda msg: None}
+    return {} if distributed.is_main_process() else {"log": lambda msg: None}
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from isojax.pipeline import train_file
+    from isojax.train import TrainingDiverged
+
+    quiet = _join_job(args)
     try:
         train_file(
             args.stack,
@@ -107,6 +117,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from isojax.pipeline import predict_file
 
+    quiet = _join_job(args)
     predict_file(
         args.stack,
         model=args.model,
@@ -119,9 +130,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         keep_dtype=args.keep_dtype,
         memory_budget=None if args.memory_budget is None else int(args.memory_budget * 1e9),
         overwrite=args.overwrite,
-        progress=not args.quiet,
+        progress=not args.quiet and not quiet,  # process 0 only
         checkpoint=args.checkpoint,
         axes=args.axes, channels=args.channels, timepoints=args.timepoints, resume=args.resume,
+        uncertainty=args.uncertainty, **quiet,
     )
     return EXIT_OK
 
@@ -241,10 +253,10 @@ def _add_calibration_options(t: argparse.ArgumentParser) -> None:
                      "(default: one axial step)")
 
 
-def _add_multihost_options(t: argparse.ArgumentParser) -> None:
-    """``isojax train``'s multi-host options (:mod:`isojax.distributed`)."""
-    mh = t.add_argument_group(
-        "multi-host training (every host runs the same command; see isojax.distributed)")
+def _add_multihost_options(t: argparse.ArgumentParser, *, title: str = "multi-host training "
+                           "(every host runs the same command; see isojax.distributed)") -> None:
+    """The multi-host options of ``isojax train`` and ``predict`` (:mod:`isojax.distributed`)."""
+    mh = t.add_argument_group(title)
     mh.add_argument("--distributed", action="store_true",
                     help="join a multi-host job described by JAX_COORDINATOR_ADDRESS, "
                     "JAX_NUM_PROCESSES, JAX_PROCESS_ID or detected by JAX (SLURM, Open MPI...) "
@@ -302,6 +314,14 @@ def _add_predict_command(commands: argparse._SubParsersAction) -> None:
                    help="time points to restore, Python slice syntax (default: all)")
     p.add_argument("--resume", action="store_true", help="continue a killed time-lapse "
                    "prediction into OME-Zarr from its first unfinished time point")
+    p.add_argument("--uncertainty", type=Path, default=None, metavar="UNC.tif|UNC.zarr",
+                   help="also write the per-voxel Laplace scale (the expected absolute error, "
+                   "in intensity units) of a model trained with --loss laplace, fused over "
+                   "the views as the restoration is; same format, shape and voxel size as "
+                   "the output (in-memory stacks and time-lapses)")
+    _add_multihost_options(p, title="multi-host prediction of a time-lapse (every host runs "
+                           "the same command; process p restores time points p, p+N, ... of "
+                           "one shared .zarr output)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
 

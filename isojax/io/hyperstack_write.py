@@ -25,6 +25,7 @@ from isojax.io.tiff import _positive_spacing
 
 __all__ = [
     "BIGTIFF_BYTES",
+    "HyperstackTiff",
     "HyperstackZarr",
     "create_hyperstack_zarr",
     "write_hyperstack_tiff",
@@ -34,6 +35,57 @@ __all__ = [
 BIGTIFF_BYTES = 2**32 - 2**25
 #: Name of the folder of completion markers inside an OME-Zarr output being written.
 DONE_FOLDER = "isojax-done"
+
+
+def _imagej_options(shape, dtype, spacing, time_interval, channel_names, bigtiff):
+    """``(bigtiff, metadata, options)`` of tifffile for a ``TZCYX`` ImageJ hyperstack."""
+    n_t, n_c, n_z = (int(v) for v in shape[:3])
+    if bigtiff is None:
+        bigtiff = math.prod(shape) * np.dtype(dtype).itemsize > BIGTIFF_BYTES
+    metadata: dict = {"axes": "TZCYX"}
+    options: dict = {}
+    if spacing is not None:
+        spacing = _positive_spacing(spacing, ndim=3, what="spacing")
+        metadata.update(unit="micron", spacing=spacing[0])
+        options["resolution"] = (1.0 / spacing[2], 1.0 / spacing[1])
+    if time_interval is not None:
+        metadata["finterval"] = float(time_interval)
+    if channel_names is not None:
+        metadata["Labels"] = [str(channel_names[c]) for _ in range(n_t) for _ in range(n_z)
+                              for c in range(n_c)]
+    return bigtiff, metadata, options
+
+
+class HyperstackTiff:
+    """A ``TZCYX`` ImageJ hyperstack TIFF being written volume by volume, in any order.
+
+    The file is created whole (ImageJ needs its planes contiguous, in one series)
+    by :func:`tifffile.memmap` with the metadata of :func:`write_hyperstack_tiff`, and each
+    ``(z, y, x)`` volume is copied into its planes; :meth:`close` flushes it. Used for an
+    output written beside another one (an uncertainty map beside the restoration). Not
+    atomic: create it at a staged path (:class:`isojax.io.staged_output`).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, shape: Sequence[int], dtype,
+                 spacing: Sequence[float] | None, time_interval: float | None = None,
+                 channel_names: Sequence[str] | None = None, bigtiff: bool | None = None):
+        n_t, n_c, n_z, n_y, n_x = (int(v) for v in shape)
+        bigtiff, metadata, options = _imagej_options(shape, dtype, spacing, time_interval,
+                                                     channel_names, bigtiff)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*nonconformant BigTIFF ImageJ")
+            self.array = tifffile.memmap(Path(path), shape=(n_t, n_z, n_c, n_y, n_x),
+                                         dtype=np.dtype(dtype), imagej=True, bigtiff=bigtiff,
+                                         metadata=metadata, **options)
+
+    def write(self, t: int, c: int, volume: np.ndarray) -> None:
+        """Store the ``(z, y, x)`` volume of time point ``t`` and channel ``c``."""
+        self.array[int(t), :, int(c)] = volume
+
+    def close(self) -> None:
+        """Flush the data to the file and release it."""
+        self.array.flush()
+        del self.array
 
 
 def write_hyperstack_tiff(
@@ -69,19 +121,8 @@ def write_hyperstack_tiff(
     """
     n_t, n_c, n_z, n_y, n_x = (int(v) for v in shape)
     dtype = np.dtype(dtype)
-    if bigtiff is None:
-        bigtiff = math.prod(shape) * dtype.itemsize > BIGTIFF_BYTES
-    metadata: dict = {"axes": "TZCYX"}
-    options: dict = {}
-    if spacing is not None:
-        spacing = _positive_spacing(spacing, ndim=3, what="spacing")
-        metadata.update(unit="micron", spacing=spacing[0])
-        options["resolution"] = (1.0 / spacing[2], 1.0 / spacing[1])
-    if time_interval is not None:
-        metadata["finterval"] = float(time_interval)
-    if channel_names is not None:
-        metadata["Labels"] = [str(channel_names[c]) for _ in range(n_t) for _ in range(n_z)
-                              for c in range(n_c)]
+    bigtiff, metadata, options = _imagej_options(shape, dtype, spacing, time_interval,
+                                                 channel_names, bigtiff)
 
     def planes() -> Iterator[np.ndarray]:
         count = 0

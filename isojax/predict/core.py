@@ -330,11 +330,18 @@ def _geometry(shape, axis: int, tile, margin: int, multiple: int) -> _Geometry:
     return _Geometry(pad_lat, pad_ax, (th, tw), r_starts, r_kept, c_starts, c_kept)
 
 
-def _batch_result(result, shape) -> np.ndarray:
+def _batch_result(result, shape, *, with_scale: bool = False):
     """The network's output for a batch of ``shape`` as float32 NumPy, checked.
 
-    A probabilistic model's ``(mean, scale)`` gives its mean.
+    A probabilistic model's ``(mean, scale)`` gives its mean, or with ``with_scale`` the
+    pair ``(mean, scale)`` (both checked); a network without a scale is then refused.
     """
+    if with_scale:
+        if not isinstance(result, (tuple, list)) or len(result) != 2:
+            raise ValueError(
+                "apply_fn must return a pair (mean, scale) to predict an uncertainty map, got "
+                f"{type(result).__name__}; use a probabilistic (--loss laplace) model.")
+        return tuple(_batch_result(r, shape) for r in result)
     if isinstance(result, (tuple, list)):
         result = result[0]
     result = np.asarray(result, dtype=np.float32)
@@ -365,7 +372,10 @@ def _view_batches(
     Restores the slices of ``vol`` across ``axis`` (1: XZ slices, 2: YZ) into ``out``: the
     slice at index ``i`` of ``axis`` is the image ``(lateral, z)``, ``lateral`` being the
     other of y and x. ``fuse`` is None to store the result in ``out``, else how to fuse it
-    with what ``out`` holds. Each ``store`` must be called in the order the batches come.
+    with what ``out`` holds. ``out`` may be a tuple of volumes (the mean and the scale of a
+    probabilistic network): ``store`` then takes a tuple of results, each fused into its
+    volume with the same rule (:func:`isojax.predict.uncertainty.fuse_scales` says why).
+    Each ``store`` must be called in the order the batches come.
     The default batch size shares ``budget`` between the ``in_flight`` batches run at once.
     """
     lat = 3 - axis
@@ -389,7 +399,10 @@ def _view_batches(
             padded[i] = np.pad(image, (pad_lat, pad_ax), mode="reflect")
         return padded[i]
 
+    outs = out if isinstance(out, tuple) else (out,)
+
     def store(items, result):
+        results = result if isinstance(result, tuple) else (result,)
         for b, (i, t) in enumerate(items):
             r, c = per_slice[t]
             # kept part of the tile, in unpadded slice coordinates, clipped to the slice
@@ -399,17 +412,18 @@ def _view_batches(
             if r0 >= r1 or c0 >= c1:
                 continue
             rs, cs = g.r_starts[r], g.c_starts[c]
-            values = result[
-                b,
-                r0 + pad_lat[0] - rs : r1 + pad_lat[0] - rs,
-                c0 + pad_ax[0] - cs : c1 + pad_ax[0] - cs,
-            ]
             index = [slice(c0, c1), None, None]
             index[axis] = i
             index[lat] = slice(r0, r1)
             index = tuple(index)
-            # out[index] is (z, lateral)
-            out[index] = values.T if fuse is None else _fuse_into(out[index], values.T, fuse)
+            for dst, res in zip(outs, results, strict=True):
+                values = res[
+                    b,
+                    r0 + pad_lat[0] - rs : r1 + pad_lat[0] - rs,
+                    c0 + pad_ax[0] - cs : c1 + pad_ax[0] - cs,
+                ]
+                # dst[index] is (z, lateral)
+                dst[index] = values.T if fuse is None else _fuse_into(dst[index], values.T, fuse)
         on_batch(len(items))
 
     for k0 in range(0, n_items, batch_size):

@@ -36,7 +36,8 @@ from isojax.geometry import StackGeometry
 from isojax.io import _tifffile_log, write_tiff
 from isojax.predict.core import Fuse, _cast, _geometry, upsampled_length
 from isojax.predict.large import LargePrediction, predict_large
-from isojax.predict.stack import predict_stack
+from isojax.predict.stack import predict_stack, predict_stack_uncertainty
+from isojax.predict.uncertainty import write_tiff_pair
 from isojax.synth import check_contrast
 from isojax.unet import UNetConfig
 
@@ -224,6 +225,7 @@ def predict_stack_file(
     overwrite: bool,
     progress: bool,
     log: Log,
+    uncertainty: Path | None = None,
 ) -> np.ndarray:
     """The in-memory branch of :func:`isojax.pipeline.predict_file`: restore, cast, write.
 
@@ -247,6 +249,10 @@ def predict_stack_file(
       overwrite: replace an existing output.
       progress: show a progress bar on stderr.
       log: where messages go.
+      uncertainty: a TIFF for the Laplace scale of a probabilistic ``apply_fn`` (one
+        returning ``(mean, scale)``: :func:`isojax.predict.uncertainty.load_probabilistic`),
+        float32 with the output's voxel size, written with the output
+        (:func:`isojax.predict.uncertainty.write_tiff_pair`); or None.
 
     Returns:
       The restored stack, float32 (before any cast).
@@ -274,32 +280,35 @@ def predict_stack_file(
             bar.refresh()
 
     t0 = time.perf_counter()
+    options = dict(subsample=s, interpolation=meta["interpolation"], fuse=fuse,
+                   batch_size=batch_size, tile=tile, overlap=_tile_overlap(meta),
+                   multiple=2**depth, normalization=(norm["pmin"], norm["pmax"]),
+                   progress=report)
+    scale = None
     try:
-        volume = predict_stack(
-            stack.astype(np.float32),
-            apply_fn,
-            subsample=s,
-            interpolation=meta["interpolation"],
-            fuse=fuse,
-            batch_size=batch_size,
-            tile=tile,
-            overlap=_tile_overlap(meta),
-            multiple=2**depth,
-            normalization=(norm["pmin"], norm["pmax"]),
-            progress=report,
-        )
+        if uncertainty is None:
+            volume = predict_stack(stack.astype(np.float32), apply_fn, **options)
+        else:
+            volume, scale = predict_stack_uncertainty(stack.astype(np.float32), apply_fn,
+                                                      **options)
     finally:
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - t0
     out_spacing = geometry.isotropic_spacing
     data = _cast(volume, stack.dtype) if keep_dtype else volume.astype(np.float32)
-    write_tiff(output, data, spacing=out_spacing, dtype=data.dtype, overwrite=overwrite)
+    if uncertainty is None or scale is None:
+        write_tiff(output, data, spacing=out_spacing, dtype=data.dtype, overwrite=overwrite)
+    else:
+        write_tiff_pair(data, scale, output=output, uncertainty=uncertainty,
+                        spacing=out_spacing, overwrite=overwrite)
     log(
         f"wrote {output}: shape {data.shape}, {data.dtype}, voxel size "
         f"{'unknown' if out_spacing is None else ', '.join(f'{v:.4g}' for v in out_spacing)} um; "
         f"{volume.size / elapsed / 1e6:.2f} Mvoxel/s"
     )
+    if uncertainty is not None:
+        log(f"wrote {uncertainty}: the Laplace scale of each voxel, float32, same shape")
     return volume
 
 
@@ -320,6 +329,7 @@ def predict_volume_file(
     overwrite: bool,
     progress: bool,
     log: Log,
+    uncertainty: Path | None = None,
 ) -> LargePrediction:
     """The streaming branch of :func:`isojax.pipeline.predict_file`: slab by slab to a file.
 
@@ -344,6 +354,8 @@ def predict_volume_file(
       overwrite: replace an existing output.
       progress: show a progress bar on stderr.
       log: where messages go.
+      uncertainty: where :func:`isojax.predict.predict_large` writes the Laplace scale of a
+        probabilistic ``apply_fn`` (one returning ``(mean, scale)``), or None.
 
     Returns:
       The :class:`isojax.predict.LargePrediction` summary.
@@ -381,7 +393,7 @@ def predict_volume_file(
                 batch_size=batch_size, tile=tile, overlap=_tile_overlap(meta),
                 multiple=2 ** int(meta["unet"]["depth"]),
                 normalization=(norm["pmin"], norm["pmax"]), output_dtype=dtype,
-                overwrite=overwrite, progress=report,
+                overwrite=overwrite, progress=report, uncertainty=uncertainty,
             )
     finally:
         if bar is not None:
@@ -398,4 +410,6 @@ def predict_volume_file(
         f"{'unknown' if sp_out is None else ', '.join(f'{v:.4g}' for v in sp_out)} um; "
         f"{math.prod(result.shape) / elapsed / 1e6:.2f} Mvoxel/s"
     )
+    if uncertainty is not None:
+        log(f"wrote {uncertainty}: the Laplace scale of each voxel, float32, same shape")
     return result

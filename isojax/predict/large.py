@@ -36,6 +36,7 @@ device since every slice is restored independently.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -77,6 +78,7 @@ from isojax.predict.core import (
     upsample_z,
     upsampled_length,
 )
+from isojax.predict.uncertainty import denormalize_scale
 from isojax.synth import denormalize, no_contrast_message
 
 __all__ = [
@@ -132,6 +134,7 @@ class LargePrediction(NamedTuple):
       n_devices: devices the batches were split over.
       tile: the tile size ``(lateral, axial)`` used (None for an axis not cut), or None
         when whole slices went through the network.
+      uncertainty: the uncertainty map written beside the output, or None.
     """
 
     path: Path
@@ -143,6 +146,7 @@ class LargePrediction(NamedTuple):
     slab_lines: tuple[int, int]
     n_devices: int
     tile: tuple[int | None, int | None] | None = None
+    uncertainty: Path | None = None
 
 
 # ----------------------------------------------------------------------------------------
@@ -257,8 +261,11 @@ def _aligned(lines: int, chunk: int, total: int) -> int:
 # Devices
 
 
-def _runner(apply_fn, devices) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
-    """``run(batch) -> result`` on the host, the batch split over ``devices`` along axis 0."""
+def _runner(apply_fn, devices, *, with_scale: bool = False) -> tuple[Callable, int]:
+    """``run(batch) -> result`` on the host, the batch split over ``devices`` along axis 0.
+
+    With ``with_scale`` the result is the pair ``(mean, scale)`` of a probabilistic network.
+    """
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
     jitted = jax.jit(apply_fn)
@@ -267,7 +274,7 @@ def _runner(apply_fn, devices) -> tuple[Callable[[np.ndarray], np.ndarray], int]
         mesh = jax.make_mesh((n,), ("data",), (jax.sharding.AxisType.Auto,), devices=devices)
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 
-    def run(batch: np.ndarray) -> np.ndarray:
+    def run(batch: np.ndarray):
         b = batch.shape[0]
         if sharding is None:
             x = jnp.asarray(batch)
@@ -276,7 +283,8 @@ def _runner(apply_fn, devices) -> tuple[Callable[[np.ndarray], np.ndarray], int]
             if pad:
                 batch = np.concatenate([batch, np.zeros((pad, *batch.shape[1:]), batch.dtype)])
             x = jax.device_put(batch, sharding)
-        return _batch_result(jitted(x), x.shape)[:b]
+        result = _batch_result(jitted(x), x.shape, with_scale=with_scale)
+        return tuple(r[:b] for r in result) if with_scale else result[:b]
 
     return run, n
 
@@ -340,13 +348,16 @@ def _slab_lines_per_view(views, volume, n_up: int, chunks, budget: int) -> dict[
 def _write_slabs(
     output_path: Path, volume, *, load, finish, fuse, views, lines, geometries, out_shape,
     out_spacing, output_dtype, out_format, chunks, overwrite, progress, view,
+    uncertainty: tuple[Path, Callable] | None = None,
 ) -> None:
     """Restore the views slab by slab into a staged ``output_path`` (the module docstring).
 
     ``load(index)`` gives a slab's normalised, Z-upsampled voxels; ``finish(values)`` undoes
     the normalisation and casts. With two views the first one's result waits in the output
     (float32) or in a float32 scratch store (other types) until the second fuses into it.
-    ``view`` holds :func:`_run_view`'s options shared by every slab.
+    ``view`` holds :func:`_run_view`'s options shared by every slab. ``uncertainty`` is
+    ``(path, finish_scale)``: the network's scale goes to a second staged float32 output
+    (where the first view's scale also waits), through ``finish_scale``.
     """
     n_z, n_y, n_x = volume.shape
     n_up, itemsize = out_shape[0], volume.dtype.itemsize
@@ -354,16 +365,23 @@ def _write_slabs(
     done = 0
     scratch_dir = None
     try:
-        with staged_output(output_path, overwrite=overwrite) as temp:
-            out = create_volume(
-                temp, out_shape, output_dtype, spacing=out_spacing, format=out_format, chunks=chunks
-            )
+        with contextlib.ExitStack() as stack:
+            temp = stack.enter_context(staged_output(output_path, overwrite=overwrite))
+            outs = [create_volume(temp, out_shape, output_dtype, spacing=out_spacing,
+                                  format=out_format, chunks=chunks)]
+            finishes = [finish]
+            if uncertainty is not None:
+                path, finish_scale = uncertainty
+                temp_u = stack.enter_context(staged_output(path, overwrite=overwrite))
+                outs.append(create_volume(temp_u, out_shape, np.float32, spacing=out_spacing,
+                                          format=volume_format(path), chunks=chunks))
+                finishes.append(finish_scale)
             two_views = len(views) == 2
-            middle = out  # where the first view's normalised result waits for the second
+            middles = list(outs)  # where the first view's normalised results wait
             if two_views and output_dtype != np.float32:
                 y_chunk, x_chunk = lines[1], lines[2]
                 z_chunk = max(1, min(n_up, 2**23 // (4 * y_chunk * x_chunk)))
-                scratch_dir, middle = _scratch_volume(
+                scratch_dir, middles[0] = _scratch_volume(
                     output_path.parent, output_path.name, out_shape, (z_chunk, y_chunk, x_chunk)
                 )
             for v, axis in enumerate(views):
@@ -376,33 +394,26 @@ def _write_slabs(
                     index = tuple(slices)
                     up = load(index)
                     if v == 0:
-                        result = np.empty_like(up)
+                        results = tuple(np.empty_like(up) for _ in outs)
                     else:
-                        result = np.asarray(middle.read(index), np.float32)
-                    _run_view(up, result, axis=axis, fuse=None if v == 0 else fuse,
-                              geometry=geometries[axis], **view)
+                        results = tuple(np.asarray(m.read(index), np.float32) for m in middles)
+                    _run_view(up, results if len(results) > 1 else results[0], axis=axis,
+                              fuse=None if v == 0 else fuse, geometry=geometries[axis], **view)
                     del up
-                    if two_views and v == 0:
-                        middle.write(index, result)
-                    else:
-                        out.write(index, finish(result))
+                    for out, middle, end, result in zip(outs, middles, finishes, results,
+                                                        strict=True):
+                        if two_views and v == 0:
+                            middle.write(index, result)
+                        else:
+                            out.write(index, end(result))
                     done += 1
                     if progress is not None:
-                        progress(
-                            SlabProgress(
-                                "xz" if axis == 1 else "yz",
-                                a0,
-                                a1,
-                                result.shape,
-                                _slab_bytes(
-                                    a1 - a0, n_z=n_z, n_up=n_up, n_lateral=n_lat, itemsize=itemsize
-                                ),
-                                done,
-                                total,
-                            )
-                        )
-                    del result
-            del out, middle
+                        nbytes = _slab_bytes(a1 - a0, n_z=n_z, n_up=n_up, n_lateral=n_lat,
+                                             itemsize=itemsize)
+                        progress(SlabProgress("xz" if axis == 1 else "yz", a0, a1,
+                                              results[0].shape, nbytes, done, total))
+                    del results
+            del outs, middles
     finally:
         if scratch_dir is not None:
             shutil.rmtree(scratch_dir, ignore_errors=True)
@@ -430,6 +441,7 @@ def predict_large(
     overwrite: bool = False,
     devices: Sequence[jax.Device] | None = None,
     progress: Callable[[SlabProgress], None] | None = None,
+    uncertainty: str | os.PathLike | None = None,
 ) -> LargePrediction:
     """Restore a stack file too large for memory into an isotropic OME-Zarr or BigTIFF.
 
@@ -475,6 +487,12 @@ def predict_large(
       overwrite: replace an existing output (only once the new one is complete).
       devices: the devices to split batches over; default all of ``jax.devices()``.
       progress: called with a :class:`SlabProgress` after each slab.
+      uncertainty: a second output (``.zarr`` or ``.tif``, float32) for the Laplace scale
+        of a probabilistic ``apply_fn`` (which must return ``(mean, scale)``), fused over
+        the views as the means are and in intensity units, as
+        :func:`isojax.predict.predict_stack_uncertainty`; staged and renamed with the
+        output. Its slabs take two more float32 copies: the slab budget's lines shrink by
+        ``7 / 9``.
 
     Returns:
       A :class:`LargePrediction`.
@@ -510,11 +528,13 @@ def predict_large(
 
     output_path = Path(output_path)
     out_format = volume_format(output_path)
-    check_outputs([output_path], inputs={"stack": input_path}, overwrite=overwrite)
+    unc = None if uncertainty is None else Path(uncertainty)
+    check_outputs([output_path, *([] if unc is None else [unc])], inputs={"stack": input_path},
+                  overwrite=overwrite)
     volume, s, out_shape, out_spacing = _open_input(input_path, spacing=spacing,
                                                     subsample=subsample)
 
-    run, n_dev = _runner(apply_fn, devices)
+    run, n_dev = _runner(apply_fn, devices, with_scale=unc is not None)
     views = {"xz": [1], "yz": [2]}.get(fuse, [1, 2])  # 1: slabs of y (XZ), 2: slabs of x (YZ)
     # On CPU with one device, two network calls run at once from two host threads, as in
     # predict_stack (one XLA call of the U-Net keeps only ~1.2 of 2 cores busy); they share
@@ -530,8 +550,10 @@ def predict_large(
         batch_size = _default_batch_size(memory_budget // 4, bytes_per_pixel * th * tw,
                                          in_flight)
     batch_size = -(-batch_size // n_dev) * n_dev
-    lines = _slab_lines_per_view(views, volume, out_shape[0], chunks,
-                                 memory_budget - memory_budget // 4)
+    slab_budget = memory_budget - memory_budget // 4
+    if unc is not None:  # the scale's result and read-back: 9 upsampled copies, not 7
+        slab_budget = slab_budget * _UP_COPIES // (_UP_COPIES + 2)
+    lines = _slab_lines_per_view(views, volume, out_shape[0], chunks, slab_budget)
 
     if percentiles is not None:
         lo, hi = estimate_percentiles(volume, percentiles, max_samples=max_samples)
@@ -557,6 +579,11 @@ def predict_large(
             denormalize(values, lo, hi, out=values)
         return _cast(values, output_dtype)
 
+    def finish_scale(values: np.ndarray) -> np.ndarray:
+        if percentiles is not None:
+            denormalize_scale(values, lo, hi, out=values)
+        return values
+
     _write_slabs(
         output_path, volume, load=load, finish=finish, fuse=fuse, views=views, lines=lines,
         geometries=geometries, out_shape=out_shape, out_spacing=out_spacing,
@@ -565,6 +592,7 @@ def predict_large(
         view=dict(run=run, in_flight=in_flight, batch_size=batch_size,
                   budget=memory_budget // 4, bytes_per_pixel=bytes_per_pixel,
                   on_batch=lambda n: None),
+        uncertainty=None if unc is None else (unc, finish_scale),
     )
     return LargePrediction(
         path=output_path,
@@ -576,4 +604,5 @@ def predict_large(
         slab_lines=(lines.get(1, 0), lines.get(2, 0)),
         n_devices=n_dev,
         tile=tiles,
+        uncertainty=unc,
     )

@@ -19,10 +19,18 @@ place once complete. An OME-Zarr output records a completion marker per time poi
 its data; a run that is killed or interrupted leaves its partial output, and ``--resume``
 adopts it (when it was written for the same input, model and selection) and continues
 from the first unfinished time point.
+
+With ``--uncertainty`` a probabilistic model's scale (:mod:`isojax.predict.uncertainty`)
+goes to a second hyperstack of the same format, staged, marked and resumed with the
+restoration. In a multi-host job the time points are shared by the processes
+(:mod:`isojax.predict.spread`): process ``p`` of ``N`` restores ``p, p + N, ...`` into the
+one OME-Zarr that process 0 staged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import re
@@ -53,6 +61,7 @@ from isojax.io import (
     volume_format,
     write_hyperstack_tiff,
 )
+from isojax.io.hyperstack_write import HyperstackTiff
 from isojax.io.outputs import _host, _partial_tag, _pid_running
 from isojax.io.tiff import _IMAGEJ_DTYPES
 from isojax.predict.core import Fuse, _cast, upsampled_length
@@ -63,7 +72,9 @@ from isojax.predict.files import (
     check_tile_option,
     load_predictor,
 )
-from isojax.predict.stack import predict_stack
+from isojax.predict.spread import barrier, from_main, my_timepoints, rank_and_count
+from isojax.predict.stack import predict_stack, predict_stack_uncertainty
+from isojax.predict.uncertainty import check_uncertainty_output, load_probabilistic
 
 __all__ = ["SeriesPrediction", "is_series", "predict_series_file"]
 
@@ -233,16 +244,17 @@ def _series_geometry(hyper: Hyperstack, stack_path, subsample, log) -> StackGeom
 
 
 def _check_output(hyper, out_shape, n_channels: int, fmt: str, dtype, budget, stack_path,
-                  output):
+                  output, uncertainty: bool = False):
     """Refuse a type ImageJ cannot hold in a TIFF output, and a time point that does not
-    fit the memory budget (time points are restored in memory)."""
+    fit the memory budget (time points are restored in memory; with ``uncertainty`` one
+    more float32 volume holds the scale)."""
     if fmt == "tiff" and dtype not in _IMAGEJ_DTYPES:
         raise IsojaxInputError(
             f"{output}: ImageJ TIFFs cannot hold {dtype}; drop --keep-dtype or write an "
             "OME-Zarr (.zarr)")
     n_in = math.prod(hyper.shape[2:])
     n_out = math.prod(out_shape)
-    need = n_in * (hyper.dtype.itemsize + 4) + 2 * 4 * n_out
+    need = n_in * (hyper.dtype.itemsize + 4) + (3 if uncertainty else 2) * 4 * n_out
     if fmt == "tiff":
         need += n_channels * n_out * np.dtype(dtype).itemsize
     limit = budget if budget is not None else _physical_memory() // 2
@@ -283,8 +295,14 @@ def predict_series_file(
     progress: bool = True,
     log: Log,
     checkpoint: Literal["best", "last"] = "best",
+    uncertainty: str | os.PathLike | None = None,
 ) -> SeriesPrediction:
     """Restore every selected time point and channel of a hyperstack into a hyperstack.
+
+    In a multi-host job (:func:`isojax.distributed.initialize`), the processes share the
+    time points of one OME-Zarr output (:mod:`isojax.predict.spread`): process ``p`` of
+    ``N`` restores output time points ``p, p + N, ...``; process 0 creates (or, with
+    ``resume``, adopts) the staged output first and renames it into place once all are done.
 
     Args:
       stack_path: an ImageJ hyperstack, OME-TIFF or OME-Zarr 0.5 image with T and/or C axes.
@@ -301,40 +319,57 @@ def predict_series_file(
       memory_budget: bytes one time point may need in memory (default half the RAM).
       progress: a bar over time points (log lines with the time left without a terminal).
       log: where messages go.
+      uncertainty: a hyperstack for the Laplace scale of a probabilistic model, in the
+        output's format (:mod:`isojax.predict.uncertainty`), staged, resumed and renamed
+        with the output; or None.
 
     Returns:
       The :class:`SeriesPrediction`.
 
     Raises:
       IsojaxInputError: before anything is written: unknown or mismatched axes, a channel or
-        time point out of range, no voxel size, ``--resume`` with a TIFF output, a partial
-        written for something else, an output that may not be written, a time point too
-        large for the memory budget; during the run (the partial output is removed): a
-        time point and channel without contrast (named in the message).
+        time point out of range, no voxel size, ``--resume`` or several processes with a
+        TIFF output, a partial written for something else, an output that may not be
+        written, a time point too large for the memory budget, ``uncertainty`` with a model
+        that has no scale; during the run (the partial output is removed): a time point and
+        channel without contrast (named in the message).
     """
-    # over 100 lines with its docstring (which documents every option); the code is 57 lines
+    # over 100 lines with its docstring (which documents every option); the code is 75 lines
     output = Path(output)
+    unc = None if uncertainty is None else Path(uncertainty)
     fmt = volume_format(output)
+    n_proc = rank_and_count()[1]
     if resume and fmt != "zarr":
         raise IsojaxInputError(
             f"{output}: --resume continues an OME-Zarr output; name the output .zarr")
+    if n_proc > 1 and fmt != "zarr":
+        raise IsojaxInputError(
+            f"{output}: a prediction spread over {n_proc} processes writes one OME-Zarr that "
+            "they share; name the output .zarr")
+    if unc is not None:
+        check_uncertainty_output(output, unc)
     hyper = open_hyperstack(stack_path, axes=axes, spacing=spacing)
     ts = parse_timepoints(timepoints, hyper.n_timepoints)
     cs = parse_channels(channels, hyper.n_channels)
     g = _series_geometry(hyper, stack_path, subsample, log)
-    check_new_output(output, overwrite=overwrite)
+    for path in (output, *([unc] if unc is not None else [])):
+        check_new_output(path, overwrite=overwrite)
     dtype = hyper.dtype if keep_dtype else np.dtype(np.float32)
     out_shape = (upsampled_length(hyper.shape[2], g.subsample), *hyper.shape[3:])
-    _check_output(hyper, out_shape, len(cs), fmt, dtype, memory_budget, stack_path, output)
+    _check_output(hyper, out_shape, len(cs), fmt, dtype, memory_budget, stack_path, output,
+                  unc is not None)
     identity = {"input": str(Path(stack_path).resolve()), "model": str(Path(model).resolve()),
                 "checkpoint": checkpoint, "axes": hyper.file_axes, "timepoints": list(ts),
                 "channels": list(cs), "shape": [len(ts), len(cs), *out_shape],
                 "dtype": dtype.name, "fuse": fuse, "subsample": g.subsample}
-    adopted = _adopt_partial(output, identity, log) if resume else None
-    mine = None if adopted is None else str(adopted)
-    check_outputs([output], inputs={"stack": stack_path, "model folder": model},
-                  overwrite=overwrite, log=lambda m: None if mine and mine in m else log(m))
-    apply_fn, meta = load_predictor(model, which=checkpoint)
+    targets = [_Target(output, identity)]
+    if unc is not None:
+        targets.append(_Target(unc, {**identity, "dtype": "float32", "uncertainty": True}))
+    claimed, _ = from_main(lambda: _claim(targets, resume=resume, overwrite=overwrite,
+                                          inputs={"stack": stack_path, "model folder": model},
+                                          log=log), what="checking the outputs")
+    targets = claimed or targets
+    apply_fn, meta = _load_network(model, checkpoint=checkpoint, uncertainty=unc is not None)
     check_tile_option(tile, meta)
     _check_model_subsample(g.subsample, meta, model, g.how, log)
     _log_start(log, stack_path, hyper, ts, cs, g)
@@ -344,13 +379,21 @@ def predict_series_file(
                     multiple=2 ** int(meta["unet"]["depth"]),
                     normalization=(norm["pmin"], norm["pmax"]))
 
-    def restore(t: int, c: int) -> np.ndarray:
+    def restore(t: int, c: int):
+        """The restored volume of input time point ``t`` and channel ``c``, or with an
+        uncertainty map the pair ``(restored, scale)``."""
         volume = hyper.read(t, c)
+        scale = None
         try:
-            result = predict_stack(volume.astype(np.float32), apply_fn, **settings)
+            if unc is None:
+                mean = predict_stack(volume.astype(np.float32), apply_fn, **settings)
+            else:
+                mean, scale = predict_stack_uncertainty(volume.astype(np.float32), apply_fn,
+                                                        **settings)
         except IsojaxInputError as exc:
             raise IsojaxInputError(f"{stack_path}: time point {t}, channel {c}: {exc}") from None
-        return _cast(result, volume.dtype) if keep_dtype else result
+        mean = _cast(mean, volume.dtype) if keep_dtype else mean
+        return mean if scale is None else (mean, scale)
 
     step = ts[1] - ts[0] if len(ts) > 1 else 1
     interval = None if hyper.time_interval is None else hyper.time_interval * step
@@ -360,73 +403,169 @@ def predict_series_file(
                                ts, cs)
     t0 = time.perf_counter()
     if fmt == "tiff":
-        result = _to_tiff(summary, restore, progress=progress, overwrite=overwrite, log=log)
-    else:
-        result = _to_zarr(summary, restore, identity, adopted, progress=progress,
+        result = _to_tiff(summary, restore, uncertainty=unc, progress=progress,
                           overwrite=overwrite, log=log)
+    else:
+        result = _to_zarr(summary, restore, targets, progress=progress, overwrite=overwrite,
+                          log=log)
     rate = math.prod(shape) / (time.perf_counter() - t0) / 1e6
     sp = result.spacing
     log(f"wrote {output}: shape {shape} (t, c, z, y, x), {dtype}, voxel size "
         f"{'unknown' if sp is None else ', '.join(f'{v:.4g}' for v in sp)} um, time interval "
         f"{'unknown' if interval is None else f'{interval:g} s'}; {rate:.2f} Mvoxel/s")
+    if unc is not None:
+        log(f"wrote {unc}: the Laplace scale of each voxel, float32, same shape")
     return result
 
 
-def _to_tiff(summary: SeriesPrediction, restore, *, progress: bool, overwrite: bool,
-             log: Log) -> SeriesPrediction:
+def _load_network(model, *, checkpoint: Literal["best", "last"], uncertainty: bool):
+    """``(apply_fn, meta)`` of the model: the mean, or ``(mean, scale)`` for ``uncertainty``
+    (:func:`isojax.predict.uncertainty.load_probabilistic`, which refuses a model without)."""
+    if uncertainty:
+        return load_probabilistic(model, which=checkpoint)
+    return load_predictor(model, which=checkpoint)
+
+
+class _Target(NamedTuple):
+    """One output of a series prediction: the restoration, or the uncertainty map.
+
+    ``identity`` is recorded in a staged OME-Zarr (what ``--resume`` checks); ``adopted``
+    is the dead partial that ``--resume`` renamed to this process's name, or None.
+    """
+
+    path: Path
+    identity: dict
+    adopted: Path | None = None
+
+
+def _claim(targets: list[_Target], *, resume: bool, overwrite: bool, inputs: dict,
+           log: Log) -> list[_Target]:
+    """Process 0's checks of the outputs: adopt the partials (``resume``), check the outputs.
+
+    Returns:
+      ``targets`` with the adopted partials.
+    """
+    if resume:
+        targets = [t._replace(adopted=_adopt_partial(t.path, t.identity, log))
+                   for t in targets]
+    mine = [str(t.adopted) for t in targets if t.adopted is not None]
+    check_outputs([t.path for t in targets], inputs=inputs, overwrite=overwrite,
+                  log=lambda m: None if any(a in m for a in mine) else log(m))
+    return targets
+
+
+def _to_tiff(summary: SeriesPrediction, restore, *, uncertainty: Path | None, progress: bool,
+             overwrite: bool, log: Log) -> SeriesPrediction:
+    """Write the restoration, and the uncertainty map beside it (:class:`HyperstackTiff`,
+    staged: renamed into place after the restoration is)."""
     bar = _Progress(len(summary.timepoints), 0, show=progress, log=log)
+    with contextlib.ExitStack() as stack:
+        scales = None
+        if uncertainty is not None:
+            temp = stack.enter_context(staged_output(uncertainty, overwrite=overwrite))
+            scales = HyperstackTiff(temp, shape=summary.shape, dtype=np.float32,
+                                    spacing=summary.spacing,
+                                    time_interval=summary.time_interval,
+                                    channel_names=summary.channel_names)
 
-    def restored():
-        for t in summary.timepoints:
-            volumes = np.empty(summary.shape[1:], summary.dtype)
-            for j, c in enumerate(summary.channels):
-                volumes[j] = restore(t, c)
-            yield volumes
-            bar.step()
+        def restored():
+            for i, t in enumerate(summary.timepoints):
+                volumes = np.empty(summary.shape[1:], summary.dtype)
+                for j, c in enumerate(summary.channels):
+                    result = restore(t, c)
+                    if scales is not None:
+                        result, scale = result
+                        scales.write(i, j, scale)
+                    volumes[j] = result
+                yield volumes
+                bar.step()
 
-    try:
-        write_hyperstack_tiff(summary.output, restored(), shape=summary.shape,
-                              dtype=summary.dtype, spacing=summary.spacing,
-                              time_interval=summary.time_interval,
-                              channel_names=summary.channel_names, overwrite=overwrite)
-    finally:
-        bar.close()
+        try:
+            write_hyperstack_tiff(summary.output, restored(), shape=summary.shape,
+                                  dtype=summary.dtype, spacing=summary.spacing,
+                                  time_interval=summary.time_interval,
+                                  channel_names=summary.channel_names, overwrite=overwrite)
+        finally:
+            bar.close()
+            if scales is not None:
+                scales.close()
     return summary
 
 
-def _to_zarr(summary: SeriesPrediction, restore, identity: dict, adopted: Path | None, *,
-             progress: bool, overwrite: bool, log: Log) -> SeriesPrediction:
-    stage = _SeriesStage(summary.output, overwrite=overwrite, log=log, resume_from=adopted)
-    done: set[int] = set()
-    with stage as temp:
-        if adopted is not None:
+def _open_stores(summary: SeriesPrediction, targets: list[_Target], stack, *,
+                 overwrite: bool, log: Log) -> tuple[list[_SeriesStage], list[HyperstackZarr]]:
+    """Process 0: stage every target (entered on ``stack``) and create or open its store."""
+    stages, stores = [], []
+    for target in targets:
+        stage = _SeriesStage(target.path, overwrite=overwrite, log=log,
+                             resume_from=target.adopted)
+        temp = stack.enter_context(stage)
+        if target.adopted is not None:
             store = HyperstackZarr.open(temp)
-            done = store.done() & set(range(summary.shape[0]))
         else:
             store = create_hyperstack_zarr(
-                temp, summary.shape, summary.dtype, spacing=summary.spacing,
+                temp, summary.shape, target.identity["dtype"], spacing=summary.spacing,
                 time_interval=summary.time_interval, channel_names=summary.channel_names,
-                extra={"isojax": {"series": identity}})
-        bar = _Progress(len(summary.timepoints), len(done), show=progress, log=log)
-        finished = len(done)
-        try:
-            for i, t in enumerate(summary.timepoints):
-                if i in done:
-                    continue
-                for j, c in enumerate(summary.channels):
-                    store.write(i, j, restore(t, c))
-                store.mark_done(i)
-                finished += 1
-                bar.step()
-        except (KeyboardInterrupt, Interrupted) as exc:
-            if finished:
-                stage.keep = True
-                message = (f"{finished} of {summary.shape[0]} time points are finished in "
-                           f"{temp}; run the same command with --resume to continue")
-                signum = exc.signum if isinstance(exc, Interrupted) else 2
-                raise Interrupted(signum, message) from None
-            raise
-        finally:
-            bar.close()
-        store.finish()
+                extra={"isojax": {"series": target.identity}})
+        stages.append(stage)
+        stores.append(store)
+    return stages, stores
+
+
+def _to_zarr(summary: SeriesPrediction, restore, targets: list[_Target], *,
+             progress: bool, overwrite: bool, log: Log) -> SeriesPrediction:
+    """Write this process's time points into the staged stores (process 0 stages them)."""
+    rank, n_proc = rank_and_count()
+
+    def paths(got: tuple[list[_SeriesStage], list[HyperstackZarr]] | None) -> str:
+        return json.dumps([] if got is None else [str(s.path) for s in got[1]])
+
+    with contextlib.ExitStack() as stack:
+        opened, text = from_main(
+            lambda: _open_stores(summary, targets, stack, overwrite=overwrite, log=log),
+            share=paths, what="creating the output")
+        stages, stores = (opened if opened is not None
+                          else ([], [HyperstackZarr.open(p) for p in json.loads(text)]))
+        done = set.intersection(*(s.done() for s in stores)) & set(range(summary.shape[0]))
+        mine = my_timepoints(summary.shape[0])
+        todo = [i for i in mine if i not in done]
+        if n_proc > 1:
+            log(f"process {rank} of {n_proc}: {len(todo)} of its {len(mine)} time points to "
+                f"restore ({len(mine) - len(todo)} finished)")
+        _restore_into(stores, summary, restore, todo, stages,
+                      bar=_Progress(len(mine), len(mine) - len(todo), show=progress, log=log))
+        barrier("isojax-series-written")
+        if rank == 0:
+            for store in stores:
+                store.finish()
     return summary._replace(resumed=tuple(sorted(done)))
+
+
+def _restore_into(stores, summary: SeriesPrediction, restore, todo: list[int], stages,
+                  *, bar: _Progress) -> None:
+    """Restore the output time points ``todo`` into ``stores`` (the restoration, then the
+    scale), marking each done after its data; on an interruption with time points
+    finished, keep the staged outputs (``stages``) for ``--resume``."""
+    try:
+        for i in todo:
+            t = summary.timepoints[i]
+            for j, c in enumerate(summary.channels):
+                result = restore(t, c)
+                for store, volume in zip(stores, result if len(stores) > 1 else (result,),
+                                         strict=True):
+                    store.write(i, j, volume)
+            for store in stores:
+                store.mark_done(i)
+            bar.step()
+    except (KeyboardInterrupt, Interrupted) as exc:
+        finished = len(set.intersection(*(s.done() for s in stores)))
+        if finished:
+            for stage in stages:
+                stage.keep = True
+            message = (f"{finished} of {summary.shape[0]} time points are finished in "
+                       f"{stores[0].path}; run the same command with --resume to continue")
+            signum = exc.signum if isinstance(exc, Interrupted) else 2
+            raise Interrupted(signum, message) from None
+        raise
+    finally:
+        bar.close()

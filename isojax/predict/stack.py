@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,9 +64,10 @@ from isojax.predict.core import (
     upsample_z,
     upsampled_length,
 )
+from isojax.predict.uncertainty import denormalize_scale
 from isojax.synth import check_contrast, denormalize
 
-__all__ = ["predict_stack"]
+__all__ = ["predict_stack", "predict_stack_uncertainty"]
 
 
 def _upsample_on_host(x: np.ndarray, s: float, interpolation: Interpolation,
@@ -133,7 +135,8 @@ def predict_stack(
       stack: ``(z, y, x)`` array, Z coarse (``z >= 2``), finite values, any real dtype.
       apply_fn: the trained network as a pure function ``(b, h, w) -> (b, h, w)`` on float32
         (``h`` lateral, ``w`` axial, both multiples of ``multiple``). A probabilistic model
-        may return a pair ``(mean, scale)``: the mean is used and the scale dropped.
+        may return a pair ``(mean, scale)``: the mean is used and the scale dropped
+        (:func:`predict_stack_uncertainty` keeps it).
       subsample: anisotropy factor ``dz / dx`` (µm / µm), >= 1, e.g. 10.2; the one the
         network was trained for.
       interpolation: ``"linear"`` or ``"cubic"``: how Z is upsampled; use the one that
@@ -180,8 +183,62 @@ def predict_stack(
       >>> predict_stack(stack, lambda b: b, subsample=2.0, normalization=None).shape
       (5, 8, 8)
     """
-    # Long by its docstring (the public contract); the body is the option checks, then one
-    # pass: normalise, upsample, the batch stream over both views, denormalise.
+    mean, _ = _restore(
+        stack, apply_fn, subsample=subsample, interpolation=interpolation, fuse=fuse,
+        batch_size=batch_size, memory_budget=memory_budget, bytes_per_pixel=bytes_per_pixel,
+        tile=tile, overlap=overlap, multiple=multiple, normalization=normalization,
+        progress=progress, uncertainty=False)
+    return mean
+
+
+def predict_stack_uncertainty(stack, apply_fn: Callable[[Array], tuple[Array, Array]],
+                              **options: Any) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predict_stack` of a probabilistic network, with its fused uncertainty map.
+
+    The same restoration as :func:`predict_stack` with the same ``options``, and the
+    network's per-pixel Laplace scale over the same slices and tiles: fused over the two
+    views by the means' rule (:func:`isojax.predict.uncertainty.fuse_scales`: their average
+    for ``fuse="mean"``) and brought to intensity units (``scale * (hi - lo)``,
+    :func:`isojax.predict.uncertainty.denormalize_scale`). One more output-sized float32
+    volume in memory.
+
+    Args:
+      stack: as :func:`predict_stack`.
+      apply_fn: the network, ``(b, h, w) -> (mean, scale)``, both ``(b, h, w)`` float32,
+        the scale > 0 (:func:`isojax.predict.uncertainty.load_probabilistic`).
+      **options: :func:`predict_stack`'s keyword options (``subsample`` required).
+
+    Returns:
+      ``(restored, scale)``: two float32 arrays ``(upsampled_length(z, subsample), y, x)``.
+
+    Raises:
+      ValueError: as :func:`predict_stack`, and when ``apply_fn`` returns no pair.
+    """
+    mean, scale = _restore(stack, apply_fn, uncertainty=True, **options)
+    assert scale is not None
+    return mean, scale
+
+
+def _restore(
+    stack,
+    apply_fn: Callable,
+    *,
+    subsample: float,
+    interpolation: Interpolation = "linear",
+    fuse: Fuse = "mean",
+    batch_size: int | None = None,
+    memory_budget: int = _DEFAULT_BUDGET,
+    bytes_per_pixel: int = _BYTES_PER_PIXEL,
+    tile: int | tuple[int, int] | None = None,
+    overlap: int = 96,
+    multiple: int = 4,
+    normalization: tuple[float, float] | None = DEFAULT_PERCENTILES,
+    progress: Callable[[int, int], None] | None = None,
+    uncertainty: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`predict_stack`, and with ``uncertainty`` the fused scale (else None)."""
+    # the option checks, then one pass: normalise, upsample, the batch stream over both
+    # views, denormalise
     s = check_subsample(subsample)
     _check_run(interpolation, fuse, apply_fn)
     multiple = _positive_int("multiple", multiple)
@@ -213,11 +270,12 @@ def predict_stack(
 
     vol = _upsample_on_host(x, s, interpolation, memory_budget)
     out = np.empty_like(vol)
+    scale = np.empty_like(vol) if uncertainty else None
 
     jitted = jax.jit(apply_fn)  # jax caches compilations per (function, shape) across calls
 
-    def run(batch: np.ndarray) -> np.ndarray:
-        return _batch_result(jitted(jnp.asarray(batch)), batch.shape)
+    def run(batch: np.ndarray):
+        return _batch_result(jitted(jnp.asarray(batch)), batch.shape, with_scale=uncertainty)
 
     views = {"xz": [1], "yz": [2]}.get(fuse, [1, 2])  # batch axis: 1 = y (XZ), 2 = x (YZ)
     in_flight = _in_flight()
@@ -239,7 +297,7 @@ def predict_stack(
     batches = itertools.chain.from_iterable(
         _view_batches(
             vol,
-            out,
+            out if scale is None else (out, scale),
             axis=axis,
             fuse=None if v == 0 else fuse,
             geometry=geometries[axis],
@@ -255,4 +313,6 @@ def predict_stack(
 
     if percentiles is not None:
         denormalize(out, lo, hi, out=out)
-    return out
+        if scale is not None:
+            denormalize_scale(scale, lo, hi, out=scale)
+    return out, scale
