@@ -623,6 +623,7 @@ def predict_file(
     """
     # over 100 lines with its docstring (which documents every option); the code is 41 lines
     from isojax.io import check_outputs, check_writable
+    from isojax.model_folder import channel_models, describe_channels, is_multichannel
     from isojax.predict.files import (
         check_tile_option,
         load_predictor,
@@ -650,6 +651,12 @@ def predict_file(
     output = Path(output)
     check_outputs([output], inputs={"stack": stack_path, "model folder": model},
                   overwrite=overwrite, log=log)
+    if is_multichannel(model):  # one model per channel; this stack has no channel axis
+        raise IsojaxInputError(
+            f"{model} holds one model per channel ({describe_channels(model)}) and {stack_path} "
+            f"has no channel axis: predict it with one channel's folder (--model "
+            f"{channel_models(model)[0][1]}), or name its axes with --axes (e.g. CZYX) if it "
+            "has channels, and select them with --channels")
     apply_fn, meta = load_predictor(model, which=checkpoint)
     check_tile_option(tile, meta)
     options: dict[str, Any] = dict(model=model, fuse=fuse, batch_size=batch_size, tile=tile,

@@ -277,7 +277,7 @@ def train_channels(
     if distributed.is_main_process() and not resume:
         model.mkdir(parents=True, exist_ok=True)
         write_channels_file(model, [(c, None if names is None else names[c]) for c in cs],
-                            input=str(stack_path), **record)
+                            input=str(Path(stack_path).resolve()), **record)
     summaries = {}
     for c, folder in channel_models(model):
         say = _prefixed(log, c)
