@@ -161,11 +161,12 @@ def test_a_3d_stack_with_a_multichannel_model_is_one_line(files, model, tmp_path
     (["--psf", "P0", "--calibrate-psf"], "--calibrate-psf takes a 3D stack"),
     (["--psf", "P0", "--timepoints", "5:"], "--timepoints 5:: 5 is out of range"),
     (["--psf", "P0", "--channels", "2"], "channel 2 is out of range"),
+    (["--psf", "P0", "--patch-size", "64"], "patch size 64 px is larger than the image"),
 ])
 def test_training_errors_are_one_line_and_write_nothing(files, tmp_path, capsys, extra, match):
     args = [str(files / "psf0.tif") if a == "P0" else str(files / "psf1.tif") if a == "P1"
             else a for a in extra]
-    code = main(["train", str(files / "hyper.tif"), "--model", str(tmp_path / "m"), *args, *TINY])
+    code = main(["train", str(files / "hyper.tif"), "--model", str(tmp_path / "m"), *TINY, *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1, err
     assert match in err[-1], err

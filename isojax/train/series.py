@@ -274,23 +274,40 @@ def train_channels(
             axials[c] = resolve(pixel_size=g.pixel_size, log=say, **source)
         except IsojaxInputError as exc:
             raise IsojaxInputError(f"channel {c}: {exc}") from None
+    fresh = not resume and not model.exists()
     if distributed.is_main_process() and not resume:
         model.mkdir(parents=True, exist_ok=True)
         write_channels_file(model, [(c, None if names is None else names[c]) for c in cs],
                             input=str(Path(stack_path).resolve()), **record)
+    distributed.barrier("isojax-channels-file")  # every process reads it next
     summaries = {}
-    for c, folder in channel_models(model):
-        say = _prefixed(log, c)
-        done = _finished(folder, steps) if resume else None
-        if done is not None:
-            say(f"already trained for {done['step']} steps in {folder}; skipped")
-            summaries[c] = done
-            continue
-        planes = training_planes(hyper, c, ts)
-        summaries[c] = train_volume(planes, g, axials[c], folder,
-                                    resume=resume and (folder / "config.json").exists(),
-                                    log=say)
+    try:
+        for c, folder in channel_models(model):
+            say = _prefixed(log, c)
+            done = _finished(folder, steps) if resume else None
+            if done is not None:
+                say(f"already trained for {done['step']} steps in {folder}; skipped")
+                summaries[c] = done
+                continue
+            planes = training_planes(hyper, c, ts)
+            summaries[c] = train_volume(planes, g, axials[c], folder,
+                                        resume=resume and (folder / "config.json").exists(),
+                                        log=say)
+    except IsojaxInputError:
+        if not resume and distributed.is_main_process():
+            _forget_untrained(model, fresh=fresh)
+        raise
     return {"channels": summaries, "timepoints": ts, "model": model}
+
+
+def _forget_untrained(model: Path, *, fresh: bool) -> None:
+    """After a refusal before any channel was written: remove ``channels.json`` (and the
+    folder this run created), so that the same command can run again without --resume."""
+    if any((folder / "config.json").exists() for _, folder in channel_models(model)):
+        return
+    (model / "channels.json").unlink(missing_ok=True)
+    if fresh and not any(model.iterdir()):
+        model.rmdir()
 
 
 def _prefixed(log: Log, channel: int) -> Log:
