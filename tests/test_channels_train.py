@@ -11,7 +11,12 @@ import tifffile
 from isojax.cli import main
 from isojax.errors import IsojaxInputError
 from isojax.io import open_hyperstack, read_tiff, write_tiff
-from isojax.model_folder import channel_models, read_channels_file, read_model_config
+from isojax.model_folder import (
+    channel_models,
+    read_channels_file,
+    read_model_config,
+    write_channels_file,
+)
 from isojax.pipeline import predict_file
 from isojax.psf.sources import channel_sources, one_source_each, resolve_psf
 from isojax.train.series import spread_timepoints, training_planes, training_timepoints
@@ -99,8 +104,29 @@ def test_psf_check_of_the_model_folder_reports_each_channel(model, capsys):
     assert "axial 26.30 px" in out
 
 
-def test_a_single_channel_model_folder_is_one_model(files, model):
+def test_a_single_channel_model_folder_is_one_model(files, model, capsys):
     assert channel_models(model / "c0") == ((None, model / "c0"),)
+    assert main(["psf", "check", str(model / "c0")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{model / 'c0' / 'psf.tif'} (pixel size from")
+    assert "channel" not in out
+    assert main(["psf", "check", str(files)]) == 1  # a folder that is no model
+    assert "no PSF at" in capsys.readouterr().err
+
+
+def test_a_broken_channels_file_is_one_line(tmp_path):
+    (tmp_path / "channels.json").write_text('{"format": "isojax-channels", "version": 1, '
+                                            '"channels": [{"index": 0, "folder": "../x"}]}')
+    with pytest.raises(IsojaxInputError, match=r"folder '\.\./x' is not a subfolder name"):
+        channel_models(tmp_path)
+    (tmp_path / "channels.json").write_text("{")
+    with pytest.raises(IsojaxInputError, match=r"channels\.json: unreadable"):
+        channel_models(tmp_path)
+    write_channels_file(tmp_path, [(1, "RFP")], axes="CZYX")
+    assert channel_models(tmp_path) == ((1, tmp_path / "c1"),)
+    with pytest.raises(IsojaxInputError, match=r"holds one model per channel \(channels 1 "
+                       r"\(c1\)\); give one channel's folder here, e.g. .*c1"):
+        read_model_config(tmp_path)
 
 
 def test_prediction_restores_each_channel_with_its_own_model(files, model, tmp_path):
