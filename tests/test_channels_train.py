@@ -109,7 +109,7 @@ def test_a_single_channel_model_folder_is_one_model(files, model, capsys):
     assert main(["psf", "check", str(model / "c0")]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{model / 'c0' / 'psf.tif'} (pixel size from")
-    assert "channel" not in out
+    assert "channel 0:" not in out
     assert main(["psf", "check", str(files)]) == 1  # a folder that is no model
     assert "no PSF at" in capsys.readouterr().err
 
