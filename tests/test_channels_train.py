@@ -19,7 +19,12 @@ from isojax.model_folder import (
 )
 from isojax.pipeline import predict_file
 from isojax.psf.sources import channel_sources, one_source_each, resolve_psf
-from isojax.train.series import spread_timepoints, training_planes, training_timepoints
+from isojax.train.series import (
+    spread_timepoints,
+    train_channels,
+    training_planes,
+    training_timepoints,
+)
 
 SPACING = (0.3, 0.1, 0.1)  # subsample 3
 N_T, N_C, N_Z, SIDE = 3, 2, 8, 32
@@ -276,3 +281,27 @@ def test_resume_skips_finished_channels_and_trains_the_others(files, model, tmp_
     # a new training into the folder needs --resume
     assert main(_train_args(files, copy)) == 1
     assert "already holds a model; pass --resume" in capsys.readouterr().err
+
+
+def test_each_channel_gets_its_planes_psf_and_subfolder(files, tmp_path):
+    # train_channels' own work, with the 3D training replaced by a recorder
+    axial = resolve_psf(pixel_size=0.1, psf=files / "psf1.tif", log=lambda m: None)
+    got = []
+
+    def record(planes, g, psf, folder, *, resume, log):
+        got.append((planes, g.subsample, psf, folder, resume))
+        return {"step": 0}
+
+    out = train_channels(files / "hyper.tif", model=tmp_path / "m", train_volume=record,
+                         resolve=resolve_psf, steps=2, psf=[axial], channels="1",
+                         timepoints="1:", log=lambda m: None)
+    assert out["timepoints"] == (1, 2)
+    assert list(out["channels"]) == [1]
+    planes, subsample, psf, folder, resume = got[0]
+    assert psf is axial
+    assert folder == tmp_path / "m" / "c1"
+    assert subsample == pytest.approx(3.0)
+    assert not resume
+    np.testing.assert_array_equal(
+        planes, training_planes(open_hyperstack(files / "hyper.tif"), 1, (1, 2)))
+    assert [e["index"] for e in read_channels_file(tmp_path / "m")["channels"]] == [1]

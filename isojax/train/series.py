@@ -234,7 +234,8 @@ def train_channels(
       resolve: ``(pixel_size=..., psf=..., bead=..., theory=..., log=...) -> AxialPSF``:
         :func:`isojax.psf.resolve_psf` with the bead spacing bound.
       steps: the run's total steps (a channel trained that far is skipped on resume).
-      psf, bead, theory: the PSF sources (:func:`isojax.psf.sources.channel_sources`).
+      psf, bead, theory: the PSF sources (:func:`isojax.psf.sources.channel_sources`); an
+        :class:`~isojax.psf.AxialPSF` is used as it is.
       axes: the stored axes (``--axes TZCYX``) for files that do not name them.
       channels: ``--channels 0,2`` (default all).
       timepoints: ``--timepoints 0:100`` (default: :func:`spread_timepoints`).
@@ -270,6 +271,9 @@ def train_channels(
     axials = {}
     for c, source in zip(cs, sources, strict=True):
         say = _prefixed(log, c)
+        if isinstance(source["psf"], AxialPSF):  # checked by whoever built it
+            axials[c] = source["psf"]
+            continue
         try:
             axials[c] = resolve(pixel_size=g.pixel_size, log=say, **source)
         except IsojaxInputError as exc:
