@@ -90,8 +90,8 @@ def train_file(
     stack_path: str | os.PathLike,
     *,
     model: str | os.PathLike,
-    psf: str | os.PathLike | AxialPSF | None = None,
-    bead: str | os.PathLike | None = None,
+    psf: str | os.PathLike | AxialPSF | Sequence[str | os.PathLike | AxialPSF] | None = None,
+    bead: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     bead_spacing: Sequence[float] | None = None,
     theory: dict | None = None,
     subsample: float | None = None,
@@ -118,6 +118,9 @@ def train_file(
     match_noise: bool = True,
     compute_dtype: Literal["float32", "bfloat16"] = "float32",
     log_every: float = 60.0,
+    axes: str | None = None,
+    channels: str | Sequence[int] | None = None,
+    timepoints: str | None = None,
 ) -> dict:
     """``isojax train``: train a model folder from a stack and a PSF.
 
@@ -141,11 +144,20 @@ def train_file(
     ``steps`` extends a run, keeping the folder's warm-up length. When stderr is not a
     terminal, a progress line is written every ``log_every`` seconds.
 
+    A stack with a time or channel axis (an ImageJ hyperstack, OME-TIFF or OME-Zarr ``t c z
+    y x``; ``axes`` names the axes of a file that does not) trains one network per channel
+    into a multi-channel model folder (``channels.json`` and ``c<index>/``), each from the
+    XY planes of the selected time points with its own PSF, noise and normalisation: see
+    :func:`isojax.train.series.train_channels`. ``psf``, ``bead`` and the theory's
+    ``wavelength_um`` then take one value per selected channel (or one for all).
+
     Args:
-      stack_path: the anisotropic 3D stack ``(z, y, x)``, TIFF or OME-Zarr.
+      stack_path: the anisotropic 3D stack ``(z, y, x)``, TIFF or OME-Zarr, or a
+        hyperstack with time and/or channel axes.
       model: the model folder to create (or, with ``resume``, continue).
-      psf: a PSF file ``(lateral, axial)`` (TIFF), or None.
-      bead: a bead stack to derive the PSF from, or None.
+      psf: a PSF file ``(lateral, axial)`` (TIFF), or None; for a hyperstack, one per
+        selected channel (a sequence) or one for all.
+      bead: a bead stack to derive the PSF from, or None; for a hyperstack, as ``psf``.
       bead_spacing: the bead stack's voxel size ``(dz, dy, dx)`` in micrometres, or None
         (from its metadata).
       theory: options of :func:`isojax.psf.theoretical_axial_psf` for a theoretical PSF,
@@ -178,31 +190,74 @@ def train_file(
       match_noise: estimate the stack's noise and add it to the synthetic inputs.
       compute_dtype: ``"float32"`` or ``"bfloat16"`` (mixed precision).
       log_every: seconds between progress lines when stderr is not a terminal.
+      axes: the stored axes of a hyperstack that does not name them (``"TZCYX"``), or None.
+      channels: the channels to train (``"0,2"``), or None (all); hyperstacks only.
+      timepoints: the time points to train on (slice syntax, ``"0:100"``), or None (a
+        spread of at most 8, first and last included); hyperstacks only.
 
     Returns:
       The training summary of :func:`isojax.train.train` (``step``, ``loss``,
-      ``best_val_loss``, ``best_step``, ...).
+      ``best_val_loss``, ``best_step``, ...); for a hyperstack, ``{"channels": {index:
+      summary}, "timepoints": ..., "model": ...}``.
 
     Raises:
       IsojaxInputError: an unusable stack, PSF source or model folder (the message names
         the fix).
     """
-    # over 100 lines with its docstring (which documents every option); the code is 39 lines
-    from isojax.synth import SynthConfig, check_contrast
-    from isojax.train import TrainConfig, train
-    from isojax.unet import UNetConfig
+    # over 100 lines with its docstring (which documents every option); the code is 30 lines
+    import functools
 
-    _check_model_folder(model, inputs={"stack": stack_path, "bead stack": bead,
-                                       "PSF": None if _is_axial_psf(psf) else psf})
+    from isojax.predict.series import is_series
+    from isojax.psf.sources import one_source_each, resolve_psf
+    from isojax.synth import check_contrast
+    from isojax.train.series import train_channels
+
+    _check_model_folder(model, inputs=_training_inputs(stack_path, psf, bead))
+    volume = functools.partial(
+        _train_volume, steps=steps, batch_size=batch_size, patch_size=patch_size,
+        learning_rate=learning_rate, loss=loss, interpolation=interpolation, photons=photons,
+        read_noise=read_noise, first_filters=first_filters, depth=depth, seed=seed,
+        checkpoint_every=checkpoint_every, val_every=val_every, progress=progress,
+        match_noise=match_noise, compute_dtype=compute_dtype, log_every=log_every)
+    if is_series(stack_path, axes=axes):
+        if calibrate_psf:
+            raise IsojaxInputError(
+                f"{stack_path}: --calibrate-psf takes a 3D stack; for a stack with time points "
+                "or channels, give each channel's PSF (--psf, --bead or --wavelength per channel)")
+        return train_channels(
+            stack_path, model=model, train_volume=volume, steps=steps, psf=psf, bead=bead,
+            resolve=functools.partial(resolve_psf, bead_spacing=bead_spacing), theory=theory,
+            axes=axes, channels=channels, timepoints=timepoints, spacing=spacing,
+            subsample=subsample, resume=resume, log=log)
+    _refuse_selection(stack_path, channels=channels, timepoints=timepoints)
+    psf, bead, theory = one_source_each(psf=psf, bead=bead, theory=theory)
     stack, g = geometry.read_stack(stack_path, spacing=spacing, subsample=subsample, log=log)
     check_contrast(stack, percentiles=(1.0, 99.8), name=stack_path)  # train's percentiles
     log(f"stack {stack_path}: shape {stack.shape} (z, y, x), subsample {g.subsample:.4g} "
         f"from {g.how}")
-    pixel = g.pixel_size
     axial, calibration = _training_psf(
-        pixel, psf=psf, bead=bead, bead_spacing=bead_spacing, theory=theory,
+        g.pixel_size, psf=psf, bead=bead, bead_spacing=bead_spacing, theory=theory,
         calibrate_psf=calibrate_psf, family=family, init_fwhm=init_fwhm, log=log,
     )
+    return volume(stack, g, axial, model, resume=resume, log=log, calibrate_psf=calibrate_psf,
+                  calibration=calibration)
+
+
+def _train_volume(stack, g: geometry.StackGeometry, axial, model, *, resume: bool, log: Log,
+                  steps: int, batch_size: int, patch_size: int, learning_rate: float,
+                  loss, interpolation, photons, read_noise: float, first_filters: int,
+                  depth: int, seed: int, checkpoint_every: int, val_every: int,
+                  progress: bool, match_noise: bool, compute_dtype, log_every: float,
+                  calibrate_psf: bool = False, calibration=None) -> dict:
+    """One 3D training into ``model``: the settings built and checked once, then ``train``.
+
+    Returns:
+      The summary of :func:`isojax.train.train`.
+    """
+    from isojax.synth import SynthConfig
+    from isojax.train import TrainConfig, train
+    from isojax.unet import UNetConfig
+
     # the frozen settings, built once here and checked on construction
     synth_config = SynthConfig(subsample=g.subsample, patch_size=patch_size,
                                interpolation=interpolation, photons=photons,
@@ -216,9 +271,9 @@ def train_file(
     net = UNetConfig(first_filters=first_filters, depth=depth, prob_out=loss == "laplace")
     summary = train(  # the AxialPSF as it is: train() does not check it again
         stack, axial, workdir=model, synth_config=synth_config, config=config, net=net,
-        spacing=g.spacing, psf_pixel_size=pixel, resume=resume, progress=progress, log=log,
-        calibrate_psf=calibrate_psf, calibration=calibration, match_noise=match_noise,
-        log_every=log_every,
+        spacing=g.spacing, psf_pixel_size=g.pixel_size, resume=resume, progress=progress,
+        log=log, calibrate_psf=calibrate_psf, calibration=calibration,
+        match_noise=match_noise, log_every=log_every,
     )
     if summary.get("steps_run") == 0:
         return summary  # train() said there was nothing to do
@@ -227,6 +282,25 @@ def train_file(
         f"{summary['best_val_loss']:.4g} at step {summary['best_step']}; model in {model}"
     )
     return summary
+
+
+def _training_inputs(stack_path, psf, bead) -> dict:
+    """The inputs a model folder may not be (or hold): the stack, the PSF files, the beads."""
+    inputs: dict = {"stack": stack_path}
+    for what, value in (("PSF", psf), ("bead stack", bead)):
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        for i, v in enumerate(values):
+            inputs[what if len(values) == 1 else f"{what} {i + 1}"] = (
+                None if _is_axial_psf(v) else v)
+    return inputs
+
+
+def _refuse_selection(stack_path, *, channels, timepoints) -> None:
+    for flag, value in (("--channels", channels), ("--timepoints", timepoints)):
+        if value is not None and os.path.exists(stack_path):
+            raise IsojaxInputError(
+                f"{stack_path}: {flag} is for stacks with a time or channel axis, and this one "
+                "has neither; if it has one, name its axes with --axes (e.g. --axes TZCYX)")
 
 
 def _is_axial_psf(psf) -> bool:
@@ -292,7 +366,8 @@ def _check_model_folder(model, *, inputs: dict) -> None:
     if model.exists() and not model.is_dir():
         raise IsojaxInputError(
             f"{model} is a file, not a model folder: choose a new folder for --model")
-    if model.is_dir() and not (model / "config.json").exists() and any(model.iterdir()):
+    held = any((model / name).exists() for name in ("config.json", "channels.json"))
+    if model.is_dir() and not held and any(model.iterdir()):
         raise IsojaxInputError(
             f"{model} holds other files and no isojax model (no config.json): choose a new or "
             "empty folder for --model; isojax writes config.json, psf.tif, metrics and "
@@ -563,6 +638,7 @@ def predict_file(
     # over 100 lines with its docstring (which documents every option); the code is 50 lines
     from isojax import distributed
     from isojax.io import check_outputs, check_writable
+    from isojax.model_folder import channel_models, describe_channels, is_multichannel
     from isojax.predict.files import (
         check_tile_option,
         load_predictor,
@@ -596,6 +672,12 @@ def predict_file(
     check_outputs([output] if unc is None else [output, unc],
                   inputs={"stack": stack_path, "model folder": model},
                   overwrite=overwrite, log=log)
+    if is_multichannel(model):  # one model per channel; this stack has no channel axis
+        raise IsojaxInputError(
+            f"{model} holds one model per channel ({describe_channels(model)}) and {stack_path} "
+            f"has no channel axis: predict it with one channel's folder (--model "
+            f"{channel_models(model)[0][1]}), or name its axes with --axes (e.g. CZYX) if it "
+            "has channels, and select them with --channels")
     if unc is None:
         apply_fn, meta = load_predictor(model, which=checkpoint)
     else:

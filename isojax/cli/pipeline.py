@@ -90,6 +90,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             match_noise=not args.no_match_noise,
             compute_dtype=args.compute_dtype,
             log_every=args.log_every,
+            axes=args.axes,
+            channels=args.channels,
+            timepoints=args.timepoints,
             **quiet,
         )
     except TrainingDiverged as exc:
@@ -164,12 +167,24 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     t = commands.add_parser(
         "train", help="train a restoration model on a stack",
         description="Train a network that restores the axial resolution of STACK, from pairs "
-        "synthesised out of its own XY planes with the axial PSF.")
-    t.add_argument("stack", type=Path, metavar="STACK.tif", help="anisotropic stack TIFF (z, y, x)")
+        "synthesised out of its own XY planes with the axial PSF. A time-lapse or a stack with "
+        "channels trains one network per channel, each with its own PSF (give --psf, --bead "
+        "or --wavelength once per channel, in channel order), from the XY planes of the "
+        "selected time points; the one model folder restores every channel.")
+    t.add_argument("stack", type=Path, metavar="STACK.tif",
+                   help="anisotropic stack (z, y, x), or a hyperstack with time and/or channel "
+                   "axes (ImageJ, OME-TIFF, OME-Zarr)")
     t.add_argument("--model", type=Path, required=True, metavar="DIR",
                    help="model folder to write (refused if it holds a model, unless --resume)")
     _add_psf_source_options(t)
     _add_stack_geometry(t)
+    t.add_argument("--axes", metavar="TZCYX", help="the stack's axes, one letter per axis from "
+                   "T, C, Z, Y, X, for files that do not name them (default: from the metadata)")
+    t.add_argument("--channels", metavar="0,2",
+                   help="channels to train, one network each (default: all)")
+    t.add_argument("--timepoints", metavar="START:STOP[:STEP]",
+                   help="time points whose XY planes are trained on, Python slice syntax "
+                   "(default: at most 8 spread through the series, first and last included)")
     _add_training_options(t)
     _add_calibration_options(t)
     _add_multihost_options(t)
@@ -182,15 +197,20 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
 
 def _add_psf_source_options(t: argparse.ArgumentParser) -> None:
     """``isojax train``'s PSF source: a file, a bead stack or the theory options."""
-    src = t.add_argument_group("PSF (one of: a file, a bead stack, or a theoretical model)")
-    src.add_argument("--psf", type=Path, metavar="AXIAL.tif", help="2D (lateral, axial) axial PSF TIFF from `isojax psf axial|theory`")
-    src.add_argument("--bead", type=Path, metavar="BEAD.tif",
-                     help="3D bead stack (z, y, x) to derive the PSF from")
+    src = t.add_argument_group(
+        "PSF (one of: a file, a bead stack, or a theoretical model; with channels, --psf, "
+        "--bead or --wavelength once per channel in channel order, or once for all)")
+    src.add_argument("--psf", type=Path, metavar="AXIAL.tif", action="append",
+                     help="2D (lateral, axial) axial PSF TIFF from `isojax psf axial|theory`; "
+                     "repeat once per channel")
+    src.add_argument("--bead", type=Path, metavar="BEAD.tif", action="append",
+                     help="3D bead stack (z, y, x) to derive the PSF from; repeat once per "
+                     "channel")
     src.add_argument("--bead-spacing", type=_positive_float, nargs=3, metavar=("Z", "Y", "X"),
                      help="bead voxel size in micrometres (default: from its TIFF metadata)")
     src.add_argument("--na", type=_positive_float, help="numerical aperture of the objective")
-    src.add_argument("--wavelength", type=_positive_float, metavar="UM",
-                     help="emission wavelength in micrometres")
+    src.add_argument("--wavelength", type=_positive_float, metavar="UM", action="append",
+                     help="emission wavelength in micrometres; repeat once per channel")
     src.add_argument("--ri", type=_positive_float, metavar="N",
                      help="refractive index of the immersion medium")
     src.add_argument("--modality", choices=("widefield", "confocal", "lightsheet"),

@@ -110,25 +110,43 @@ def _cmd_psf_theory(args: argparse.Namespace) -> int:
 
 
 def _cmd_psf_check(args: argparse.Namespace) -> int:
+    """Check a PSF file, or every channel's ``psf.tif`` of a model folder."""
+    from isojax.model_folder import channel_models
+
+    if not args.psf.is_dir():
+        _check_psf_file(args.psf, args.psf, args)
+        return EXIT_OK
+    models = channel_models(args.psf)
+    for index, folder in models:
+        path = folder / "psf.tif"
+        if not path.is_file():
+            raise IsojaxInputError(
+                f"{args.psf}: no PSF at {path}; give a PSF TIFF or a model folder written by "
+                "`isojax train`")
+        label = path if index is None else f"channel {index}: {path}"
+        _check_psf_file(path, label, args)
+    return EXIT_OK
+
+
+def _check_psf_file(path: Path, label, args: argparse.Namespace) -> None:
     from isojax.io import read_tiff
     from isojax.psf import check_psf
 
-    psf, spacing, source = read_tiff(args.psf)
+    psf, spacing, source = read_tiff(path)
     pixel = args.psf_pixel_size
     if pixel is None and spacing is not None and psf.ndim == 2:
         dy, dx = spacing
         if abs(dy / dx - 1) > 0.01:
             raise IsojaxInputError(
-                f"{args.psf}: its pixels are not square ({dy:g} x {dx:g} um); a PSF must be "
+                f"{path}: its pixels are not square ({dy:g} x {dx:g} um); a PSF must be "
                 "sampled at the image's lateral pixel size on both axes")
         pixel = dx
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _, report = check_psf(psf, pixel_size=pixel, image_pixel_size=args.pixel_size)
-    print(f"{args.psf} (pixel size from {source if pixel is not None else 'nowhere'}):")
+    print(f"{label} (pixel size from {source if pixel is not None else 'nowhere'}):")
     print(report)
     _print_warnings(caught)
-    return EXIT_OK
 
 
 def _add_psf_commands(commands: argparse._SubParsersAction) -> None:
@@ -187,8 +205,11 @@ def _add_psf_commands(commands: argparse._SubParsersAction) -> None:
 
     check = psf_commands.add_parser(
         "check", help="check a 2D PSF and print a report",
-        description="Check a 2D (lateral, axial) PSF; exit 0 if usable.")
-    check.add_argument("psf", type=Path, metavar="PSF.tif", help="2D (lateral, axial) PSF TIFF")
+        description="Check a 2D (lateral, axial) PSF, or the PSF of each channel of a model "
+        "folder; exit 0 if usable.")
+    check.add_argument("psf", type=Path, metavar="PSF.tif|MODEL_DIR",
+                       help="2D (lateral, axial) PSF TIFF, or a model folder (each channel's "
+                       "PSF is reported)")
     check.add_argument("--pixel-size", type=_positive_float, metavar="UM",
                        help="the image's lateral pixel size in micrometres, to check that the PSF "
                        "matches it (default: not checked)")

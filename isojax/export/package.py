@@ -43,6 +43,7 @@ from isojax.export import docs
 from isojax.export.convert import load_network, network_function, require, to_onnx_file
 from isojax.export.runner import PACKAGE_KIND
 from isojax.io import atomic_write, check_outputs, read_tiff
+from isojax.model_folder import channel_models, is_multichannel
 from isojax.unet import UNetConfig
 
 __all__ = ["PACKAGE_KIND", "export_model", "tile_sizes"]
@@ -271,6 +272,9 @@ def export_model(
         written then.
     """
     model_dir, output = Path(model_dir), Path(output)
+    if is_multichannel(model_dir):  # one network per channel; a package holds one network
+        raise IsojaxInputError(f"{model_dir} holds one model per channel: export one channel's "
+                               f"folder, e.g. {channel_models(model_dir)[0][1]}")
     check_outputs([output], inputs={"model folder": model_dir}, overwrite=overwrite, log=log)
     if output.suffix.lower() != ".zip":
         raise IsojaxInputError(f"{output}: a bioimage.io package is a .zip; name it "

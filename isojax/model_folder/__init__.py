@@ -19,6 +19,10 @@ A folder written by :func:`isojax.train.train` holds:
 * with ``calibrate_psf=True``, ``psf_trajectory.json``: the spectral pre-calibration and
   the PSF's path during joint refinement (``psf.tif`` then holds the final PSF).
 
+A multi-channel folder (``isojax train`` of a stack with channels) holds ``channels.json``
+and one such folder per channel, ``c<index>/`` (:mod:`~isojax.model_folder.channels`:
+:func:`channel_models` lists the models of either layout).
+
 Resuming a folder is gated by :func:`check_resume` (:mod:`~isojax.model_folder.resume`).
 
 Layering: this package sits between training's pure core (:mod:`isojax.train.config`,
@@ -28,6 +32,14 @@ Layering: this package sits between training's pure core (:mod:`isojax.train.con
 
 from __future__ import annotations
 
+from isojax.model_folder.channels import (
+    CHANNELS_FILE,
+    channel_models,
+    describe_channels,
+    is_multichannel,
+    read_channels_file,
+    write_channels_file,
+)
 from isojax.model_folder.checkpoints import load_model, open_managers, restore_state, save_state
 from isojax.model_folder.damage import damaged_step, describe_damage, quiet_abandoned_reads
 from isojax.model_folder.metrics import (
@@ -49,19 +61,24 @@ from isojax.model_folder.schema import (
 )
 
 __all__ = [
+    "CHANNELS_FILE",
     "FORMAT",
     "best_validation",
+    "channel_models",
     "check_config",
     "check_psf_file",
     "check_resume",
     "damaged_step",
+    "describe_channels",
     "describe_damage",
+    "is_multichannel",
     "json_default",
     "load_model",
     "metric_records",
     "open_managers",
     "psf_difference",
     "quiet_abandoned_reads",
+    "read_channels_file",
     "read_metrics",
     "read_model_config",
     "restore_state",
@@ -69,6 +86,7 @@ __all__ = [
     "save_state",
     "summary_from_metrics",
     "trim_metrics",
+    "write_channels_file",
     "write_json",
     "write_model_config",
 ]

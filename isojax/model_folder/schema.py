@@ -21,6 +21,7 @@ import tifffile
 
 from isojax import __version__
 from isojax.errors import IsojaxInputError
+from isojax.model_folder.channels import channel_models, describe_channels, is_multichannel
 from isojax.synth import SynthConfig
 from isojax.train.config import TrainConfig
 from isojax.unet import UNetConfig
@@ -301,12 +302,19 @@ def read_model_config(workdir: str | os.PathLike) -> dict:
 
     Raises:
       IsojaxInputError: missing folder or files, a damaged ``config.json`` or ``psf.tif``,
-        or a folder written by an incompatible isojax; the message names the file, the key
+        a multi-channel folder (:mod:`~isojax.model_folder.channels`: give one channel's
+        subfolder), or a folder written by an incompatible isojax; the message names the file, the key
         and the isojax version that wrote the folder, and says what to do.
     """
     workdir = Path(workdir)
     if not workdir.is_dir():
         raise IsojaxInputError(f"{workdir}: no such model folder; train one with `isojax train`.")
+    if is_multichannel(workdir) and not (workdir / "config.json").exists():
+        first = channel_models(workdir)[0][1]
+        raise IsojaxInputError(
+            f"{workdir} holds one model per channel ({describe_channels(workdir)}); give one "
+            f"channel's folder here, e.g. {first} (`isojax predict` of a stack with channels "
+            "takes the whole folder)")
     missing = [n for n in ("config.json", "psf.tif", "checkpoints") if not (workdir / n).exists()]
     if missing:
         raise IsojaxInputError(

@@ -266,10 +266,53 @@ def _check_output(hyper, out_shape, n_channels: int, fmt: str, dtype, budget, st
             "fewer channels with --channels")
 
 
-def _log_start(log: Log, stack_path, hyper: Hyperstack, ts, cs, g: StackGeometry) -> None:
-    if len(cs) > 1:
+def _channel_predictors(model, cs, g: StackGeometry, *, checkpoint, tile, fuse, batch_size,
+                        uncertainty: bool, log: Log) -> dict:
+    """``{channel: (apply_fn, predict_stack settings)}``: each input channel's own model.
+
+    A multi-channel model folder (:func:`isojax.model_folder.channel_models`) restores each
+    channel with the model trained on it; a single-channel model (or a package) restores
+    every channel (the same pair for all). With ``uncertainty`` each ``apply_fn`` gives
+    ``(mean, scale)`` (:func:`_load_network`).
+
+    Raises:
+      IsojaxInputError: a selected channel the multi-channel folder has no model for, or
+        ``uncertainty`` with a model that has no scale.
+    """
+    from isojax import export
+    from isojax.model_folder import channel_models
+
+    models = ((None, Path(model)),) if export.is_package(model) else channel_models(model)
+    by_index = {i: folder for i, folder in models}
+    missing = [c for c in cs if None not in by_index and c not in by_index]
+    if missing:
+        raise IsojaxInputError(
+            f"{model} has no model for channel{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(map(str, missing))}: it has models for channels "
+            f"{', '.join(str(i) for i, _ in models)}; select those with --channels")
+    loaded: dict = {}
+    for c in cs:
+        key = None if None in by_index else c
+        if key not in loaded:
+            folder = by_index[key]
+            apply_fn, meta = _load_network(folder, checkpoint=checkpoint,
+                                           uncertainty=uncertainty)
+            check_tile_option(tile, meta)
+            _check_model_subsample(g.subsample, meta, folder, g.how, log)
+            norm = meta["normalization"]
+            loaded[key] = (apply_fn, dict(
+                subsample=g.subsample, interpolation=meta["interpolation"], fuse=fuse,
+                batch_size=batch_size, tile=tile, overlap=_tile_overlap(meta),
+                multiple=2 ** int(meta["unet"]["depth"]),
+                normalization=(norm["pmin"], norm["pmax"])))
+    return {c: loaded[None if None in by_index else c] for c in cs}
+
+
+def _log_start(log: Log, stack_path, hyper: Hyperstack, ts, cs, g: StackGeometry, *,
+               shared: bool = True) -> None:
+    if len(cs) > 1 and shared:
         log(f"warning: the model has one PSF; it restores all {len(cs)} channels as if they "
-            "shared it (per-channel PSFs are not supported yet)")
+            "shared it (train with one PSF per channel for one model each)")
     log(f"stack {stack_path}: {len(ts)} of {hyper.n_timepoints} time points, channels "
         f"{', '.join(map(str, cs))} of {hyper.n_channels}, volumes {hyper.shape[2:]}, "
         f"subsample {g.subsample:.4g} from {g.how}")
@@ -369,21 +412,18 @@ def predict_series_file(
                                           inputs={"stack": stack_path, "model folder": model},
                                           log=log), what="checking the outputs")
     targets = claimed or targets
-    apply_fn, meta = _load_network(model, checkpoint=checkpoint, uncertainty=unc is not None)
-    check_tile_option(tile, meta)
-    _check_model_subsample(g.subsample, meta, model, g.how, log)
-    _log_start(log, stack_path, hyper, ts, cs, g)
-    norm = meta["normalization"]
-    settings = dict(subsample=g.subsample, interpolation=meta["interpolation"], fuse=fuse,
-                    batch_size=batch_size, tile=tile, overlap=_tile_overlap(meta),
-                    multiple=2 ** int(meta["unet"]["depth"]),
-                    normalization=(norm["pmin"], norm["pmax"]))
+    predictors = _channel_predictors(model, cs, g, checkpoint=checkpoint, tile=tile,
+                                     fuse=fuse, batch_size=batch_size,
+                                     uncertainty=unc is not None, log=log)
+    shared = len({id(p) for p in predictors.values()}) == 1  # one model for every channel
+    _log_start(log, stack_path, hyper, ts, cs, g, shared=shared)
 
     def restore(t: int, c: int):
         """The restored volume of input time point ``t`` and channel ``c``, or with an
         uncertainty map the pair ``(restored, scale)``."""
         volume = hyper.read(t, c)
         scale = None
+        apply_fn, settings = predictors[c]
         try:
             if unc is None:
                 mean = predict_stack(volume.astype(np.float32), apply_fn, **settings)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from isojax.errors import IsojaxInputError, log_to_stderr, log_warnings
 from isojax.io import read_tiff, require_spacing
@@ -22,7 +23,7 @@ from isojax.psf.bead import axial_psf, process_bead, resample_psf
 from isojax.psf.check import AxialPSF
 from isojax.psf.models import theoretical_axial_psf
 
-__all__ = ["resolve_psf"]
+__all__ = ["channel_sources", "one_source_each", "resolve_psf"]
 
 Log = Callable[[str], None]
 
@@ -153,3 +154,96 @@ def _from_bead(bead, bead_spacing, pixel_size: float | None, log: Log) -> AxialP
         f"axial {info['fwhm_input_um'][1]:.3g} -> {info['fwhm_um'][1]:.3g} um"
     )
     return AxialPSF.checked(p, pixel_size=pixel_size, provenance=f"bead {bead}")
+
+
+# ----------------------------------------------------------------------------------------
+# One PSF per channel
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _per_channel(values: list, flag: str, channels: Sequence[int], log: Log) -> list:
+    """``values`` (one, or one per channel) as one per channel, or a one-line error."""
+    n = len(channels)
+    if len(values) == n:
+        return values
+    shown = ", ".join(map(str, channels))
+    if len(values) == 1:
+        log(f"warning: one {flag} for {n} channels ({shown}): every channel is trained with "
+            f"it; give {flag} once per channel, in channel order, for one PSF each")
+        return values * n
+    raise IsojaxInputError(
+        f"{flag} is given {len(values)} times but {n} channel{'s are' if n != 1 else ' is'} "
+        f"selected ({shown}): give it once per channel, in channel order, or once for all")
+
+
+def channel_sources(channels: Sequence[int], *, psf=None, bead=None, theory: dict | None = None,
+                    log: Log) -> list[dict[str, Any]]:
+    """Each selected channel's PSF source, for :func:`isojax.psf.resolve_psf`.
+
+    Args:
+      channels: the selected channels, in channel order.
+      psf: a PSF file (or :class:`~isojax.psf.AxialPSF`), a sequence of them (one per
+        channel, or one for all), or None.
+      bead: a bead stack, a sequence of them, or None.
+      theory: the theory options (:func:`isojax.psf.theoretical_axial_psf`), whose
+        ``wavelength_um`` may be a sequence (one per channel, or one for all), or None.
+      log: where the warning for one source shared by several channels goes.
+
+    Returns:
+      One ``{"psf": ..., "bead": ..., "theory": ...}`` per channel (the unused ones None);
+      a source that is not given is None for every channel, and :func:`resolve_psf` then
+      says what is missing.
+
+    Raises:
+      IsojaxInputError: a source given neither once nor once per channel.
+    """
+    n = len(channels)
+    psfs, beads = _as_list(psf), _as_list(bead)
+    psfs = _per_channel(psfs, "--psf", channels, log) if psfs else [None] * n
+    beads = _per_channel(beads, "--bead", channels, log) if beads else [None] * n
+    theories: list[dict | None] = [None] * n
+    if theory:
+        waves = _as_list(theory.get("wavelength_um"))
+        waves = _per_channel(waves, "--wavelength", channels, log) if waves else [None] * n
+        theories = [{**theory, "wavelength_um": w} for w in waves]
+    return [{"psf": p, "bead": b, "theory": t}
+            for p, b, t in zip(psfs, beads, theories, strict=True)]
+
+
+def one_source_each(*, psf=None, bead=None, theory: dict | None = None):
+    """A 3D stack's PSF sources, one value each (a sequence of one value is unwrapped).
+
+    ``isojax train`` takes ``--psf``, ``--bead`` and ``--wavelength`` once per channel
+    (:func:`channel_sources`); a stack without channels takes each once.
+
+    Args:
+      psf: a PSF file, a sequence of them, or None.
+      bead: a bead stack, a sequence of them, or None.
+      theory: the theory options, whose ``wavelength_um`` may be a sequence, or None.
+
+    Returns:
+      ``(psf, bead, theory)`` with single values.
+
+    Raises:
+      IsojaxInputError: several values of one source (they are one per channel).
+    """
+    def one(value, flag):
+        if not isinstance(value, (list, tuple)):
+            return value
+        if len(value) > 1:
+            raise IsojaxInputError(
+                f"{flag} is given {len(value)} times, but the stack has no channel axis: give "
+                "it once (once per channel is for stacks with channels; name their axes with "
+                "--axes, e.g. --axes CZYX)")
+        return value[0] if value else None
+
+    if theory is not None and isinstance(theory.get("wavelength_um"), (list, tuple)):
+        theory = {**theory, "wavelength_um": one(theory["wavelength_um"], "--wavelength")}
+    return one(psf, "--psf"), one(bead, "--bead"), theory
