@@ -66,7 +66,9 @@ def _simulate_series(key, *, n_channels: int, n_timepoints: int, shape, subsampl
     from isojax.simulate import acquire, simulate_specimen
 
     keys = jax.random.split(key, n_channels * (n_timepoints + 1))
-    stacks, truths, acq = [], [], None
+    stacks: list[list[np.ndarray]] = []
+    truths: list[list[np.ndarray]] = []
+    acq = None
     for t in range(n_timepoints):
         stacks.append([])
         truths.append([])

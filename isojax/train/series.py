@@ -286,7 +286,8 @@ def train_channels(
     distributed.barrier("isojax-channels-file")  # every process reads it next
     summaries = {}
     try:
-        for c, folder in channel_models(model):
+        for index, folder in channel_models(model):
+            c = int(index or 0)  # a folder written above: every entry has its channel index
             say = _prefixed(log, c)
             done = _finished(folder, steps) if resume else None
             if done is not None:
