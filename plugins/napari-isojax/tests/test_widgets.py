@@ -1,12 +1,12 @@
 """Each widget runs its real job on tiny data, in its worker thread, inside a headless viewer."""
 
 import json
+import os
 import threading
 
 import numpy as np
 import pytest
 from conftest import SPACING
-
 from napari_isojax import CalibrateWidget, PSFWidget, RestoreWidget, TrainWidget
 from napari_isojax._psf_widget import PSF_KEY
 
@@ -21,8 +21,8 @@ def _wait(qtbot, widget):
         pass
 
 
-def _viewer_with(make_napari_viewer, stack, name="stack"):
-    viewer = make_napari_viewer()
+def _viewer_with(make_napari_viewer, stack, name="stack", *, show=False):
+    viewer = make_napari_viewer(show=show)
     viewer.add_image(stack, name=name, scale=SPACING)
     return viewer
 
@@ -73,9 +73,17 @@ def test_psf_from_a_bead_layer_uses_its_scale(make_napari_viewer, qtbot):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, stack, psf_file):
-    """A tiny model folder trained through the Train widget (its real job)."""
+def trained(tmp_path_factory):
+    """Where the Train test writes its model folder (Restore and the reader read it)."""
     return tmp_path_factory.mktemp("train") / "model"
+
+
+def _needs(model):
+    if not (model / "config.json").exists():
+        pytest.skip("needs the model folder of the Train test")
+
+
+OFFSCREEN = os.environ.get("QT_QPA_PLATFORM") == "offscreen"
 
 
 def test_train_runs_in_a_worker_with_progress_and_a_loss_plot(make_napari_viewer, qtbot, stack,
@@ -103,6 +111,56 @@ def test_train_runs_in_a_worker_with_progress_and_a_loss_plot(make_napari_viewer
     assert meta["unet"]["first_filters"] == 8
 
 
+def test_restore_adds_the_isotropic_layer_lined_up_and_the_screenshot_is_not_blank(
+        make_napari_viewer, qtbot, stack, trained, tmp_path):
+    from isojax.predict import upsampled_length
+
+    _needs(trained)
+    viewer = _viewer_with(make_napari_viewer, stack, show=not OFFSCREEN)
+    viewer.layers["stack"].translate = (1.0, 0.5, 0.0)
+    w = RestoreWidget(viewer)
+    w.model.setText(str(trained))
+    w.run()
+    _wait(qtbot, w)
+    out = viewer.layers["stack isotropic"]
+    assert out.data.shape == (upsampled_length(16, 2.0), 32, 32)
+    assert np.allclose(out.scale, (0.1, 0.1, 0.1))  # (dz / 2, dy, dx)
+    assert np.allclose(out.translate, (1.0, 0.5, 0.0))
+    assert w.progress.value() == w.progress.maximum() > 0
+    if OFFSCREEN:
+        pytest.skip("Qt's offscreen platform has no OpenGL: run under Xvfb (ci.sh) for the "
+                    "screenshot")
+    viewer.layers["stack"].visible = False
+    viewer.dims.ndisplay = 3
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    from imageio.v3 import imwrite
+
+    imwrite(tmp_path / "restored.png", shot)
+    assert shot.ndim == 3
+    assert shot[..., :3].std() > 1.0  # not one flat colour
+    assert (shot[..., :3].max(axis=-1) > 40).mean() > 0.01  # the volume is drawn
+
+
+def test_reader_opens_the_model_folder(make_napari_viewer, trained, psf_file):
+    from napari_isojax import get_reader
+
+    from isojax.io import read_tiff
+
+    _needs(trained)
+    assert get_reader(str(trained.parent)) is None  # not a model folder
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(trained), plugin="napari-isojax")
+    assert [la.name for la in layers] == ["model PSF", "model loss"]
+    psf, _, _ = read_tiff(psf_file)
+    assert np.allclose(viewer.layers["model PSF"].data, psf, atol=1e-6)
+    assert np.allclose(viewer.layers["model PSF"].scale, (0.1, 0.1))
+    loss = viewer.layers["model loss"]
+    assert loss.rgb
+    assert loss.data.shape[-1] == 4
+    assert loss.data[..., :3].std() > 1  # a drawn plot
+
+
 def test_cancel_keeps_the_last_checkpoint(make_napari_viewer, qtbot, stack, psf_file, tmp_path):
     from isojax.train import _managers
 
@@ -125,35 +183,6 @@ def test_cancel_keeps_the_last_checkpoint(make_napari_viewer, qtbot, stack, psf_
         last.close()
     assert 2 <= step < 10_000  # saved where it stopped (checkpoint_every is 100)
     assert "stopped at step" in w.status.text()
-
-
-def test_restore_adds_the_isotropic_layer_lined_up_and_the_screenshot_is_not_blank(
-        make_napari_viewer, qtbot, stack, trained, tmp_path):
-    from isojax.predict import upsampled_length
-
-    if not (trained / "config.json").exists():
-        pytest.skip("needs the model of the training test")
-    viewer = _viewer_with(make_napari_viewer, stack)
-    viewer.layers["stack"].translate = (1.0, 0.5, 0.0)
-    w = RestoreWidget(viewer)
-    w.model.setText(str(trained))
-    w.run()
-    _wait(qtbot, w)
-    out = viewer.layers["stack isotropic"]
-    assert out.data.shape == (upsampled_length(16, 2.0), 32, 32)
-    assert np.allclose(out.scale, (0.1, 0.1, 0.1))  # (dz / 2, dy, dx)
-    assert np.allclose(out.translate, (1.0, 0.5, 0.0))
-    assert w.progress.value() == w.progress.maximum() > 0
-    viewer.layers["stack"].visible = False
-    viewer.dims.ndisplay = 3
-    viewer.reset_view()
-    shot = viewer.screenshot(canvas_only=True, flash=False)
-    from imageio.v3 import imwrite
-
-    imwrite(tmp_path / "restored.png", shot)
-    assert shot.ndim == 3
-    assert shot[..., :3].std() > 1.0  # not one flat colour
-    assert (shot[..., :3].max(axis=-1) > 40).mean() > 0.01  # the volume is drawn
 
 
 def test_calibrate_adds_the_psf_with_its_profile_plot(make_napari_viewer, qtbot, stack):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
+
 from isojax.errors import IsojaxInputError
 from isojax.geometry import StackGeometry
 from isojax.psf import AxialPSF, PSFReport
@@ -367,6 +368,7 @@ def calibrate(stack, *, spacing: Sequence[float],
       IsojaxInputError: as :func:`isojax.calibrate.fit_psf`.
     """
     import jax
+
     from isojax.calibrate import fit_psf
     from isojax.synth import check_contrast
 
@@ -398,6 +400,7 @@ def demo_stack(*, seed: int = 0, shape: Sequence[int] = (96, 128, 128),
       voxel size ``(dz, dy, dx)`` in micrometres.
     """
     import jax
+
     from isojax.simulate import simulate_stack
 
     k_spec, _ = jax.random.split(jax.random.key(seed))

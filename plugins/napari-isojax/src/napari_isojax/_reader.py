@@ -36,7 +36,6 @@ def read_model_folder(path) -> list[tuple]:
     from isojax.io import read_tiff
     from isojax.model_folder import read_metrics, read_model_config
     from isojax.plot import loss_figure
-
     from napari_isojax._figures import figure_rgba
     from napari_isojax._psf_widget import PSF_KEY
 
