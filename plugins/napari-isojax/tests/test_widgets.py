@@ -188,7 +188,7 @@ def test_cancel_keeps_the_last_checkpoint(make_napari_viewer, qtbot, stack, psf_
 def test_calibrate_adds_the_psf_with_its_profile_plot(make_napari_viewer, qtbot, stack):
     viewer = _viewer_with(make_napari_viewer, stack)
     w = CalibrateWidget(viewer)
-    w.steps.setValue(8)
+    w.steps.setValue(3)
     w.run()
     _wait(qtbot, w)
     layer = viewer.layers["calibrated PSF"]
