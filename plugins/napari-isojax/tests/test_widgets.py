@@ -2,7 +2,6 @@
 
 import json
 import os
-import threading
 
 import numpy as np
 import pytest
@@ -95,11 +94,8 @@ def test_train_runs_in_a_worker_with_progress_and_a_loss_plot(make_napari_viewer
     w.psf_file.setText(str(psf_file))
     w.model.setText(str(trained))
     _set(w, **TINY)
-    main = threading.current_thread()
     w.run()
     assert w.worker is not None
-    qtbot.wait(50)  # the viewer is free while the job runs
-    assert threading.current_thread() is main
     _wait(qtbot, w)
     assert not w.result.cancelled, w.status.text()
     assert w.result.summary["step"] == TINY["steps"]
@@ -172,7 +168,11 @@ def test_cancel_keeps_the_last_checkpoint(make_napari_viewer, qtbot, stack, psf_
     w.model.setText(str(model))
     _set(w, **{**TINY, "steps": 10_000})
     w.run()
+    # the main thread's event loop follows the run while it trains: the viewer is free
     qtbot.waitUntil(lambda: w.progress.value() >= 2, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: w.loss.figure is not None, timeout=TIMEOUT)  # the live loss plot
+    assert w.worker.is_running
+    assert not w.train_button.isEnabled()
     w.cancel()
     _wait(qtbot, w)
     assert w.result.cancelled
