@@ -138,6 +138,19 @@ def test_restore_adds_the_isotropic_layer_lined_up_and_the_screenshot_is_not_bla
     assert (shot[..., :3].max(axis=-1) > 40).mean() > 0.01  # the volume is drawn
 
 
+def test_an_unusable_model_is_reported_in_the_widget(make_napari_viewer, qtbot, stack,
+                                                    tmp_path):
+    viewer = _viewer_with(make_napari_viewer, stack)
+    w = RestoreWidget(viewer)
+    w.model.setText(str(tmp_path / "no-model"))
+    w.run()
+    _wait(qtbot, w)
+    assert w.status.text().startswith("error: ")
+    assert "no-model" in w.status.text()
+    assert "stack isotropic" not in viewer.layers
+    assert w.button.isEnabled()
+
+
 def test_reader_opens_the_model_folder(make_napari_viewer, trained, psf_file):
     from napari_isojax import get_reader
 

@@ -154,9 +154,11 @@ class StatusLabel(QLabel):
 
 
 class Relay(QObject):
-    """Carries ``(done, total)`` from a worker thread to the main thread (a queued signal)."""
+    """Carries a job's progress ``(done, total)`` and its messages from a worker thread to
+    the main thread (queued signals)."""
 
     progressed = Signal(int, int)
+    said = Signal(str)
 
 
 def run_job(func: Callable, *, on_done: Callable, status: StatusLabel,

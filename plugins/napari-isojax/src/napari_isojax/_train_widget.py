@@ -19,7 +19,15 @@ from qtpy.QtWidgets import (
 )
 
 from napari_isojax import _jobs
-from napari_isojax._common import LayerChoice, PathEdit, SpacingEdit, StatusLabel, int_box, run_job
+from napari_isojax._common import (
+    LayerChoice,
+    PathEdit,
+    Relay,
+    SpacingEdit,
+    StatusLabel,
+    int_box,
+    run_job,
+)
 from napari_isojax._figures import FigureView
 from napari_isojax._psf_widget import PSF_KEY
 
@@ -69,6 +77,8 @@ class TrainWidget(QWidget):
         self.progress = QProgressBar()
         self.progress.setFormat("step %v of %m")
         self.status = StatusLabel()
+        self.relay = Relay()  # train()'s messages (noise estimate, time estimate) to the status
+        self.relay.said.connect(self.status.info)
         self.loss = FigureView()
         self.timer = QTimer(self)
         self.timer.setInterval(self.POLL_MS)
@@ -151,7 +161,7 @@ class TrainWidget(QWidget):
                        patch_size=self.patch.value(), first_filters=self.filters.value(),
                        checkpoint_every=self.checkpoint_every.value(),
                        val_every=self.checkpoint_every.value(), resume=self.resume.isChecked(),
-                       should_stop=self._stop.is_set)
+                       should_stop=self._stop.is_set, log=self.relay.said.emit)
         data = layer.data
         self.status.info(f"training on {layer.name} (compiling first)...")
         self.cancel_button.setEnabled(True)
