@@ -163,15 +163,17 @@ class Relay(QObject):
 
 def run_job(func: Callable, *, on_done: Callable, status: StatusLabel,
             buttons=(), on_end: Callable | None = None):
-    """Run ``func()`` in a worker thread (napari's): ``on_done(result)`` in the main thread,
+    """Run ``func()`` in a worker thread: ``on_done(result)`` in the main thread,
     an error shown in ``status``; ``buttons`` are disabled meanwhile.
+
+    superqt's worker, which napari's wraps: napari 0.6's wrapper also reports the task in the
+    viewer's status, and its ``errored`` handler there raises a TypeError of its own.
 
     Returns:
       The started worker (its ``finished`` signal says when it is over).
     """
-    from napari.qt.threading import create_worker
+    from superqt.utils import create_worker
 
-    worker = create_worker(func, _start_thread=False)
     for b in buttons:
         b.setEnabled(False)
 
@@ -181,8 +183,9 @@ def run_job(func: Callable, *, on_done: Callable, status: StatusLabel,
         if on_end is not None:
             on_end()
 
-    worker.returned.connect(on_done)
-    worker.errored.connect(status.error)
-    worker.finished.connect(end)
+    # errors go to the status line (connected here, so the worker does not re-raise them)
+    worker = create_worker(func, _start_thread=False,
+                           _connect={"returned": on_done, "errored": status.error,
+                                     "finished": end})
     worker.start()
     return worker
