@@ -16,8 +16,9 @@ TINY = dict(steps=4, batch=2, patch=16, filters=8, checkpoint_every=100)
 
 
 def _wait(qtbot, widget):
-    with qtbot.waitSignal(widget.worker.finished, timeout=TIMEOUT):
-        pass
+    """Until the widget's job has ended and the main thread has handled its result (a job
+    may end before a signal could be waited for)."""
+    qtbot.waitUntil(lambda: widget.worker.ended, timeout=TIMEOUT)
 
 
 def _viewer_with(make_napari_viewer, stack, name="stack", *, show=False):

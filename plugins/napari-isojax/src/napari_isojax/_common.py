@@ -170,7 +170,8 @@ def run_job(func: Callable, *, on_done: Callable, status: StatusLabel,
     viewer's status, and its ``errored`` handler there raises a TypeError of its own.
 
     Returns:
-      The started worker (its ``finished`` signal says when it is over).
+      The started worker; its ``ended`` attribute turns True in the main thread once
+      ``on_done`` (or the error) and the end of the job have been handled.
     """
     from superqt.utils import create_worker
 
@@ -182,10 +183,12 @@ def run_job(func: Callable, *, on_done: Callable, status: StatusLabel,
             b.setEnabled(True)
         if on_end is not None:
             on_end()
+        worker.ended = True
 
     # errors go to the status line (connected here, so the worker does not re-raise them)
     worker = create_worker(func, _start_thread=False,
                            _connect={"returned": on_done, "errored": status.error,
                                      "finished": end})
+    worker.ended = False  # True once the main thread has handled its end (after on_done)
     worker.start()
     return worker
