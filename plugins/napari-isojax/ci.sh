@@ -34,7 +34,9 @@ export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 phase "npe2 validate"
 
 export JAX_PLATFORMS=cpu
-export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$(mktemp -d)}"
+# XLA's compilations kept with the venv: a later run reads most of them instead of compiling
+# (a cold run compiles the training step about twice, calibration and simulation once)
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$venv/jax-cache}"
 tests=("$py" -m pytest -q -p no:cacheprovider --durations=5 "$here/tests")
 cd "$here"
 if [ -n "${DISPLAY:-}" ]; then
