@@ -166,7 +166,7 @@ def run_job(func: Callable, *, on_done: Callable, status: StatusLabel,
     """Run ``func()`` in a worker thread: ``on_done(result)`` in the main thread,
     an error shown in ``status``; ``buttons`` are disabled meanwhile.
 
-    superqt's worker, which napari's wraps: napari 0.6's wrapper also reports the task in the
+    superqt's worker, which napari's wraps: napari's wrapper (0.9.2) also reports the task in the
     viewer's status, and its ``errored`` handler there raises a TypeError of its own.
 
     Returns:
