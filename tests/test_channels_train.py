@@ -305,3 +305,42 @@ def test_each_channel_gets_its_planes_psf_and_subfolder(files, tmp_path):
     np.testing.assert_array_equal(
         planes, training_planes(open_hyperstack(files / "hyper.tif"), 1, (1, 2)))
     assert [e["index"] for e in read_channels_file(tmp_path / "m")["channels"]] == [1]
+
+
+def test_series_demo_restores_every_time_point_and_channel_with_its_own_bead_psf(tmp_path):
+    """``isojax demo --channels 2 --timepoints 2``, tiny: each channel's PSF comes from its
+    own bead and has the simulated width, the restoration is a TZCYX hyperstack on the
+    physical grid, and every time point and channel is scored."""
+    import json
+    import math
+
+    from isojax.demo_series import demo_series
+    from isojax.psf import fwhm
+
+    out = tmp_path / "demo"
+    scores = demo_series(out, channels=2, timepoints=2, shape=(13, 32, 32), steps=2,
+                         batch_size=2, patch_size=16, first_filters=4, progress=False,
+                         log=lambda m: None)
+    for c, sigma in enumerate((2.5, 3.5)):  # demo_series: sigma 2.5 + c axially, 1 laterally
+        psf = read_tiff(out / f"psf_c{c}.tif")[0]
+        expected = 2.3548 * math.sqrt(sigma**2 - 1.0)
+        assert fwhm(psf[psf.shape[0] // 2]) == pytest.approx(expected, rel=0.1)
+    assert [i for i, _ in channel_models(out / "model")] == [0, 1]
+    hyper = open_hyperstack(out / "isojax.tif")
+    assert hyper.shape == (2, 2, 13, 32, 32)  # z: (4 - 1) * 4 + 1 planes at 0.1 um
+    assert hyper.spacing == pytest.approx((0.1, 0.1, 0.1))
+    saved = json.loads((out / "scores.json").read_text())
+    for name in ("linear", "isojax"):
+        assert len(saved[name]) == 2 and all(len(row) == 2 for row in saved[name])
+        assert all(np.isfinite(cell["psnr_db"]) for row in scores[name] for cell in row)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--channels", "5"], "--channels must be 1 to 4"),
+    (["--timepoints", "0"], "timepoints"),
+])
+def test_series_demo_refuses_bad_counts_in_one_line(tmp_path, capsys, args, words):
+    assert main(["demo", "--out", str(tmp_path / "d"), *args]) != 0
+    err = capsys.readouterr().err.strip()
+    assert words in err and "\n" not in err
+    assert not (tmp_path / "d").exists()

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import time
 import warnings
 from collections.abc import Callable
@@ -97,6 +98,7 @@ class _Run(NamedTuple):
     log: Callable[[str], None]
     progress: bool
     log_every: float
+    should_stop: Callable[[], bool] | None = None  # the caller's stop request (train())
 
 
 class _Prepared(NamedTuple):
@@ -144,6 +146,7 @@ def train(
     calibration=None,
     match_noise: bool = True,
     log_every: float = 60.0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict:
     """Train a restoration network on pairs synthesised from the stack's XY planes.
 
@@ -199,6 +202,9 @@ def train(
       match_noise: estimate the stack's noise and add it to the synthetic inputs when
         ``synth_config`` sets none (see above).
       log_every: seconds between progress lines when stderr is not a terminal.
+      should_stop: called after every step, from the thread that trains; True stops the
+        run as SIGINT does (see *Signals*). For callers training outside the main thread,
+        where no signal handler can be installed (e.g. a GUI's cancel button).
 
     After the first steps (the compilation excluded) one line estimates the time the run
     will take; on CPU, with more than 10 minutes to go, it adds a hint about faster settings.
@@ -239,7 +245,7 @@ def train(
         calibration=calibration, match_noise=match_noise, log=log,
     )
     run = _Run(workdir, config, net, synth_config, psf_pixel_size, main, log, progress,
-               log_every)
+               log_every, should_stop)
     done_before = check_resume(workdir, prep.meta, prep.psf.dense(), resume=resume,
                                compare_psf=prep.calibration is None)
     if resume:
@@ -544,13 +550,17 @@ def _validate_and_save(loop: _Loop, state, joint_state: JointState | None, done:
 
 def _stop_if_signalled(loop: _Loop, stop, state, joint_state: JointState | None,
                        done: int) -> None:
-    """After step ``done``: if any process got SIGINT or SIGTERM, save ``last`` and stop.
+    """After step ``done``: if any process got SIGINT or SIGTERM (or the caller's
+    ``should_stop`` says so), save ``last`` and stop.
 
     Raises:
       isojax.interrupt.Interrupted: with how to continue.
     """
     config = loop.run.config
-    signum = agree_on_stop(stop.signum)  # every step, on every process (a collective)
+    signum = stop.signum
+    if signum is None and loop.run.should_stop is not None and loop.run.should_stop():
+        signum = int(signal.SIGINT)  # the caller asked to stop: as Ctrl-C
+    signum = agree_on_stop(signum)  # every step, on every process (a collective)
     if signum is not None and done < config.steps:
         if done % config.checkpoint_every:  # not saved above
             save_state(loop.last, state, extra=checkpoint_extra(joint_state))
