@@ -403,7 +403,7 @@ def calibrate_file(
             "--allow-unidentified to write the best fit anyway.")
     summary = report.to_json()
     summary.update(stack=str(stack_path), subsample_from=g.how, psf_file=output.name)
-    cal_files.write_calibration(output, psf, report, summary, pixel=pixel,
+    cal_files.write_calibration(output, psf, report, summary=summary, pixel=pixel,
                                 overwrite=overwrite)
     log(f"wrote {output}, {json_path.name} and {png_path.name}")
     return summary

@@ -56,7 +56,11 @@ __all__ = [
     "calibration_paths",
     "channel_output",
     "default_timepoints",
+    "fit_logged",
     "is_hyperstack",
+    "refuse_series_options",
+    "save_calibration_png",
+    "unidentified_message",
     "write_calibration",
 ]
 
@@ -84,7 +88,7 @@ def is_hyperstack(path: str | os.PathLike, *, axes: str | None = None) -> bool:
     return found is not None and any(a in found for a in "TC?")
 
 
-def default_timepoints(n: int, count: int = DEFAULT_TIMEPOINTS) -> tuple[int, ...]:
+def default_timepoints(n: int, *, count: int = DEFAULT_TIMEPOINTS) -> tuple[int, ...]:
     """Up to ``count`` time points out of ``n``, evenly spaced, first and last included.
 
     Args:
@@ -116,6 +120,12 @@ def channel_output(output: str | os.PathLike, channel: int) -> Path:
 def calibration_paths(output: str | os.PathLike) -> tuple[Path, Path, Path]:
     """``(tiff, json, png)``: the PSF file and its two companions, each checked writable.
 
+    Args:
+      output: the PSF TIFF to write.
+
+    Returns:
+      The three paths: ``output``, then with ``.json`` and ``.png``.
+
     Raises:
       IsojaxInputError: a folder that does not exist or cannot be written, or a path that
         is a folder (:func:`isojax.io.check_writable`).
@@ -126,7 +136,11 @@ def calibration_paths(output: str | os.PathLike) -> tuple[Path, Path, Path]:
 
 
 def refuse_series_options(stack_path, **options) -> None:
-    """Refuse ``--channels`` or ``--timepoints`` for a 3D stack (``options``: flag -> value).
+    """Refuse ``--channels`` or ``--timepoints`` for a 3D stack.
+
+    Args:
+      stack_path: the input stack (a missing file is left to its reader).
+      **options: flag -> value, e.g. ``{"--channels": "0,2"}``; None when not given.
 
     Raises:
       IsojaxInputError: one was given and the stack has no time or channel axis.
@@ -141,6 +155,17 @@ def refuse_series_options(stack_path, **options) -> None:
 def fit_logged(volumes, *, subsample: float, family, init_px: float | None, steps: int,
                spacing, pixel: float | None, log: Log, prefix: str = ""):
     """:func:`~isojax.calibrate.fit_psf` (key 0) with ``isojax calibrate``'s log lines.
+
+    Args:
+      volumes: the stack ``(z, y, x)``, or a list of volumes of one shape to pool.
+      subsample: the anisotropy factor.
+      family: the PSF family.
+      init_px: the initial FWHM in lateral pixels, or None (one axial step).
+      steps: L-BFGS iterations.
+      spacing: the stack's own voxel size ``(dz, dy, dx)`` in micrometres, or None.
+      pixel: the lateral pixel size in micrometres (for the messages), or None.
+      log: where the lines go.
+      prefix: put before each line (``"channel 1: "``).
 
     Returns:
       ``(psf, report)`` as :func:`~isojax.calibrate.fit_psf`.
@@ -163,15 +188,23 @@ def fit_logged(volumes, *, subsample: float, family, init_px: float | None, step
     return psf, report
 
 
-def unidentified_message(report: CalibrationReport, where: str = "this stack") -> str:
-    """The refusal of a width that ``where`` does not identify (without the fix)."""
+def unidentified_message(report: CalibrationReport, *, where: str = "this stack") -> str:
+    """The refusal of a width that ``where`` does not identify (without the fix).
+
+    Args:
+      report: the fit's report (with its interval).
+      where: what did not identify it, for the message.
+
+    Returns:
+      The message, ending with "nothing written".
+    """
     iv = report.interval
     assert iv is not None, "fit_logged checked it"
     return (f"the axial PSF is not identifiable from {where} (sigma between {iv.low:.3g} "
             f"and {iv.high:.3g} px fit it equally well); nothing written")
 
 
-def write_calibration(output: Path, psf, report: CalibrationReport, summary: dict, *,
+def write_calibration(output: Path, psf, report: CalibrationReport, *, summary: dict,
                       pixel: float | None, overwrite: bool) -> list[Path]:
     """Write one fit's JSON report, PNG and PSF TIFF (float32, pixel size in the metadata).
 
@@ -357,7 +390,7 @@ def calibrate_series_file(
         which = ", ".join(map(str, bad))
         raise IsojaxInputError(
             f"{stack_path}: channel {which}: "
-            f"{unidentified_message(fits[bad[0]][1], 'its volumes')} for any channel. Give a "
+            f"{unidentified_message(fits[bad[0]][1], where='its volumes')} for any channel. Give a "
             "bead or theory PSF for it, calibrate the others alone (--channels), or pass "
             "--allow-unidentified to write the best fits anyway.")
     summaries: dict[int, dict] = {}
@@ -369,7 +402,7 @@ def calibrate_series_file(
             summary.update(stack=str(stack_path), subsample_from=g.how,
                            psf_file=outs[c].name, channel=c,
                            channel_name=names[c] if names else None, timepoints=list(ts))
-            written += write_calibration(outs[c], psf, report, summary, pixel=pixel,
+            written += write_calibration(outs[c], psf, report, summary=summary, pixel=pixel,
                                          overwrite=overwrite)
             summaries[c] = summary
     except BaseException:
