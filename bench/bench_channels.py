@@ -41,7 +41,8 @@ the lateral-blurred truth (:attr:`Acquisition.reference`), with the helpers of
 :func:`isojax.metrics.ssim`, ``data_range`` the reference's range).
 
 Usage (smoke): ``python bench/bench_channels.py --steps 4 --shape 32 64 64 --patch-size 32``
-Full run (the one in bench/RESULTS.md): ``python bench/bench_channels.py``. Not part of the
+Full run (the one in bench/RESULTS.md, about 25 min on 2 loaded CPU cores):
+``python bench/bench_channels.py`` (``--seed 1`` for the second specimen). Not part of the
 test suite.
 """
 
@@ -65,15 +66,15 @@ DESIGNS = ("linear", "per-channel", "shared@N", "shared@2N")
 
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shape", type=int, nargs=3, default=[96, 128, 128], metavar=("Z", "Y", "X"),
-                   help="isotropic truth per channel, fine pixels (default 96 128 128)")
+    p.add_argument("--shape", type=int, nargs=3, default=[64, 128, 128], metavar=("Z", "Y", "X"),
+                   help="isotropic truth per channel, fine pixels (default 64 128 128)")
     p.add_argument("--subsample", type=float, default=4.0, help="axial step / pixel (default 4)")
     p.add_argument("--widths", type=float, nargs=2, default=[2.0, 3.5],
                    help="additional axial PSF sigma of channels 0 and 1, px (default 2 3.5)")
     p.add_argument("--photons", type=float, default=500.0,
                    help="photons per unit intensity of the truth (Poisson noise; default 500)")
-    p.add_argument("--steps", type=int, default=200, help="steps N per network (default 200)")
-    p.add_argument("--batch-size", type=int, default=16, help="patches per step (default 16)")
+    p.add_argument("--steps", type=int, default=150, help="steps N per network (default 150)")
+    p.add_argument("--batch-size", type=int, default=8, help="patches per step (default 8)")
     p.add_argument("--patch-size", type=int, default=64, help="patch side, px (default 64)")
     p.add_argument("--first-filters", type=int, default=16,
                    help="U-Net first-level filters, both designs (default 16)")
