@@ -101,6 +101,19 @@ def test_each_channel_gets_its_own_psf_file(movie, movie_file, tmp_path, capsys)
     assert err.count(": identifiable") == 2
 
 
+def test_a_single_channel_time_lapse_writes_the_file_it_is_given(movie, tmp_path, capsys):
+    path = tmp_path / "green.tif"
+    tifffile.imwrite(path, movie[:, 0], imagej=True, resolution=(10.0, 10.0),
+                     metadata={"axes": "TZYX", "spacing": S * 0.1, "unit": "micron"})
+    out = tmp_path / "psf.tif"
+    assert main(["calibrate", str(path), "-o", str(out), "--steps", str(STEPS),
+                 "--timepoints", "0:2"]) == 0, capsys.readouterr().err
+    assert _names(tmp_path) == ["green.tif", "psf.json", "psf.png", "psf.tif"]
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert (report["channel"], report["timepoints"]) == (0, [0, 1])
+    assert abs(report["sigma_px"] - WIDTHS[0]) < abs(report["sigma_px"] - WIDTHS[1])
+
+
 def test_an_unidentifiable_channel_writes_no_file_of_any_channel(movie, tmp_path, capsys):
     data = movie.copy()
     data[:, 1] = np.random.default_rng(0).random(data[:, 1].shape)  # white noise: no blur
