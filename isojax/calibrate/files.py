@@ -387,12 +387,12 @@ def calibrate_series_file(
         log(_channel_line(c, names[c] if names else None, fits[c][1], pixel))
     bad = [c for c in cs if not fits[c][1].identifiable]
     if bad and not allow_unidentified:
-        which = ", ".join(map(str, bad))
+        which = f"channel{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}"
         raise IsojaxInputError(
-            f"{stack_path}: channel {which}: "
-            f"{unidentified_message(fits[bad[0]][1], where='its volumes')} for any channel. Give a "
-            "bead or theory PSF for it, calibrate the others alone (--channels), or pass "
-            "--allow-unidentified to write the best fits anyway.")
+            f"{stack_path}: {which}: "
+            f"{unidentified_message(fits[bad[0]][1], where='its volumes')} for any channel. "
+            "Give a bead or theory PSF for it, calibrate the other channels alone "
+            "(--channels), or pass --allow-unidentified to write the best fits anyway.")
     summaries: dict[int, dict] = {}
     written: list[Path] = []
     try:
