@@ -384,55 +384,6 @@ def _um_to_px(value_um: float | None, pixel: float | None, name: str) -> float |
     return float(value_um) / pixel
 
 
-def _save_calibration_png(path: Path, report, pixel_size: float | None, *,
-                          overwrite: bool = True) -> None:
-    from isojax.io import atomic_write, check_writable
-
-    path = check_writable(path)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(15, 3.8), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax_s, ax_p, ax_o = fig.subplots(1, 3)
-    f = report.frequencies
-    ax_s.semilogy(f, report.observed, "o-", ms=3, label="observed Z lines (laterally blurred)")
-    ax_s.semilogy(f, report.synthetic, "s-", ms=3, label="XY lines through measure (fitted)")
-    ax_s.semilogy(f, report.initial, ":", label="XY lines at the refinement's start")
-    ax_s.set_xlabel("frequency (cycles per axial sample)")
-    ax_s.set_ylabel("power")
-    ax_s.legend(fontsize=8)
-    ax_s.grid(alpha=0.3)
-    axial = np.asarray(report.psf().axial[0])
-    scale, unit = (pixel_size, "µm") if pixel_size is not None else (1.0, "px")
-    x = (np.arange(axial.size) - axial.size // 2) * scale
-    ax_p.plot(x, axial, "o-", ms=3)
-    ax_p.set_xlabel(f"axial offset ({unit})")
-    ax_p.set_ylabel("PSF (sums to 1)")
-    ax_p.set_title(f"{report.family}: FWHM {report.fwhm_px:.3g} px")
-    ax_p.grid(alpha=0.3)
-    iv = report.interval
-    if iv is not None:
-        sig = np.where(report.profile_sigmas <= 0.05, 0.0, report.profile_sigmas)
-        ax_o.semilogy(sig, report.profile_losses, "o-", ms=3, label="objective (nuisance fitted)")
-        ax_o.axhline(iv.threshold, color="C3", ls="--", lw=1, label="interval threshold")
-        high = iv.high if np.isfinite(iv.high) else float(sig.max())
-        ax_o.axvspan(iv.low, high, color="C2", alpha=0.2, label="95% interval")
-        ax_o.axvline(report.subsample, color="0.5", ls=":", lw=1, label="axial step")
-        ax_o.set_xlabel("additional axial sigma (px)")
-        ax_o.set_ylabel("spectral objective")
-        verdict = "identifiable" if iv.identifiable else "NOT identifiable from this stack"
-        ax_o.set_title(f"sigma {iv.low:.3g} to {iv.high:.3g} px: {verdict}", fontsize=9)
-        ax_o.legend(fontsize=8)
-        ax_o.grid(alpha=0.3)
-        if pixel_size is not None:
-            top = ax_o.secondary_xaxis("top", functions=(lambda v: v * pixel_size,
-                                                          lambda v: v / pixel_size))
-            top.set_xlabel("additional axial sigma (µm)")
-    fig.suptitle(f"PSF self-calibration, objective {report.loss:.3g}")
-    atomic_write(path, lambda temp: fig.savefig(temp, format="png", dpi=100), overwrite=overwrite)
-
-
 def calibrate_file(
     stack_path: str | os.PathLike,
     *,
@@ -445,6 +396,9 @@ def calibrate_file(
     overwrite: bool = False,
     allow_unidentified: bool = False,
     log: Log = _stderr,
+    axes: str | None = None,
+    channels: str | Sequence[int] | None = None,
+    timepoints: str | None = None,
 ) -> dict:
     """``isojax calibrate``: learn the additional axial PSF from a stack and write it.
 
@@ -459,9 +413,16 @@ def calibrate_file(
     command fails, unless ``allow_unidentified``: a delta is never written as if it were
     a measurement.
 
+    A stack with a time or channel axis (an ImageJ hyperstack, OME-TIFF or OME-Zarr;
+    ``axes`` names the axes of a file that does not) is calibrated channel by channel,
+    each channel from its volumes at ``timepoints`` (default: 3 spread over the series)
+    pooled, into one file per channel, ``output`` with ``_c0``, ``_c1``, ... before its
+    suffix: see :func:`isojax.calibrate.files.calibrate_series_file`. If any channel's
+    width is not identifiable, no file of any channel is written.
+
     Args:
-      stack_path: the anisotropic stack TIFF.
-      output: the PSF TIFF to write.
+      stack_path: the anisotropic stack TIFF, or a hyperstack.
+      output: the PSF TIFF to write (per channel: see above).
       family: ``"gaussian"``, ``"multi-gaussian"`` or ``"free"``.
       init_fwhm: initial axial FWHM in micrometres (default: one axial step).
       subsample: anisotropy factor; refused if it contradicts the voxel size by > 2%.
@@ -471,70 +432,54 @@ def calibrate_file(
       allow_unidentified: write the PSF even when the stack does not identify its width
         (the JSON then says ``"identifiable": false``).
       log: progress and warning callback (one line per call); default: standard error.
+      axes: the axes of a file that does not name them (e.g. ``"TZCYX"``), or None.
+      channels: the channels to calibrate (``"0,2"``), or None (all); hyperstacks only.
+      timepoints: the time points to pool per channel (slice syntax, ``"0:100"``), or
+        None (3 spread over the series, first and last included); hyperstacks only.
 
     Returns:
-      The JSON report as a dict.
+      The JSON report as a dict; for a hyperstack, ``{channel: report}``.
 
     Raises:
       IsojaxInputError: bad stack or options; an output exists and ``overwrite`` is False;
-        an output is the stack; the width is not identifiable and ``allow_unidentified``
-        is False.
+        an output is the stack; the width (of any channel) is not identifiable and
+        ``allow_unidentified`` is False; ``channels`` or ``timepoints`` for a 3D stack.
     """
-    import json
-
-    from isojax.calibrate import fit_psf
-    from isojax.io import atomic_write, check_outputs, check_writable, write_tiff
+    # over 100 lines with its docstring (which documents every option); the code is 34 lines
+    from isojax.calibrate import files as cal_files
     from isojax.synth import check_contrast
 
-    output = check_writable(output)
-    json_path, png_path = output.with_suffix(".json"), output.with_suffix(".png")
-    check_writable(json_path)
-    check_writable(png_path)
+    if cal_files.is_hyperstack(stack_path, axes=axes):
+        return cal_files.calibrate_series_file(
+            stack_path, output=output, family=family, init_fwhm=init_fwhm,
+            subsample=subsample, spacing=spacing, steps=steps, overwrite=overwrite,
+            allow_unidentified=allow_unidentified, axes=axes, channels=channels,
+            timepoints=timepoints, log=log)
+    cal_files.refuse_series_options(stack_path, **{"--channels": channels,
+                                                   "--timepoints": timepoints})
+    output, json_path, png_path = cal_files.calibration_paths(output)
+    from isojax.io import check_outputs
+
     check_outputs([output, json_path, png_path], inputs={"stack": stack_path},
                   overwrite=overwrite, log=log)
     stack, g = geometry.read_stack(stack_path, spacing=spacing, subsample=subsample,
                                    on_conflict="error", log=log)
-    sp, s, how = g.spacing, g.subsample, g.how
     check_contrast(stack, percentiles=(1.0, 99.8), name=stack_path)
     pixel = g.pixel_size
     init_px = _um_to_px(init_fwhm, pixel, "--init-fwhm")
-    log(f"stack {stack_path}: shape {stack.shape} (z, y, x), subsample {s:.4g} from {how}")
-    import jax
-
-    psf, report = fit_psf(
-        jax.random.key(0), stack, subsample=s, family=family, init_fwhm=init_px, steps=steps,
-        spacing=sp,  # the stack's own voxel size: fit_psf checks the factor against it
-    )
-    iv = report.interval
-    if iv is None:  # fit_psf always profiles the width; a report without one is a bug
-        raise RuntimeError("fit_psf returned a report without a width interval")
-    um = "" if pixel is None else f" = {report.fwhm_px * pixel:.4g} µm"
-    hi_um = "" if pixel is None else f" ({iv.low * pixel:.3g} to {iv.high * pixel:.3g} µm)"
-    log(f"axial PSF ({family}): FWHM {report.fwhm_px:.3g} px{um}, sigma {report.sigma_px:.3g} "
-        f"px; 95% interval for sigma {iv.low:.3g} to {iv.high:.3g} px{hi_um}; objective "
-        f"{report.loss:.4g}; {report.seconds:.1f} s")
-    for w in report.warnings:
-        log(f"warning: {w}")
+    log(f"stack {stack_path}: shape {stack.shape} (z, y, x), subsample {g.subsample:.4g} "
+        f"from {g.how}")
+    psf, report = cal_files.fit_logged(stack, subsample=g.subsample, family=family,
+                                       init_px=init_px, steps=steps, spacing=g.spacing,
+                                       pixel=pixel, log=log)
     if not report.identifiable and not allow_unidentified:
         raise IsojaxInputError(
-            f"the axial PSF is not identifiable from this stack (sigma between {iv.low:.3g} "
-            f"and {iv.high:.3g} px fit it equally well); nothing written. Give a bead or "
-            "theory PSF, or pass --allow-unidentified to write the best fit anyway.")
+            f"{cal_files.unidentified_message(report)}. Give a bead or theory PSF, or pass "
+            "--allow-unidentified to write the best fit anyway.")
     summary = report.to_json()
-    summary.update(stack=str(stack_path), subsample_from=how, psf_file=output.name)
-    written = []
-    try:
-        atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"),
-                     overwrite=overwrite)
-        written.append(json_path)
-        _save_calibration_png(png_path, report, pixel, overwrite=overwrite)
-        written.append(png_path)
-        write_tiff(output, np.asarray(psf.dense(), np.float32), pixel_size=pixel,
-                   overwrite=overwrite)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+    summary.update(stack=str(stack_path), subsample_from=g.how, psf_file=output.name)
+    cal_files.write_calibration(output, psf, report, summary=summary, pixel=pixel,
+                                overwrite=overwrite)
     log(f"wrote {output}, {json_path.name} and {png_path.name}")
     return summary
 

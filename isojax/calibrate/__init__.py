@@ -43,6 +43,10 @@ one module each (this package re-exports their public names):
   training loop uses to refine the PSF with the network (:func:`consistency_loss`,
   :func:`axial_patches`, :func:`make_joint_psf_step`, in :mod:`isojax.calibrate.joint`).
 
+* **Files** (:mod:`isojax.calibrate.files`, not imported here): what ``isojax calibrate``
+  writes for one fit, and one PSF file per channel of a hyperstack, each channel fitted
+  from a few of its time points pooled (:func:`fit_psf` takes a list of volumes).
+
 Why it identifies the PSF, and where it does not. The power spectrum of the synthetic
 lines is ``|H(f)|^2`` times the lateral spectrum (folded by aliasing), so at every
 resolvable axial frequency the ratio of the two spectra pins ``|H(f)|^2``; a Gaussian's

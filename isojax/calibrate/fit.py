@@ -38,7 +38,7 @@ from isojax.calibrate.search import (
 )
 from isojax.calibrate.spectra import (
     _MAX_PLANES,
-    _check_stack,
+    _check_volumes,
     _log_spectra_jit,
     _model_log_spectrum,
     prepare_spectra,
@@ -387,7 +387,10 @@ def fit_psf(
 
     Args:
       key: a ``jax.random`` key (chooses the lateral lines).
-      stack: anisotropic stack ``(z, y, x)``, raw intensities (normalised here).
+      stack: anisotropic stack ``(z, y, x)``, raw intensities (normalised here); or a list
+        (or tuple) of such stacks of one shape sharing one PSF, e.g. several time points of
+        one channel, whose spectra are pooled (:func:`prepare_spectra`; each volume
+        normalised on its own).
       subsample: anisotropy factor, axial step / lateral pixel size, >= 1.
       family: ``"gaussian"`` (default), ``"multi-gaussian"`` or ``"free"``.
       init_fwhm: an axial FWHM in lateral pixels that the global search must reach
@@ -413,8 +416,9 @@ def fit_psf(
       :class:`CalibrationReport`.
 
     Raises:
-      IsojaxInputError: a stack too thin, too small, constant or not finite; an unknown
-        family; an initial width outside its range; a factor contradicting ``spacing``.
+      IsojaxInputError: a stack too thin, too small, constant or not finite (any of the
+        volumes), volumes of different shapes; an unknown family; an initial width
+        outside its range; a factor contradicting ``spacing``.
 
     Example:
       >>> import jax
@@ -431,9 +435,11 @@ def fit_psf(
         family=family, init_fwhm=init_fwhm, steps=steps,
         n_lobes=n_lobes, smoothness=smoothness, max_lines=max_lines,
     )
-    a, s = _check_stack(stack, subsample)
+    volumes, s = _check_volumes(stack, subsample)
+    # pooled volumes side by side along y: the same adjacent-plane statistics, one array
+    a = volumes[0] if len(volumes) == 1 else np.concatenate(volumes, axis=1)
     check_subsample_against_spacing(s, spacing)
-    n_lat = min(a.shape[1:])
+    n_lat = min(volumes[0].shape[1:])
     fwhm0 = float(s if config.init_fwhm is None else config.init_fwhm)
     top = _FWHM_PER_SIGMA * (n_lat - 1) / 8
     if not 0.5 <= fwhm0 <= top:
@@ -442,7 +448,8 @@ def fit_psf(
             f"{top:.4g}] px for planes of {n_lat} px (+-4 sigma must fit in a line); give a "
             "smaller --init-fwhm or use larger planes."
         )
-    target, segment = prepare_spectra(key, a, subsample=s, max_lines=config.max_lines)
+    target, segment = prepare_spectra(key, volumes if len(volumes) > 1 else a, subsample=s,
+                                      max_lines=config.max_lines)
     # global before local: the profile over a grid of Gaussian widths picks the starts
     grid = width_grid(s, n_lat=n_lat,
                       init_sigma=None if init_fwhm is None else fwhm0 / _FWHM_PER_SIGMA)
@@ -487,7 +494,9 @@ def fit_psf(
         trajectory=trajectory, frequencies=np.asarray(target.frequencies),
         observed=np.exp(np.asarray(obs_log)), synthetic=model, initial=best["initial"],
         seconds=time.perf_counter() - t0, n_lines=int(target.lines.shape[0]),
-        n_z_lines=int((min(a.shape[1], _MAX_PLANES) + min(a.shape[2], _MAX_PLANES)) * n_lat),
+        n_z_lines=len(volumes) * int(
+            (min(volumes[0].shape[1], _MAX_PLANES) + min(volumes[0].shape[2], _MAX_PLANES))
+            * n_lat),
         segment=segment, warnings=tuple(problems), interval=interval,
         profile_sigmas=prof_s, profile_losses=prof_l, start_fwhm_px=best["start_fwhm"],
     )

@@ -138,6 +138,26 @@ def _check_stack(stack, subsample: float) -> tuple[np.ndarray, float]:
     return a, s
 
 
+def _check_volumes(stack, subsample: float) -> tuple[list[np.ndarray], float]:
+    """The volumes of ``stack`` (one 3D array, or a list or tuple of 3D arrays of one
+    shape: several time points of one channel), each checked by :func:`_check_stack`."""
+    if not isinstance(stack, list | tuple):
+        a, s = _check_stack(stack, subsample)
+        return [a], s
+    if not stack:
+        raise IsojaxInputError("PSF calibration needs at least one (z, y, x) volume, got none.")
+    volumes, s = [], float(subsample)
+    for i, v in enumerate(stack):
+        a, s = _check_stack(v, subsample)
+        if volumes and a.shape != volumes[0].shape:
+            raise IsojaxInputError(
+                f"the volumes to pool have different shapes ({volumes[0].shape} and "
+                f"{a.shape} at volume {i}); give volumes of one shape (time points of one "
+                "stack)")
+        volumes.append(a)
+    return volumes, s
+
+
 def prepare_spectra(
     key: Array, stack, *, subsample: float, max_lines: int | None = None, normalise: bool = True
 ) -> tuple[SpectralTarget, int]:
@@ -147,10 +167,14 @@ def prepare_spectra(
       key: a ``jax.random`` key (chooses the lateral lines when there are more than
         ``max_lines``).
       stack: anisotropic stack ``(z, y, x)``; at least :data:`MIN_SAMPLES` planes and
-        lateral lines long enough for :data:`MIN_SAMPLES` axial samples.
+        lateral lines long enough for :data:`MIN_SAMPLES` axial samples. Or a list (or
+        tuple) of such stacks of one shape, e.g. several time points of one channel: their
+        lines and Z-line spectra are pooled (each volume normalised on its own, so a
+        bleached time point counts as much as the first).
       subsample: anisotropy factor (axial step / lateral pixel size), >= 1.
-      max_lines: lateral lines kept (half along x, half along y); default from a budget of
-        about 2^26 multiply-adds per evaluation of :func:`measure`.
+      max_lines: lateral lines kept (half along x, half along y, drawn from all the
+        volumes); default from a budget of about 2^26 multiply-adds per evaluation of
+        :func:`measure`.
       normalise: map the 1st / 99.8th percentiles to 0 / 1 first (as training does).
 
     Returns:
@@ -159,17 +183,17 @@ def prepare_spectra(
 
     Raises:
       IsojaxInputError: a stack that is not 3D, too thin, too small laterally for the
-        factor, not finite or constant.
+        factor, not finite or constant; volumes of different shapes.
     """
-    a, s = _check_stack(stack, subsample)
+    volumes, s = _check_volumes(stack, subsample)
     if normalise:
-        a = _normalise(a)
-    nz, ny, nx = a.shape
+        volumes = [_normalise(a) for a in volumes]
+    nz, ny, nx = volumes[0].shape
     n = min(ny, nx)
     n_low = len(sample_positions(n, s))
     segment = _segment_length(nz, n_low)
-    lines_x = a[:, :, :n].reshape(-1, n)
-    lines_y = np.swapaxes(a[:, :n, :], 1, 2).reshape(-1, n)
+    lines_x = np.concatenate([a[:, :, :n].reshape(-1, n) for a in volumes])
+    lines_y = np.concatenate([np.swapaxes(a[:, :n, :], 1, 2).reshape(-1, n) for a in volumes])
     # sampling phase: a line of n px holds n_low samples at k * s from any start up to
     # `slack` px; starts 0 .. ceil(s) - 1 cover every phase of the axial grid
     slack = (n - 1) - (n_low - 1) * s
@@ -191,7 +215,8 @@ def prepare_spectra(
     # observed Z lines: those of up to _MAX_PLANES XZ planes (rows) and YZ planes (columns)
     rows = np.unique(np.linspace(0, ny - 1, min(ny, _MAX_PLANES)).round().astype(int))
     cols = np.unique(np.linspace(0, nx - 1, min(nx, _MAX_PLANES)).round().astype(int))
-    z_power = _z_power([a[:, rows, :n].transpose(1, 0, 2), a[:, :n, cols].transpose(2, 0, 1)],
+    z_power = _z_power([p for a in volumes for p in (a[:, rows, :n].transpose(1, 0, 2),
+                                                     a[:, :n, cols].transpose(2, 0, 1))],
                        segment)
     freqs = jnp.arange(1, segment // 2 + 1, dtype=jnp.float32) / segment
     fine = np.asarray(_welch(jnp.asarray(fine_lines), min(n, _MAX_SEGMENT) - min(n, _MAX_SEGMENT) % 2))

@@ -113,6 +113,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         steps=args.steps,
         overwrite=args.overwrite,
         allow_unidentified=args.allow_unidentified,
+        axes=args.axes,
+        channels=args.channels,
+        timepoints=args.timepoints,
     )
     return EXIT_OK
 
@@ -351,11 +354,17 @@ def _add_calibrate_command(commands: argparse._SubParsersAction) -> None:
         "calibrate", help="learn the axial PSF from the stack itself",
         description="Self-calibrate the additional axial PSF from STACK: degraded XY lines "
         "must match the spectrum of the observed Z lines. Writes the PSF TIFF, a JSON report "
-        "and a PNG of the spectra and the profile.")
-    c.add_argument("stack", type=Path, metavar="STACK.tif", help="anisotropic stack TIFF (z, y, x)")
+        "and a PNG of the spectra and the profile. A stack with several channels (an ImageJ "
+        "hyperstack, OME-TIFF or OME-Zarr) is calibrated channel by channel, each from a few "
+        "of its time points pooled, into one PSF file per channel: -o psf.tif writes "
+        "psf_c0.tif, psf_c1.tif, ... (the channel's index in STACK), each with its .json and "
+        ".png. If any channel's width is not identifiable, no file is written.")
+    c.add_argument("stack", type=Path, metavar="STACK.tif",
+                   help="anisotropic stack TIFF (z, y, x), or a hyperstack with time and/or "
+                   "channel axes (TIFF or OME-Zarr)")
     c.add_argument("-o", "--output", type=Path, required=True, metavar="AXIAL.tif",
                    help="the 2D PSF TIFF to write; a .json report and a .png are written "
-                   "beside it")
+                   "beside it; with several channels one per channel, AXIAL_c0.tif, ...")
     c.add_argument("--family", choices=("gaussian", "multi-gaussian", "free"), default="gaussian",
                    help="PSF parameterisation: one Gaussian, a sum of Gaussians, or a free "
                    "non-negative profile")
@@ -368,7 +377,13 @@ def _add_calibrate_command(commands: argparse._SubParsersAction) -> None:
                    help="replace an existing AXIAL.tif and its .json and .png (never the stack)")
     c.add_argument("--allow-unidentified", action="store_true",
                    help="write the best fit even when the stack does not identify the width "
-                   "(by default calibration then fails and writes nothing)")
+                   "(by default calibration then fails and writes nothing, for any channel)")
+    c.add_argument("--axes", metavar="TZCYX", help="the stack's axes, one letter per axis from "
+                   "T, C, Z, Y, X, for files that do not name them (default: from the metadata)")
+    c.add_argument("--channels", metavar="0,2", help="channels to calibrate (default: all)")
+    c.add_argument("--timepoints", metavar="START:STOP[:STEP]",
+                   help="time points pooled for each channel's fit, Python slice syntax "
+                   "(default: 3 spread over the series, first and last included)")
     c.set_defaults(func=_cmd_calibrate)
 
 
