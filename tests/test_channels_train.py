@@ -331,16 +331,18 @@ def test_series_demo_restores_every_time_point_and_channel_with_its_own_bead_psf
     assert hyper.spacing == pytest.approx((0.1, 0.1, 0.1))
     saved = json.loads((out / "scores.json").read_text())
     for name in ("linear", "isojax"):
-        assert len(saved[name]) == 2 and all(len(row) == 2 for row in saved[name])
+        assert len(saved[name]) == 2
+        assert all(len(row) == 2 for row in saved[name])
         assert all(np.isfinite(cell["psnr_db"]) for row in scores[name] for cell in row)
 
 
-@pytest.mark.parametrize("args, words", [
+@pytest.mark.parametrize(("args", "words"), [
     (["--channels", "5"], "--channels must be 1 to 4"),
     (["--timepoints", "0"], "timepoints"),
 ])
 def test_series_demo_refuses_bad_counts_in_one_line(tmp_path, capsys, args, words):
     assert main(["demo", "--out", str(tmp_path / "d"), *args]) != 0
     err = capsys.readouterr().err.strip()
-    assert words in err and "\n" not in err
+    assert words in err
+    assert "\n" not in err
     assert not (tmp_path / "d").exists()
