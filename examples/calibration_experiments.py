@@ -139,9 +139,12 @@ def lateral_for(s):
     return 128 if s <= 6 else 256  # 2 steps at s = 10 (sigma 20 px) must fit the grid
 
 
-def grid(kinds, factors, fractions, noises, log, rows_file=None):
+def grid(kinds, factors, fractions, noises, log, rows_file=None, *, run_factors=None,
+         run_noises=None, starts=(0.5, 2.0)):
     """One row per (specimen, factor, width, noise, start); each row is also appended to
-    ``rows_file`` (JSON lines) as soon as it is done."""
+    ``rows_file`` (JSON lines) as soon as it is done. Seeds follow the cells' order in the
+    full lists; ``run_factors`` / ``run_noises`` (subsets) run only some of those cells,
+    with the same seeds (the same stacks) as the full grid."""
     rows = []
     seed = 0
     for kind in kinds:
@@ -150,18 +153,23 @@ def grid(kinds, factors, fractions, noises, log, rows_file=None):
                 w = frac * s
                 for noise in noises:
                     seed += 1
+                    if (run_factors is not None and s not in run_factors) or (
+                            run_noises is not None and noise not in run_noises):
+                        continue
                     stack = make_stack(kind, seed, subsample=s, width=w, noise=noise,
                                        lateral=lateral_for(s))
                     n_lat = stack.shape[-1]
-                    for start in (0.5, 2.0):  # x the true FWHM, kept in the valid range
+                    for start in starts:  # x the true FWHM, kept in the valid range
                         fw = float(np.clip(start * w * FWHM, 0.5, n_lat / 8))
                         t0 = time.perf_counter()
                         try:
                             _, rep = fit_psf(jax.random.key(1), stack, subsample=float(s),
                                              init_fwhm=fw)
                             iv = rep.interval
+                            slabs = rep.slab_sigmas
                             row = dict(sig=rep.sigma_px, lo=iv.low, hi=iv.high,
-                                       ident=iv.identifiable, model_error=search.MODEL_ERROR)
+                                       ident=iv.identifiable, model_error=search.MODEL_ERROR,
+                                       slabs=None if slabs is None else [float(v) for v in slabs])
                         except ValueError as e:  # report, do not drop
                             log(f"  failed: {e}")
                             row = dict(sig=math.nan, lo=math.nan, hi=math.nan, ident=False)
@@ -308,6 +316,12 @@ def main(argv=None):
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.25, 0.5, 1.0, 2.0],
                     help="true widths as fractions of the step")
     ap.add_argument("--noises", nargs="+", default=list(NOISE), choices=list(NOISE))
+    ap.add_argument("--run-factors", nargs="+", type=int, default=None,
+                    help="run only these factors (seeds as in the full grid)")
+    ap.add_argument("--run-noises", nargs="+", default=None, choices=list(NOISE),
+                    help="run only these noise levels (seeds as in the full grid)")
+    ap.add_argument("--starts", nargs="+", type=float, default=[0.5, 2.0],
+                    help="starting FWHMs, times the true one")
     ap.add_argument("--profile", action="store_true", help="old vs new objective profile")
     ap.add_argument("--timing", action="store_true", help="time a 64x512x512 calibration")
     ap.add_argument("--out", type=Path, default=Path("bench/calibration_grid.md"))
@@ -343,7 +357,8 @@ def main(argv=None):
             rows = grid(["filaments+nuclei"], [3, 10], [0.25, 2.0], ["moderate"], log)
         else:
             rows = grid(args.kinds, args.factors, args.fractions, args.noises, log,
-                        rows_file=args.out.with_suffix(".jsonl"))
+                        rows_file=args.out.with_suffix(".jsonl"), run_factors=args.run_factors,
+                        run_noises=args.run_noises, starts=tuple(args.starts))
         parts += ["## Recovered additional axial width, per cell\n", grid_table(rows), ""]
     if args.timing:
         parts += ["## Time to calibrate\n", timing(log), ""]
