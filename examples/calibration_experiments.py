@@ -213,6 +213,26 @@ def _widen(r):
     return {**r, "lo": lo, "hi": hi, "ident": bool(ok), "model_error": f, "widened": True}
 
 
+def _update(rows, new):
+    """``rows`` with every cell that ``new`` has replaced by ``new``'s rows (in place of the
+    cell's first row; cells only in ``new`` at the end)."""
+    def cell(r):
+        return (r["kind"], int(r["s"]), round(float(r["w"]), 6), r["noise"])
+
+    fresh = {}
+    for r in new:
+        fresh.setdefault(cell(r), []).append(r)
+    out, done = [], set()
+    for r in rows:
+        c = cell(r)
+        if c not in fresh:
+            out.append(r)
+        elif c not in done:
+            out += fresh[c]
+            done.add(c)
+    return out + [r for c, rs in fresh.items() if c not in done for r in rs]
+
+
 def _row(r):
     err = r["sig"] / r["w"] - 1
     inside = r["lo"] <= r["w"] <= r["hi"]
@@ -327,6 +347,9 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=Path("bench/calibration_grid.md"))
     ap.add_argument("--merge", nargs="+", type=Path, metavar="ROWS.json",
                     help="no new cells: tabulate the rows of earlier runs (their .json)")
+    ap.add_argument("--update", nargs="+", type=Path, default=[], metavar="ROWS.jsonl",
+                    help="with --merge: rows that replace the merged rows of the same cell "
+                         "(specimen, factor, width, noise), every start")
     args = ap.parse_args(argv)
 
     def log(m):
@@ -351,6 +374,7 @@ def main(argv=None):
         parts += ["## The objective's profile over the width\n", profile_experiment(log), ""]
     if args.merge:
         rows = [_widen(r) for f in args.merge for r in _load_rows(f)]
+        rows = _update(rows, [r for f in args.update for r in _load_rows(f)])
         parts += ["## Recovered additional axial width, per cell\n", grid_table(rows), ""]
     elif not args.no_grid:
         if args.quick:
