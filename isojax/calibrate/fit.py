@@ -394,7 +394,9 @@ def fit_psf(
     :func:`spectral_loss` (plus ``smoothness`` times :func:`smoothness_penalty` for the
     non-Gaussian families). Widths are optimised in log space, so starting 2x too wide or
     too narrow costs a few iterations. See :mod:`isojax.calibrate` for why this identifies
-    the PSF and when it does not.
+    the PSF and when it does not. When the profile's interval calls the width identifiable,
+    the stack's Z slabs are profiled too and their spread widens the interval
+    (:mod:`isojax.calibrate.consistency`; stacks of at least 32 planes).
 
     Args:
       key: a ``jax.random`` key (chooses the lateral lines).
