@@ -139,9 +139,12 @@ def lateral_for(s):
     return 128 if s <= 6 else 256  # 2 steps at s = 10 (sigma 20 px) must fit the grid
 
 
-def grid(kinds, factors, fractions, noises, log, rows_file=None):
+def grid(kinds, factors, fractions, noises, log, rows_file=None, *, run_factors=None,
+         run_noises=None, starts=(0.5, 2.0)):
     """One row per (specimen, factor, width, noise, start); each row is also appended to
-    ``rows_file`` (JSON lines) as soon as it is done."""
+    ``rows_file`` (JSON lines) as soon as it is done. Seeds follow the cells' order in the
+    full lists; ``run_factors`` / ``run_noises`` (subsets) run only some of those cells,
+    with the same seeds (the same stacks) as the full grid."""
     rows = []
     seed = 0
     for kind in kinds:
@@ -150,18 +153,23 @@ def grid(kinds, factors, fractions, noises, log, rows_file=None):
                 w = frac * s
                 for noise in noises:
                     seed += 1
+                    if (run_factors is not None and s not in run_factors) or (
+                            run_noises is not None and noise not in run_noises):
+                        continue
                     stack = make_stack(kind, seed, subsample=s, width=w, noise=noise,
                                        lateral=lateral_for(s))
                     n_lat = stack.shape[-1]
-                    for start in (0.5, 2.0):  # x the true FWHM, kept in the valid range
+                    for start in starts:  # x the true FWHM, kept in the valid range
                         fw = float(np.clip(start * w * FWHM, 0.5, n_lat / 8))
                         t0 = time.perf_counter()
                         try:
                             _, rep = fit_psf(jax.random.key(1), stack, subsample=float(s),
                                              init_fwhm=fw)
                             iv = rep.interval
+                            slabs = rep.slab_sigmas
                             row = dict(sig=rep.sigma_px, lo=iv.low, hi=iv.high,
-                                       ident=iv.identifiable, model_error=search.MODEL_ERROR)
+                                       ident=iv.identifiable, model_error=search.MODEL_ERROR,
+                                       slabs=None if slabs is None else [float(v) for v in slabs])
                         except ValueError as e:  # report, do not drop
                             log(f"  failed: {e}")
                             row = dict(sig=math.nan, lo=math.nan, hi=math.nan, ident=False)
@@ -205,6 +213,39 @@ def _widen(r):
     return {**r, "lo": lo, "hi": hi, "ident": bool(ok), "model_error": f, "widened": True}
 
 
+def _cell(r):
+    return (r["kind"], int(r["s"]), round(float(r["w"]), 6), r["noise"])
+
+
+def _stacks(rows):
+    """Rows grouped into stacks: consecutive rows of one cell with different starts (one
+    cell can hold several stacks: --quick draws other seeds)."""
+    groups = []
+    for r in rows:
+        g = groups[-1] if groups else None
+        if g and _cell(g[0]) == _cell(r) and all(x["start"] != r["start"] for x in g):
+            g.append(r)
+        else:
+            groups.append([r])
+    return groups
+
+
+def _update(rows, new):
+    """``rows`` with the last stack of every cell that ``new`` has (the full grid's seed;
+    an earlier stack of the cell is another seed) replaced by ``new``'s rows; cells only in
+    ``new`` at the end."""
+    fresh = {}
+    for r in new:
+        fresh.setdefault(_cell(r), []).append(r)
+    groups = _stacks(rows)
+    last = {_cell(g[0]): i for i, g in enumerate(groups)}
+    out = []
+    for i, g in enumerate(groups):
+        c = _cell(g[0])
+        out += fresh[c] if c in fresh and last[c] == i else g
+    return out + [r for c, rs in fresh.items() if c not in last for r in rs]
+
+
 def _row(r):
     err = r["sig"] / r["w"] - 1
     inside = r["lo"] <= r["w"] <= r["hi"]
@@ -226,19 +267,21 @@ def grid_table(rows):
            "(px) | error | 95% interval (px) | truth inside | identifiable | time (s) | "
            "stack (z, y, x) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     out += [_row(r) for r in rows]
-    mod = [r for r in rows if r["noise"] == "moderate"]
+    # the summary counts stacks, each once: its first row (the starts agree)
+    stacks = [g[0] for g in _stacks(rows)]
+    mod = [r for r in stacks if r["noise"] == "moderate"]
     ident = [r for r in mod if r["ident"]]
     within = sum(abs(r["sig"] / r["w"] - 1) <= 0.10 for r in ident)
-    collapse = sum(r["w"] > r["s"] / 2 and r["sig"] < r["s"] / 4 and r["ident"] for r in rows)
-    collapse_any = sum(r["w"] > r["s"] / 2 and r["sig"] < r["s"] / 4 for r in rows)
-    unid = [r for r in rows if not r["ident"]]
+    collapse = sum(r["w"] > r["s"] / 2 and r["sig"] < r["s"] / 4 and r["ident"] for r in stacks)
+    collapse_any = sum(r["w"] > r["s"] / 2 and r["sig"] < r["s"] / 4 for r in stacks)
+    unid = [r for r in stacks if not r["ident"]]
     covered = sum(r["lo"] <= r["w"] <= r["hi"] for r in unid)
-    cover_all = sum(r["lo"] <= r["w"] <= r["hi"] for r in rows)
+    cover_all = sum(r["lo"] <= r["w"] <= r["hi"] for r in stacks)
     cell = ("kind", "s", "w", "noise")
     pairs = [(a["sig"], b["sig"]) for a, b in itertools.pairwise(rows)
              if a["start"] == 0.5 and b["start"] == 2.0 and all(a[k] == b[k] for k in cell)]
     spread = max((abs(a - b) / max(a, b, 1e-9) for a, b in pairs), default=math.nan)
-    out += ["", "Summary:", "",
+    out += ["", f"Summary ({len(stacks)} stacks, each counted once):", "",
             f"- moderate noise: {len(ident)} of {len(mod)} cells called identifiable; "
             f"{within} of those ({100 * within / max(len(ident), 1):.0f}%) within 10% "
             "(target: >= 95%).",
@@ -247,7 +290,7 @@ def grid_table(rows):
             "reported as a measurement).",
             f"- cells called unidentifiable: {len(unid)}; truth inside their interval in "
             f"{covered} (target: all).",
-            f"- truth inside the 95% interval, all cells: {cover_all} of {len(rows)}.",
+            f"- truth inside the 95% interval, all cells: {cover_all} of {len(stacks)}.",
             f"- largest relative difference between the two starts of one stack: "
             f"{100 * spread:.2g}%."]
     return "\n".join(out)
@@ -308,11 +351,20 @@ def main(argv=None):
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.25, 0.5, 1.0, 2.0],
                     help="true widths as fractions of the step")
     ap.add_argument("--noises", nargs="+", default=list(NOISE), choices=list(NOISE))
+    ap.add_argument("--run-factors", nargs="+", type=int, default=None,
+                    help="run only these factors (seeds as in the full grid)")
+    ap.add_argument("--run-noises", nargs="+", default=None, choices=list(NOISE),
+                    help="run only these noise levels (seeds as in the full grid)")
+    ap.add_argument("--starts", nargs="+", type=float, default=[0.5, 2.0],
+                    help="starting FWHMs, times the true one")
     ap.add_argument("--profile", action="store_true", help="old vs new objective profile")
     ap.add_argument("--timing", action="store_true", help="time a 64x512x512 calibration")
     ap.add_argument("--out", type=Path, default=Path("bench/calibration_grid.md"))
     ap.add_argument("--merge", nargs="+", type=Path, metavar="ROWS.json",
                     help="no new cells: tabulate the rows of earlier runs (their .json)")
+    ap.add_argument("--update", nargs="+", type=Path, default=[], metavar="ROWS.jsonl",
+                    help="with --merge: rows that replace the merged rows of the same cell "
+                         "(specimen, factor, width, noise), every start")
     args = ap.parse_args(argv)
 
     def log(m):
@@ -337,13 +389,15 @@ def main(argv=None):
         parts += ["## The objective's profile over the width\n", profile_experiment(log), ""]
     if args.merge:
         rows = [_widen(r) for f in args.merge for r in _load_rows(f)]
+        rows = _update(rows, [r for f in args.update for r in _load_rows(f)])
         parts += ["## Recovered additional axial width, per cell\n", grid_table(rows), ""]
     elif not args.no_grid:
         if args.quick:
             rows = grid(["filaments+nuclei"], [3, 10], [0.25, 2.0], ["moderate"], log)
         else:
             rows = grid(args.kinds, args.factors, args.fractions, args.noises, log,
-                        rows_file=args.out.with_suffix(".jsonl"))
+                        rows_file=args.out.with_suffix(".jsonl"), run_factors=args.run_factors,
+                        run_noises=args.run_noises, starts=tuple(args.starts))
         parts += ["## Recovered additional axial width, per cell\n", grid_table(rows), ""]
     if args.timing:
         parts += ["## Time to calibrate\n", timing(log), ""]

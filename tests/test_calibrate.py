@@ -11,6 +11,7 @@ from jax.test_util import check_grads
 from scipy import ndimage as ndi
 
 from isojax import calibrate
+from isojax.calibrate import consistency as cal_consistency
 from isojax.calibrate import search as cal_search
 from isojax.calibrate import spectra as cal_spectra
 from isojax.cli import main
@@ -445,3 +446,50 @@ def test_cli_calibrate_refuses_an_unidentified_width_unless_allowed(tmp_path, ca
     assert report["identifiable"] is False
     assert any("not identifiable from this stack" in w for w in report["warnings"])
     assert read_tiff(out)[0].ndim == 2
+
+
+# ---- a stack that disagrees with itself: the consistency of Z slabs -------------------
+
+
+def test_consistent_interval_widens_by_the_slabs_spread():
+    iv = cal_search.WidthInterval(best=2.0, low=1.8, high=2.2, threshold=0.01, identifiable=True)
+    # slabs that agree (within the interval): nothing changes
+    same = cal_consistency.consistent_interval(iv, np.array([1.95, 2.05]))
+    assert (same.low, same.high, same.identifiable) == pytest.approx((1.8, 2.2, True))
+    # halves a factor 2 apart: +-Z sd / sqrt(K) in log width, and both slabs inside
+    wide = cal_consistency.consistent_interval(iv, np.array([1.2, 2.4]))
+    se = np.std(np.log([1.2, 2.4]), ddof=1) / math.sqrt(2)
+    z = cal_consistency.CONSISTENCY_Z
+    assert wide.low == pytest.approx(min(1.2, 2.0 * math.exp(-z * se)))
+    assert wide.high == pytest.approx(max(2.4, 2.0 * math.exp(z * se)))
+    assert (wide.best, wide.threshold) == (2.0, 0.01)
+    assert not wide.identifiable
+    # a slab whose best is a delta, or the search's top: the interval touches 0 / inf
+    assert cal_consistency.consistent_interval(iv, np.array([0.0, 2.0])).low == 0.0
+    assert cal_consistency.consistent_interval(iv, np.array([2.0, np.inf])).high == math.inf
+    # one slab (a thin stack): no check
+    assert cal_consistency.consistent_interval(iv, np.array([5.0])) == iv
+    assert cal_consistency.n_slabs(31) == 1
+    assert cal_consistency.n_slabs(32) == 2
+    assert cal_consistency.n_slabs(1000) == cal_consistency.MAX_SLABS
+
+
+def test_a_stack_whose_halves_disagree_is_not_identifiable(wide_at_step3):
+    # Bug (bench/calibration_grid.md, 'Confident misses'): filaments+nuclei at a quarter
+    # step came back +101% and +196% *identifiable*. The profile interval measures how well
+    # one Gaussian explains this stack's spectra, not how much the specimen's own z/x
+    # difference moves the minimum; there the stack's two Z halves gave 2.3 vs 1.1 px and
+    # 1.5 vs 5.2 px. Here, a stack whose halves really differ (sigma 1.5 px above, 4.2 px
+    # below): the old interval was [1.96, 2.80] px, identifiable, around neither.
+    upper = _independent_stack(3, s=3.0, w=1.5)
+    stack = np.concatenate([upper[:16], wide_at_step3[16:]])
+    _, report = calibrate.fit_psf(jax.random.key(1), stack, subsample=3.0, steps=STEPS)
+    assert len(report.slab_sigmas) == 2
+    lo, hi = sorted(report.slab_sigmas)
+    assert lo == pytest.approx(1.5, rel=0.25)
+    assert hi == pytest.approx(4.2, rel=0.25)
+    assert not report.identifiable
+    assert report.interval.low <= 1.5
+    assert report.interval.high >= 4.2
+    assert any("Z slabs disagree" in w for w in report.warnings)
+    assert report.to_json()["slab_sigma_px"] == pytest.approx(list(report.slab_sigmas))

@@ -37,7 +37,10 @@ one module each (this package re-exports their public names):
 * **Global search and an interval** (:mod:`isojax.calibrate.search`): the objective
   profiled over a grid of Gaussian widths (a delta up to three axial steps), the
   refinement's starts, and a likelihood-ratio-like interval for the width that says when
-  the stack does not identify it.
+  the stack does not identify it; :mod:`isojax.calibrate.consistency` widens that
+  interval by the spread of the widths that the stack's Z slabs find on their own (a
+  specimen that is isotropic only on average moves the minimum more than the residuals
+  show), so that a stack that disagrees with itself is not reported as identified.
 
 * **Fitting** (:func:`fit_psf`, in :mod:`isojax.calibrate.fit`), and the joint maths the
   training loop uses to refine the PSF with the network (:func:`consistency_loss`,

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import optax
 
+from isojax.calibrate.consistency import consistent_interval, slab_widths
 from isojax.calibrate.params import (
     _FWHM_PER_SIGMA,
     Family,
@@ -142,6 +143,10 @@ class CalibrationReport:
         is :data:`~isojax.calibrate.search.DELTA_SIGMA`, a delta).
       start_fwhm_px: the FWHM (px) the gradient refinement started from, the best cell
         of the global search.
+      slab_sigmas: the best widths (px) of the stack's Z slabs
+        (:func:`~isojax.calibrate.consistency.slab_widths`; 0 a delta, inf the search's
+        top), whose spread widens ``interval``; empty when the stack is too thin for two
+        slabs, None when not computed (the profile alone already refused the width).
     """
 
     family: Family
@@ -169,6 +174,7 @@ class CalibrationReport:
     profile_sigmas: np.ndarray | None = None
     profile_losses: np.ndarray | None = None
     start_fwhm_px: float | None = None
+    slab_sigmas: np.ndarray | None = None
 
     @property
     def identifiable(self) -> bool:
@@ -235,6 +241,8 @@ class CalibrationReport:
             "interval_threshold": iv.threshold,
             "start_fwhm_px": self.start_fwhm_px,
             "profile": profile,
+            "slab_sigma_px": (None if self.slab_sigmas is None else
+                              [float(v) if math.isfinite(v) else None for v in self.slab_sigmas]),
         }
 
 
@@ -353,10 +361,13 @@ def _interval(grid, losses, sigma_px, spec, target, *, s, segment, taps_g):
     return profile_interval(sig, val, n_freq=segment // 2), sig, val
 
 
-def _unidentified_message(iv: WidthInterval, s: float) -> str:
+def _unidentified_message(iv: WidthInterval, s: float, slabs: np.ndarray | None = None) -> str:
     hi = "no upper bound within the search" if not math.isfinite(iv.high) else f"{iv.high:.3g} px"
     why = ("it includes zero width" if iv.low <= 0 else
            f"it spans more than a factor {iv.high / iv.low:.2g}")
+    if slabs is not None and len(slabs):
+        why += ("; the stack's Z slabs disagree, best sigma "
+                + ", ".join("inf" if not math.isfinite(v) else f"{v:.3g}" for v in slabs) + " px")
     return (f"the additional axial width is not identifiable from this stack: its 95% "
             f"interval is sigma {iv.low:.3g} px to {hi} ({why}; axial step {s:g} px). "
             "Give a measured or theoretical PSF instead")
@@ -383,7 +394,9 @@ def fit_psf(
     :func:`spectral_loss` (plus ``smoothness`` times :func:`smoothness_penalty` for the
     non-Gaussian families). Widths are optimised in log space, so starting 2x too wide or
     too narrow costs a few iterations. See :mod:`isojax.calibrate` for why this identifies
-    the PSF and when it does not.
+    the PSF and when it does not. When the profile's interval calls the width identifiable,
+    the stack's Z slabs are profiled too and their spread widens the interval
+    (:mod:`isojax.calibrate.consistency`; stacks of at least 32 planes).
 
     Args:
       key: a ``jax.random`` key (chooses the lateral lines).
@@ -471,6 +484,11 @@ def fit_psf(
     fwhm_px = _axial_fwhm(axial)
     interval, prof_s, prof_l = _interval(grid, losses, sigma_px, float(spec), target,
                                          s=s, segment=segment, taps_g=taps_g)
+    slabs = None
+    if interval.identifiable:  # does the stack agree with itself (Z slabs)?
+        slabs = slab_widths(jax.random.fold_in(key, 1), a, grid, subsample=s, taps=taps_g,
+                            max_lines=config.max_lines)
+        interval = consistent_interval(interval, slabs)
     obs_log, model_log = _log_spectra_jit(psf, theta["nuisance"], target, s, segment)
     model = np.exp(np.asarray(model_log))
     losses_h, specs, sigmas = (np.asarray(h) for h in hist)
@@ -483,7 +501,7 @@ def fit_psf(
     problems = _fit_warnings(a, axial, taps=taps, fwhm0=best["start_fwhm"], final=final,
                              sigma_px=sigma_px, s=s)
     if not interval.identifiable:
-        problems.append(_unidentified_message(interval, s))
+        problems.append(_unidentified_message(interval, s, slabs))
     report = CalibrationReport(
         family=family, params=theta["psf"], nuisance=theta["nuisance"], taps=taps,
         sigma_px=sigma_px, fwhm_px=fwhm_px,
@@ -499,6 +517,7 @@ def fit_psf(
             * n_lat),
         segment=segment, warnings=tuple(problems), interval=interval,
         profile_sigmas=prof_s, profile_losses=prof_l, start_fwhm_px=best["start_fwhm"],
+        slab_sigmas=slabs,
     )
     return psf, report
 
