@@ -273,8 +273,9 @@ def save_calibration_png(path: Path, report: CalibrationReport, pixel_size: floa
     ax_p.set_title(f"{report.family}: FWHM {report.fwhm_px:.3g} px")
     ax_p.grid(alpha=0.3)
     iv = report.interval
-    if iv is not None:
-        sig = np.where(report.profile_sigmas <= 0.05, 0.0, report.profile_sigmas)
+    if iv is not None and report.profile_sigmas is not None:
+        sig = np.asarray(report.profile_sigmas)
+        sig = np.where(sig <= 0.05, 0.0, sig)
         ax_o.semilogy(sig, report.profile_losses, "o-", ms=3, label="objective (nuisance fitted)")
         ax_o.axhline(iv.threshold, color="C3", ls="--", lw=1, label="interval threshold")
         high = iv.high if np.isfinite(iv.high) else float(sig.max())

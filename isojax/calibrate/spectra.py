@@ -146,7 +146,8 @@ def _check_volumes(stack, subsample: float) -> tuple[list[np.ndarray], float]:
         return [a], s
     if not stack:
         raise IsojaxInputError("PSF calibration needs at least one (z, y, x) volume, got none.")
-    volumes, s = [], float(subsample)
+    volumes: list[np.ndarray] = []
+    s = float(subsample)
     for i, v in enumerate(stack):
         a, s = _check_stack(v, subsample)
         if volumes and a.shape != volumes[0].shape:
