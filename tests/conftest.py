@@ -1,10 +1,44 @@
-"""Shared fixtures for the PSF, I/O and command-line tests."""
+"""Shared fixtures for the PSF, I/O and command-line tests, and one XLA compilation cache
+for the whole run."""
 
+import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).parent / "data" / "psf"
+
+
+def _compilation_cache() -> Path | None:
+    """JAX's persistent compilation cache in a folder of this test run, shared by the
+    pytest-xdist workers and by the subprocesses that tests start (they inherit the
+    environment): the same tiny network trained in several files, or by a killed run and
+    its resume, is compiled once. None when the caller set a cache folder of their own."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return None
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+    path = Path(tempfile.gettempdir()) / f"isojax-tests-xla-cache-{run}"
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    if "jax" in sys.modules:  # imported before this file: set it in the running process too
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", str(path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    return path
+
+
+_CACHE = _compilation_cache()
+
+
+def pytest_sessionfinish(session):
+    """The run's cache folder goes with the run (removed by the controller, after the
+    workers, or by the only process without xdist)."""
+    if _CACHE is not None and not hasattr(session.config, "workerinput"):
+        shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture
