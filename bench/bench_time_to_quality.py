@@ -331,6 +331,7 @@ def plot(entries: list[dict], png: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     n = len(entries)
     cols = min(n, 3)
@@ -351,21 +352,25 @@ def plot(entries: list[dict], png: Path) -> None:
         summ = summarise(e)
         if summ is not None:
             c = summ["csbdeep_last"]
-            ax.axhline(c["psnr_db"], color="C3", ls="--", lw=0.8)
+            ax.axhline(c["psnr_db"], color="C3", ls="--", lw=0.8,
+                       label=f"CSBDeep's PSNR at {c['step']} steps")
             ax.axvline(c["wall_s"] / 3, color="grey", ls=":", lw=0.8,
                        label="1/3 of CSBDeep's time")
         if "linear" in e["methods"]:
             ax.axhline(e["methods"]["linear"]["psnr_db"], color="grey", ls="-.", lw=0.8,
                        label="linear interpolation")
         ax.set_xscale("log")
-        ax.set_title(e["setting"], fontsize=10)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(f"{e['setting']} ({e.get('budget', '')})", fontsize=9)
         ax.set_xlabel("wall time, training + one prediction (s)")
         ax.set_ylabel("PSNR on the physical grid (dB)")
         ax.grid(True, which="both", alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("Time to quality (numbers: training steps; batch 16 x 64 px)", fontsize=10)
+    axes.flat[0].legend(fontsize=7, loc="best")
+    fig.suptitle("Time to quality (labels: training steps)", fontsize=10)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)
@@ -375,7 +380,9 @@ def plot(entries: list[dict], png: Path) -> None:
 def report(paths: list[Path], png: Path) -> int:
     entries = []
     for path in paths:
-        entries += json.loads(path.read_text())["settings"]
+        result = json.loads(path.read_text())
+        budget = f"batch {result['args']['batch_size']} x {result['args']['patch_size']} px"
+        entries += [{"budget": budget, **e} for e in result["settings"]]
     order = {name: i for i, name in enumerate(f"s={s:g}, photons={p:g}" for s, p in DEFAULT_GRID)}
     entries.sort(key=lambda e: order.get(e["setting"], len(order)))
     print_tables(entries)
@@ -430,6 +437,7 @@ def main() -> int:
 
             entry = {"setting": name, "subsample": s, "photons": photons,
                      "stack_shape": list(stack.shape), "scored_shape": list(ref.shape),
+                     "budget": f"batch {args.batch_size} x {args.patch_size} px",
                      "methods": {}, "load": {}, "order": []}
             print(f"\n## {name}: stack {stack.shape}, scored on {ref.shape}", flush=True)
             if "linear" in args.methods:
