@@ -26,8 +26,12 @@ so far):
            validates every ``g`` steps too, like isojax); a Keras callback appended after
            CSBDeep's own copies the weights at the end of the requested epochs.
 
-The two methods run one after the other in each setting, alternating which goes first, so
-that both see the same machine load; the load average is recorded before and after each.
+In one process the two methods run one after the other in each setting, alternating which
+goes first. On a machine whose load changes from minute to minute the fairer way is to run
+them side by side from the same start, in two processes (``--methods linear isojax`` and
+``--methods csbdeep``, same data: same seed and setting) and to merge the two results files
+with ``--report``, which puts the methods of the same setting together. The load average is
+recorded before and after each method.
 
 Reported per setting: CSBDeep's PSNR at the last checkpoint (``--steps``), the first isojax
 checkpoint reaching it, the wall time at which isojax reaches it (interpolated linearly in
@@ -45,6 +49,16 @@ Commands::
   # one setting at the quality benchmark's defaults (96x256x256, 400 x 16 x 64 px)
   PYTHONPATH=$PWD /tmp/bench-venv/bin/python bench/bench_time_to_quality.py \\
       --factors 4 --noise 1000 --json out/ttq_s4_p1000.json
+
+  # the same, the two methods side by side (how bench/RESULTS.md was measured), then merged
+  PYTHONPATH=$PWD /tmp/bench-venv/bin/python bench/bench_time_to_quality.py --factors 4 \
+      --noise 1000 --methods linear isojax --json out/ttq_s4_p1000_isojax.json \
+      --workdir out/bench_ttq_isojax &
+  PYTHONPATH=$PWD /tmp/bench-venv/bin/python bench/bench_time_to_quality.py --factors 4 \
+      --noise 1000 --methods csbdeep --json out/ttq_s4_p1000_csbdeep.json \
+      --workdir out/bench_ttq_csbdeep &
+  wait
+  PYTHONPATH=$PWD python3 bench/bench_time_to_quality.py --report out/ttq_s4_p1000_*.json
 
   # all six settings (the default), or the table and plot again from saved results
   PYTHONPATH=$PWD /tmp/bench-venv/bin/python bench/bench_time_to_quality.py
@@ -377,12 +391,26 @@ def plot(entries: list[dict], png: Path) -> None:
     print(f"wrote {png}")
 
 
+def merge_settings(entries: list[dict]) -> list[dict]:
+    """One entry per setting: the methods of runs of the same setting (e.g. the two methods
+    run side by side in two processes, ``--methods linear isojax`` and ``--methods
+    csbdeep``) are put together, with their loads and runs."""
+    merged: dict[str, dict] = {}
+    for e in entries:
+        m = merged.setdefault(e["setting"], {**e, "methods": {}, "load": {}, "runs": []})
+        m["methods"].update(e["methods"])
+        m["load"].update(e.get("load", {}))
+        m["runs"].append(e.get("run"))
+    return list(merged.values())
+
+
 def report(paths: list[Path], png: Path) -> int:
     entries = []
     for path in paths:
         result = json.loads(path.read_text())
         budget = f"batch {result['args']['batch_size']} x {result['args']['patch_size']} px"
-        entries += [{"budget": budget, **e} for e in result["settings"]]
+        entries += [{"budget": budget, "run": str(path), **e} for e in result["settings"]]
+    entries = merge_settings(entries)
     order = {name: i for i, name in enumerate(f"s={s:g}, photons={p:g}" for s, p in DEFAULT_GRID)}
     entries.sort(key=lambda e: order.get(e["setting"], len(order)))
     print_tables(entries)
