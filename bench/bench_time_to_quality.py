@@ -118,6 +118,13 @@ def _parse():
         json=Path("out/bench_time_to_quality.json"),
         methods=["linear", "isojax", "csbdeep"],
     )
+    for action in parser._actions:  # the help of the defaults changed above
+        if action.dest == "workdir":
+            action.help = "model folders and logs (default out/bench_ttq, git-ignored)"
+        elif action.dest == "json":
+            action.help = "results file (default out/bench_time_to_quality.json)"
+        elif action.dest == "no_grid_check":
+            action.help = "no effect here (bench_quality.py runs the grid check)"
     if "--report" in sys.argv:
         return parser.parse_args()
     args = bq.check_args(parser.parse_args())
