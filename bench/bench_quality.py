@@ -64,7 +64,12 @@ METHODS = ("linear", "isojax", "isojax-bf16", "csbdeep")
 
 
 def _parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    return check_args(build_parser().parse_args())
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The command line (shared with ``bench_time_to_quality.py``)."""
+    p = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
     p.add_argument(
         "--factors",
         type=float,
@@ -135,7 +140,11 @@ def _parse() -> argparse.Namespace:
         action="store_true",
         help="keep the default malloc (see bench/_env.py; default restarts with huge pages)",
     )
-    args = p.parse_args()
+    return p
+
+
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Check the options; ``--noise`` becomes floats (None for 'none')."""
     for name in ("steps", "batch_size", "patch_size", "first_filters", "csbdeep_patches"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
@@ -222,15 +231,16 @@ def _n_params_keras(model) -> int:
     return int(sum(np.prod(w.shape) for w in model.keras_model.weights))
 
 
-def csbdeep_train_predict(stack, psf, subsample, args, workdir: Path, log: Path) -> dict:
-    RawData, create_patches, anisotropic_distortions, Config, IsotropicCARE = _import_csbdeep()
-    import keras
+def csbdeep_patches(stack, psf, subsample, args, rng: np.random.Generator) -> dict:
+    """CSBDeep's training patches for one stack (the recipe, both lateral orientations).
 
-    keras.utils.set_random_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+    Returns:
+      ``x``, ``y`` (``(n, p, p, 1)`` float32, shuffled), ``n_val`` (the first ``n_val`` are
+      for validation) and ``warnings`` (CSBDeep's messages).
+    """
+    RawData, create_patches, anisotropic_distortions, _, _ = _import_csbdeep()
     psf = np.array(psf, np.float32)  # (lateral, axial); CSBDeep divides it by its sum in place
     p = args.patch_size
-    t0 = time.perf_counter()
     raw = RawData.from_arrays([stack], [stack], axes="ZYX")
     xs, ys = [], []
     caught_warnings = []
@@ -268,10 +278,13 @@ def csbdeep_train_predict(stack, psf, subsample, args, workdir: Path, log: Path)
     # validate on as many patches as isojax does (TrainConfig.val_batches batches of the same
     # size), so that validation costs both the same time
     n_val = min(_isojax_val_patches(args), len(x) // 2)
-    t_data = time.perf_counter() - t0
+    return {"x": x, "y": y, "n_val": n_val, "warnings": caught_warnings}
 
-    epochs = _epochs(args.steps)
-    config = Config(
+
+def csbdeep_config(args, epochs: int):
+    """CSBDeep's ``Config`` for the budget: ``epochs`` epochs of ``args.steps // epochs`` steps."""
+    Config = _import_csbdeep()[3]
+    return Config(
         "YX",
         1,
         1,
@@ -281,6 +294,22 @@ def csbdeep_train_predict(stack, psf, subsample, args, workdir: Path, log: Path)
         train_steps_per_epoch=args.steps // epochs,
         train_tensorboard=False,
     )
+
+
+def csbdeep_train_predict(stack, psf, subsample, args, workdir: Path, log: Path) -> dict:
+    IsotropicCARE = _import_csbdeep()[4]
+    import keras
+
+    keras.utils.set_random_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    t0 = time.perf_counter()
+    patches = csbdeep_patches(stack, psf, subsample, args, rng)
+    x, y, n_val = patches["x"], patches["y"], patches["n_val"]
+    caught_warnings = patches["warnings"]
+    t_data = time.perf_counter() - t0
+
+    epochs = _epochs(args.steps)
+    config = csbdeep_config(args, epochs)
     if workdir.exists():
         shutil.rmtree(workdir)
     with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
@@ -364,30 +393,55 @@ def grid_check(subsample: float, seed: int) -> dict:
 # isojax
 
 
-def isojax_train_predict(
-    stack, psf, acq, subsample, args, workdir: Path, log: Path, compute_dtype="float32"
-) -> dict:
-    import jax
-
-    from isojax.predict import predict_stack
+def isojax_configs(args, subsample, *, val_every: int, checkpoint_every: int,
+                   compute_dtype="float32"):
+    """isojax's ``(UNetConfig, TrainConfig, SynthConfig)`` for the budget in ``args``."""
     from isojax.synth import SynthConfig
-    from isojax.train import TrainConfig, load_model, train
+    from isojax.train import TrainConfig
     from isojax.unet import UNetConfig
 
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    epochs = _epochs(args.steps)
     net = UNetConfig(first_filters=args.first_filters)
     config = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
         seed=args.seed,
         warmup_steps=min(100, args.steps // 10),  # as isojax.pipeline.train_file
-        val_every=args.steps // epochs,
-        checkpoint_every=args.steps,
+        val_every=val_every,
+        checkpoint_every=checkpoint_every,
         compute_dtype=compute_dtype,
     )
-    synth_config = SynthConfig(subsample=subsample, patch_size=args.patch_size)
+    return net, config, SynthConfig(subsample=subsample, patch_size=args.patch_size)
+
+
+def isojax_predict(stack, apply_fn, meta: dict, subsample, net):
+    """``predict_stack`` with the model folder's normalisation and interpolation."""
+    from isojax.predict import predict_stack
+
+    norm = meta["normalization"]
+    return predict_stack(
+        stack,
+        apply_fn,
+        subsample=subsample,
+        interpolation=meta["interpolation"],
+        multiple=net.divisor,
+        normalization=(norm["pmin"], norm["pmax"]),
+    )
+
+
+def isojax_train_predict(
+    stack, psf, acq, subsample, args, workdir: Path, log: Path, compute_dtype="float32"
+) -> dict:
+    import jax
+
+    from isojax.train import load_model, train
+
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    epochs = _epochs(args.steps)
+    net, config, synth_config = isojax_configs(
+        args, subsample, val_every=args.steps // epochs, checkpoint_every=args.steps,
+        compute_dtype=compute_dtype,
+    )
     lines = []
     t0 = time.perf_counter()
     summary = train(
@@ -404,16 +458,8 @@ def isojax_train_predict(
     )
     t_train = time.perf_counter() - t0
     apply_fn, meta = load_model(workdir)
-    norm = meta["normalization"]
     t1 = time.perf_counter()
-    pred = predict_stack(
-        stack,
-        apply_fn,
-        subsample=subsample,
-        interpolation=meta["interpolation"],
-        multiple=net.divisor,
-        normalization=(norm["pmin"], norm["pmax"]),
-    )
+    pred = isojax_predict(stack, apply_fn, meta, subsample, net)
     t_pred = time.perf_counter() - t1
     with open(log, "a") as f:
         f.writelines(line + "\n" for line in lines)
