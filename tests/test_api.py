@@ -85,6 +85,9 @@ _EXCEPTIONS = {
     ("isojax.demo_pipeline.demo", "positional-default"):
         "demo(folder) is the documented call (tests, `isojax demo --out`): the output folder "
         "is its one data argument, defaulting to ./isojax-demo as the CLI does",
+    ("isojax.demo_series.demo_series", "positional-default"):
+        "demo(folder) is the documented call (tests, `isojax demo --out`): the output folder "
+        "is its one data argument, defaulting to ./isojax-demo-series as the CLI does",
     ("isojax.train.train", "positional-default"):
         "train(stack, psf, ...) is the documented call (examples, tests); the PSF is a data "
         "input, None only when calibrate_psf learns it",

@@ -71,7 +71,14 @@ def _grid_best(sigmas: np.ndarray, losses: np.ndarray) -> float:
 
 
 def n_slabs(n_planes: int) -> int:
-    """How many Z slabs a stack of ``n_planes`` planes is cut into (1: no check)."""
+    """How many Z slabs a stack of ``n_planes`` planes is cut into.
+
+    Args:
+      n_planes: the stack's number of Z planes.
+
+    Returns:
+      ``min(MAX_SLABS, n_planes // MIN_SAMPLES)``; 1 or 0 means no consistency check.
+    """
     return int(min(MAX_SLABS, n_planes // MIN_SAMPLES))
 
 
