@@ -45,6 +45,7 @@ from isojax.io import (
     open_hyperstack,
     parse_channels,
     parse_timepoints,
+    spread_timepoints,
     write_tiff,
 )
 from isojax.pipeline import _um_to_px  # the commands' one micrometre-to-pixel rule
@@ -96,11 +97,14 @@ def default_timepoints(n: int, *, count: int = DEFAULT_TIMEPOINTS) -> tuple[int,
       count: how many to pick at most, >= 1.
 
     Returns:
-      The time point indices, increasing (all of them when ``n <= count``).
+      The time point indices, increasing (all of them when ``n <= count``):
+      :func:`isojax.io.spread_timepoints`, the selection training makes, with calibration's
+      count.
+
+    Raises:
+      IsojaxInputError: ``n`` or ``count`` below 1.
     """
-    if n <= count:
-        return tuple(range(n))
-    return tuple(int(v) for v in np.unique(np.linspace(0, n - 1, count).round().astype(int)))
+    return spread_timepoints(n, count=count)
 
 
 def channel_output(output: str | os.PathLike, channel: int) -> Path:

@@ -28,6 +28,7 @@ from isojax.io.hyperstack import (
     parse_channels,
     parse_timepoints,
     read_hyperstack,
+    spread_timepoints,
     unit_to_seconds,
 )
 from isojax.io.hyperstack_write import (
@@ -89,6 +90,7 @@ __all__ = [
     "read_tiff",
     "remove_stale_partials",
     "require_spacing",
+    "spread_timepoints",
     "staged_output",
     "tiff_description",
     "unit_to_seconds",

@@ -56,6 +56,7 @@ __all__ = [
     "parse_channels",
     "parse_timepoints",
     "read_hyperstack",
+    "spread_timepoints",
     "unit_to_seconds",
 ]
 
@@ -493,6 +494,33 @@ def parse_timepoints(text: str | None, n: int) -> tuple[int, ...]:
     if not picked:
         raise IsojaxInputError(f"--timepoints {text} selects no time point; {hint}")
     return picked
+
+
+def spread_timepoints(n: int, *, count: int = 8) -> tuple[int, ...]:
+    """At most ``count`` time points evenly spread over ``0 .. n - 1``, first and last included:
+    the default selection of training (8) and of per-channel calibration (3).
+
+    Args:
+      n: the number of time points of the series, >= 1.
+      count: the most time points to pick, >= 1.
+
+    Returns:
+      Sorted, distinct time point indices (all of them when ``n <= count``).
+
+    Raises:
+      IsojaxInputError: ``n`` or ``count`` below 1.
+
+    Example:
+      >>> spread_timepoints(100, count=4)
+      (0, 33, 66, 99)
+    """
+    if n < 1 or count < 1:
+        raise IsojaxInputError(f"cannot spread {count} time points over a series of {n}")
+    if n <= count:
+        return tuple(range(n))
+    if count == 1:
+        return (0,)
+    return tuple(sorted({int(v) for v in np.floor(np.linspace(0, n - 1, count) + 1e-9)}))
 
 
 def read_hyperstack(path: str | os.PathLike, *, axes: str | None = None,

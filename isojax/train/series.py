@@ -36,6 +36,7 @@ from isojax import distributed
 from isojax.errors import IsojaxInputError
 from isojax.geometry import StackGeometry, from_metadata
 from isojax.io import Hyperstack, open_hyperstack, parse_channels, parse_timepoints
+from isojax.io.hyperstack import spread_timepoints  # re-exported: training's default spread
 from isojax.model_folder import (
     channel_models,
     is_multichannel,
@@ -59,32 +60,6 @@ SPREAD = 8
 #: The training planes of one channel may take at most this share of the physical memory
 #: (they are held as float32 on the host and once more on the device).
 _MEMORY_SHARE = 0.25
-
-
-def spread_timepoints(n: int, *, count: int = SPREAD) -> tuple[int, ...]:
-    """At most ``count`` time points evenly spread over ``0 .. n - 1``, first and last included.
-
-    Args:
-      n: the number of time points of the series, >= 1.
-      count: the most time points to pick, >= 1.
-
-    Returns:
-      Sorted, distinct time point indices (all of them when ``n <= count``).
-
-    Raises:
-      IsojaxInputError: ``n`` or ``count`` below 1.
-
-    Example:
-      >>> spread_timepoints(100, count=4)
-      (0, 33, 66, 99)
-    """
-    if n < 1 or count < 1:
-        raise IsojaxInputError(f"cannot spread {count} time points over a series of {n}")
-    if n <= count:
-        return tuple(range(n))
-    if count == 1:
-        return (0,)
-    return tuple(sorted({int(v) for v in np.floor(np.linspace(0, n - 1, count) + 1e-9)}))
 
 
 def training_timepoints(n: int, *, timepoints: str | None = None,
