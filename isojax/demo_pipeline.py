@@ -149,8 +149,9 @@ def demo(
                         subsample=subsample, t_start=t_start)
 
 
-def _demo_folder(out: Path, *, overwrite: bool) -> None:
-    """Create ``demo``'s output folder; refuse a file, or a non-empty folder without overwrite.
+def _demo_folder(out: Path, *, overwrite: bool, files: Sequence[str] = DEMO_FILES) -> None:
+    """Create a demo's output folder; refuse a file, or a non-empty folder without overwrite
+    (``files``: what that demo writes, named in the message).
 
     Raises:
       IsojaxInputError: ``out`` is a file, or a folder that is not empty and ``overwrite``
@@ -161,7 +162,7 @@ def _demo_folder(out: Path, *, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise IsojaxInputError(
             f"{out} exists and is not empty; pass --overwrite to replace the demo's own files "
-            f"in it ({', '.join(DEMO_FILES)}; other files are kept), or choose another --out")
+            f"in it ({', '.join(files)}; other files are kept), or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
 
 

@@ -44,17 +44,6 @@ _CHANNEL_SPECIMENS = (
 _DRIFT_PX = (0.4, 1.3, -0.9)
 
 
-def _series_folder(out: Path, *, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise IsojaxInputError(f"{out} is a file; give a folder with --out.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise IsojaxInputError(
-            f"{out} is not empty; give a new folder with --out, or --overwrite to replace the "
-            "demo's own files in it (other files are kept)."
-        )
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def _simulate_series(key, *, n_channels: int, n_timepoints: int, shape, subsample: float,
                      sigma_lateral: float, sigmas_axial: Sequence[float], photons: float,
                      pixel_size: float):
@@ -150,7 +139,7 @@ def demo_series(
     """
     import jax
 
-    from isojax.demo_pipeline import _simulated_bead
+    from isojax.demo_pipeline import _demo_folder, _simulated_bead
     from isojax.io import write_tiff
     from isojax.psf.sources import resolve_psf
 
@@ -162,7 +151,7 @@ def demo_series(
     n_c, n_t = int(channels), int(timepoints)
     t_start = time.perf_counter()
     out = Path(out)
-    _series_folder(out, overwrite=overwrite)
+    _demo_folder(out, overwrite=overwrite, files=SERIES_DEMO_FILES)
     k_sim, k_bead = jax.random.split(jax.random.key(seed))
     sxy, pixel = 1.0, 0.1
     sigmas = [2.5 + c for c in range(n_c)]
