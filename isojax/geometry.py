@@ -48,6 +48,7 @@ __all__ = [
     "open_stack",
     "read_stack",
     "subsample_conflict",
+    "um_to_px",
 ]
 
 Log = Callable[[str], None]
@@ -416,3 +417,26 @@ def open_stack(
     _check_planes(path, volume.shape, "ZYX")
     return volume, from_metadata(volume.spacing, source=volume.source, subsample=subsample,
                                  name=path, on_conflict=on_conflict, log=log)
+
+
+def um_to_px(value_um: float | None, *, pixel: float | None, name: str) -> float | None:
+    """A length the user gave in micrometres, in lateral pixels: the commands' one rule.
+
+    Args:
+      value_um: the length in micrometres, or None (not given).
+      pixel: the stack's lateral pixel size in micrometres, or None (unknown).
+      name: the option's name, for the message (e.g. ``"--init-fwhm"``).
+
+    Returns:
+      ``value_um / pixel``, or None when ``value_um`` is None.
+
+    Raises:
+      IsojaxInputError: a length is given but the pixel size is unknown.
+    """
+    if value_um is None:
+        return None
+    if pixel is None:
+        raise IsojaxInputError(
+            f"{name} is in micrometres but the stack's pixel size is unknown; pass --spacing Z Y X."
+        )
+    return float(value_um) / pixel

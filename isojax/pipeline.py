@@ -207,12 +207,13 @@ def train_file(
     # over 100 lines with its docstring (which documents every option); the code is 30 lines
     import functools
 
+    from isojax.model_folder import check_model_folder
     from isojax.predict.series import is_series
     from isojax.psf.sources import one_source_each, resolve_psf
     from isojax.synth import check_contrast
     from isojax.train.series import train_channels
 
-    _check_model_folder(model, inputs=_training_inputs(stack_path, psf, bead))
+    check_model_folder(model, inputs=_training_inputs(stack_path, psf, bead))
     volume = functools.partial(
         _train_volume, steps=steps, batch_size=batch_size, patch_size=patch_size,
         learning_rate=learning_rate, loss=loss, interpolation=interpolation, photons=photons,
@@ -254,6 +255,7 @@ def _train_volume(stack, g: geometry.StackGeometry, axial, model, *, resume: boo
     Returns:
       The summary of :func:`isojax.train.train`.
     """
+    from isojax.model_folder import warmup_steps
     from isojax.synth import SynthConfig
     from isojax.train import TrainConfig, train
     from isojax.unet import UNetConfig
@@ -265,7 +267,7 @@ def _train_volume(stack, g: geometry.StackGeometry, axial, model, *, resume: boo
     config = TrainConfig(
         steps=steps, batch_size=batch_size, learning_rate=learning_rate, loss=loss, seed=seed,
         checkpoint_every=checkpoint_every, val_every=val_every,
-        warmup_steps=_warmup_steps(model, steps=steps, resume=resume),
+        warmup_steps=warmup_steps(model, steps=steps, resume=resume),
         compute_dtype=compute_dtype,
     )
     net = UNetConfig(first_filters=first_filters, depth=depth, prob_out=loss == "laplace")
@@ -326,7 +328,7 @@ def _training_psf(pixel: float | None, *, psf, bead, bead_spacing, theory, calib
         from isojax.calibrate import CalibrationConfig
 
         calibration = CalibrationConfig(
-            family=family, init_fwhm=_um_to_px(init_fwhm, pixel, "--init-fwhm")
+            family=family, init_fwhm=geometry.um_to_px(init_fwhm, pixel=pixel, name="--init-fwhm")
         )
     if _is_axial_psf(psf):
         return psf, calibration  # checked by whoever built it (demo: from its bead)
@@ -338,50 +340,6 @@ def _training_psf(pixel: float | None, *, psf, bead, bead_spacing, theory, calib
         log=log,
     )
     return axial, calibration
-
-
-def _warmup_steps(model, *, steps: int, resume: bool) -> int:
-    """The warm-up length: a tenth of the steps (at most 100), or on resume the folder's.
-
-    The warm-up is part of the run's schedule: an extended run keeps the folder's.
-    """
-    if resume and (Path(model) / "config.json").exists():
-        from isojax.model_folder import read_model_config
-
-        kept = read_model_config(model).get("train", {}).get("warmup_steps")
-        if isinstance(kept, int) and not isinstance(kept, bool) and kept >= 0:
-            return kept
-    return min(100, steps // 10)
-
-
-def _check_model_folder(model, *, inputs: dict) -> None:
-    """Refuse a ``--model`` folder that is, holds or lies inside an input, or is not a model.
-
-    An existing model (``config.json``) is left to :func:`isojax.train.train` (``resume``).
-    """
-    from isojax.io import check_outputs
-
-    model = Path(model)
-    check_outputs([model], inputs=inputs, overwrite=True)
-    if model.exists() and not model.is_dir():
-        raise IsojaxInputError(
-            f"{model} is a file, not a model folder: choose a new folder for --model")
-    held = any((model / name).exists() for name in ("config.json", "channels.json"))
-    if model.is_dir() and not held and any(model.iterdir()):
-        raise IsojaxInputError(
-            f"{model} holds other files and no isojax model (no config.json): choose a new or "
-            "empty folder for --model; isojax writes config.json, psf.tif, metrics and "
-            "checkpoints there")
-
-
-def _um_to_px(value_um: float | None, pixel: float | None, name: str) -> float | None:
-    if value_um is None:
-        return None
-    if pixel is None:
-        raise IsojaxInputError(
-            f"{name} is in micrometres but the stack's pixel size is unknown; pass --spacing Z Y X."
-        )
-    return float(value_um) / pixel
 
 
 def calibrate_file(
@@ -445,9 +403,7 @@ def calibrate_file(
         an output is the stack; the width (of any channel) is not identifiable and
         ``allow_unidentified`` is False; ``channels`` or ``timepoints`` for a 3D stack.
     """
-    # over 100 lines with its docstring (which documents every option); the code is 34 lines
     from isojax.calibrate import files as cal_files
-    from isojax.synth import check_contrast
 
     if cal_files.is_hyperstack(stack_path, axes=axes):
         return cal_files.calibrate_series_file(
@@ -457,31 +413,10 @@ def calibrate_file(
             timepoints=timepoints, log=log)
     cal_files.refuse_series_options(stack_path, **{"--channels": channels,
                                                    "--timepoints": timepoints})
-    output, json_path, png_path = cal_files.calibration_paths(output)
-    from isojax.io import check_outputs
-
-    check_outputs([output, json_path, png_path], inputs={"stack": stack_path},
-                  overwrite=overwrite, log=log)
-    stack, g = geometry.read_stack(stack_path, spacing=spacing, subsample=subsample,
-                                   on_conflict="error", log=log)
-    check_contrast(stack, percentiles=(1.0, 99.8), name=stack_path)
-    pixel = g.pixel_size
-    init_px = _um_to_px(init_fwhm, pixel, "--init-fwhm")
-    log(f"stack {stack_path}: shape {stack.shape} (z, y, x), subsample {g.subsample:.4g} "
-        f"from {g.how}")
-    psf, report = cal_files.fit_logged(stack, subsample=g.subsample, family=family,
-                                       init_px=init_px, steps=steps, spacing=g.spacing,
-                                       pixel=pixel, log=log)
-    if not report.identifiable and not allow_unidentified:
-        raise IsojaxInputError(
-            f"{cal_files.unidentified_message(report)}. Give a bead or theory PSF, or pass "
-            "--allow-unidentified to write the best fit anyway.")
-    summary = report.to_json()
-    summary.update(stack=str(stack_path), subsample_from=g.how, psf_file=output.name)
-    cal_files.write_calibration(output, psf, report, summary=summary, pixel=pixel,
-                                overwrite=overwrite)
-    log(f"wrote {output}, {json_path.name} and {png_path.name}")
-    return summary
+    return cal_files.calibrate_stack_file(
+        stack_path, output=output, family=family, init_fwhm=init_fwhm, subsample=subsample,
+        spacing=spacing, steps=steps, overwrite=overwrite,
+        allow_unidentified=allow_unidentified, log=log)
 
 
 def predict_file(
@@ -592,7 +527,7 @@ def predict_file(
         stream_prediction,
     )
     from isojax.predict.series import is_series, predict_series_file
-    from isojax.predict.uncertainty import check_uncertainty_output, load_probabilistic
+    from isojax.predict.uncertainty import check_uncertainty_output
 
     if memory_budget is not None and memory_budget < 1:
         raise IsojaxInputError(f"the memory budget must be positive, got {memory_budget} bytes")
@@ -623,10 +558,7 @@ def predict_file(
             f"has no channel axis: predict it with one channel's folder (--model "
             f"{channel_models(model)[0][1]}), or name its axes with --axes (e.g. CZYX) if it "
             "has channels, and select them with --channels")
-    if unc is None:
-        apply_fn, meta = load_predictor(model, which=checkpoint)
-    else:
-        apply_fn, meta = load_probabilistic(model, which=checkpoint)
+    apply_fn, meta = load_predictor(model, which=checkpoint, uncertainty=unc is not None)
     check_tile_option(tile, meta)
     options: dict[str, Any] = dict(model=model, fuse=fuse, batch_size=batch_size, tile=tile,
                    keep_dtype=keep_dtype, overwrite=overwrite, progress=progress, log=log)

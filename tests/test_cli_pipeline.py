@@ -215,12 +215,12 @@ def test_train_refuses_bad_input_and_writes_nothing(files, capsys, extra, match)
 
 
 def test_tiles_overlap_by_twice_the_models_reach():
-    from isojax.predict.files import _tile_overlap
+    from isojax.predict.files import tile_overlap
     from isojax.unet import UNetConfig
 
     assert UNetConfig().receptive_radius == 43
-    assert _tile_overlap({"unet": {}}) == 96  # CARE's default U-Net: 86 px, kept at 96
-    assert _tile_overlap({"unet": {"depth": 3}}) == 2 * 95  # a deeper one sees farther
+    assert tile_overlap({"unet": {}}) == 96  # CARE's default U-Net: 86 px, kept at 96
+    assert tile_overlap({"unet": {"depth": 3}}) == 2 * 95  # a deeper one sees farther
 
 
 # ----------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import numpy as np
 
 from isojax.calibrate.fit import CalibrationReport, fit_psf
 from isojax.errors import IsojaxInputError
-from isojax.geometry import from_metadata
+from isojax.geometry import from_metadata, read_stack, um_to_px
 from isojax.io import (
     atomic_write,
     check_outputs,
@@ -48,12 +48,12 @@ from isojax.io import (
     spread_timepoints,
     write_tiff,
 )
-from isojax.pipeline import _um_to_px  # the commands' one micrometre-to-pixel rule
 from isojax.synth import check_contrast
 
 __all__ = [
     "DEFAULT_TIMEPOINTS",
     "calibrate_series_file",
+    "calibrate_stack_file",
     "calibration_paths",
     "channel_output",
     "default_timepoints",
@@ -309,6 +309,61 @@ def _channel_line(c: int, name, report: CalibrationReport, pixel: float | None) 
             f"95% interval {iv.low:.3g} to {iv.high:.3g} px: {verdict}")
 
 
+def calibrate_stack_file(
+    stack_path: str | os.PathLike,
+    *,
+    output: str | os.PathLike,
+    family: Literal["gaussian", "multi-gaussian", "free"] = "gaussian",
+    init_fwhm: float | None = None,
+    subsample: float | None = None,
+    spacing: Sequence[float] | None = None,
+    steps: int = 40,
+    overwrite: bool = False,
+    allow_unidentified: bool = False,
+    log: Log,
+) -> dict:
+    """Calibrate a 3D stack and write its PSF, JSON and PNG: ``isojax calibrate`` of one volume.
+
+    :func:`isojax.pipeline.calibrate_file` documents the outputs and the refusal of an
+    unidentifiable width; this is its 3D branch (a hyperstack goes to
+    :func:`calibrate_series_file`).
+
+    Args:
+      stack_path: the anisotropic 3D stack TIFF or OME-Zarr.
+      output, family, init_fwhm, subsample: as :func:`isojax.pipeline.calibrate_file`.
+      spacing, steps, overwrite, allow_unidentified, log: as there.
+
+    Returns:
+      The JSON report as a dict.
+
+    Raises:
+      IsojaxInputError: bad stack or options; an output exists and ``overwrite`` is False;
+        an output is the stack; the width is not identifiable and ``allow_unidentified``
+        is False.
+    """
+    output, json_path, png_path = calibration_paths(output)
+    check_outputs([output, json_path, png_path], inputs={"stack": stack_path},
+                  overwrite=overwrite, log=log)
+    stack, g = read_stack(stack_path, spacing=spacing, subsample=subsample,
+                          on_conflict="error", log=log)
+    check_contrast(stack, percentiles=(1.0, 99.8), name=stack_path)
+    pixel = g.pixel_size
+    init_px = um_to_px(init_fwhm, pixel=pixel, name="--init-fwhm")
+    log(f"stack {stack_path}: shape {stack.shape} (z, y, x), subsample {g.subsample:.4g} "
+        f"from {g.how}")
+    psf, report = fit_logged(stack, subsample=g.subsample, family=family, init_px=init_px,
+                             steps=steps, spacing=g.spacing, pixel=pixel, log=log)
+    if not report.identifiable and not allow_unidentified:
+        raise IsojaxInputError(
+            f"{unidentified_message(report)}. Give a bead or theory PSF, or pass "
+            "--allow-unidentified to write the best fit anyway.")
+    summary = report.to_json()
+    summary.update(stack=str(stack_path), subsample_from=g.how, psf_file=output.name)
+    write_calibration(output, psf, report, summary=summary, pixel=pixel, overwrite=overwrite)
+    log(f"wrote {output}, {json_path.name} and {png_path.name}")
+    return summary
+
+
 def calibrate_series_file(
     stack_path: str | os.PathLike,
     *,
@@ -367,7 +422,7 @@ def calibrate_series_file(
     g = from_metadata(hyper.spacing, source=hyper.source, subsample=subsample, name=stack_path,
                       on_conflict="error", axes="TCZYX", log=log)
     pixel = g.pixel_size
-    init_px = _um_to_px(init_fwhm, pixel, "--init-fwhm")
+    init_px = um_to_px(init_fwhm, pixel=pixel, name="--init-fwhm")
     names = hyper.channel_names
     log(f"stack {stack_path}: time points {', '.join(map(str, ts))} of {hyper.n_timepoints} "
         f"pooled per channel, channels {', '.join(map(str, cs))} of {hyper.n_channels}, "

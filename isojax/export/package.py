@@ -115,14 +115,14 @@ def _test_data(apply_fn, fn, meta: dict, psf: np.ndarray, side: int, work: Path,
     """The cover and the test tensors: ``(test_input, test_outputs, stats)`` (see module)."""
     from isojax.plot import save_views_png
     from isojax.predict import predict_stack, upsample_z
-    from isojax.predict.files import _tile_overlap
+    from isojax.predict.files import tile_overlap
 
     s, norm = float(meta["subsample"]), meta["normalization"]
     pmin, pmax = norm["pmin"], norm["pmax"]
     stack = _simulated_stack(psf, s, side)
     before = np.asarray(upsample_z(stack, s, interpolation=meta["interpolation"]))[:side]
     after = predict_stack(stack, apply_fn, subsample=s, interpolation=meta["interpolation"],
-                          overlap=_tile_overlap(meta), multiple=2 ** int(meta["unet"]["depth"]),
+                          overlap=tile_overlap(meta), multiple=2 ** int(meta["unet"]["depth"]),
                           normalization=(pmin, pmax))[:side]
     dx = float(meta["psf"]["pixel_size"])
     save_views_png(work / "cover.png", {"input, Z upsampled (linear)": before,

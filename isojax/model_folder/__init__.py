@@ -49,7 +49,13 @@ from isojax.model_folder.metrics import (
     summary_from_metrics,
     trim_metrics,
 )
-from isojax.model_folder.resume import check_resume, psf_difference, resume_differences
+from isojax.model_folder.resume import (
+    check_model_folder,
+    check_resume,
+    psf_difference,
+    resume_differences,
+    warmup_steps,
+)
 from isojax.model_folder.schema import (
     FORMAT,
     check_config,
@@ -66,6 +72,7 @@ __all__ = [
     "best_validation",
     "channel_models",
     "check_config",
+    "check_model_folder",
     "check_psf_file",
     "check_resume",
     "damaged_step",
@@ -86,6 +93,7 @@ __all__ = [
     "save_state",
     "summary_from_metrics",
     "trim_metrics",
+    "warmup_steps",
     "write_channels_file",
     "write_json",
     "write_model_config",

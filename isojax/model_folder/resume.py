@@ -15,11 +15,17 @@ from typing import Any
 import numpy as np
 
 from isojax.errors import IsojaxInputError
-from isojax.io import read_tiff
+from isojax.io import check_outputs, read_tiff
 from isojax.model_folder.checkpoints import open_managers
 from isojax.model_folder.schema import json_default, read_model_config
 
-__all__ = ["check_resume", "psf_difference", "resume_differences"]
+__all__ = [
+    "check_model_folder",
+    "check_resume",
+    "psf_difference",
+    "resume_differences",
+    "warmup_steps",
+]
 
 # Settings compared on resume, with the command-line flag that sets each (others are named
 # by their place in config.json). train.steps is not among them: a larger --steps extends.
@@ -174,3 +180,53 @@ def check_resume(workdir: Path, meta: dict, psf: np.ndarray, *, resume: bool,
     last.close()
     best.close()
     return done_before
+
+
+def warmup_steps(model, *, steps: int, resume: bool) -> int:
+    """The learning-rate warm-up of a training: a tenth of the steps (at most 100), or on
+    resume the folder's own.
+
+    The warm-up is part of the run's schedule, so an extended run keeps the folder's.
+
+    Args:
+      model: the model folder to be written or resumed.
+      steps: the training's total steps.
+      resume: whether the folder's training is continued.
+
+    Returns:
+      The warm-up length in steps.
+    """
+    if resume and (Path(model) / "config.json").exists():
+        kept = read_model_config(model).get("train", {}).get("warmup_steps")
+        if isinstance(kept, int) and not isinstance(kept, bool) and kept >= 0:
+            return kept
+    return min(100, steps // 10)
+
+
+def check_model_folder(model, *, inputs: dict) -> None:
+    """Refuse a ``--model`` folder that is, holds or lies inside an input, or is not a model.
+
+    An existing model (``config.json`` or ``channels.json``) is left to
+    :func:`isojax.train.train` and :func:`check_resume` (``resume``); an empty or missing
+    folder is fine.
+
+    Args:
+      model: the model folder training is to write.
+      inputs: ``{what: path}`` of the training's inputs (stack, PSF, bead), never to be
+        written over (:func:`isojax.io.check_outputs`).
+
+    Raises:
+      IsojaxInputError: ``model`` is an input, holds one or lies inside one; is a file; or
+        is a folder of other files without an isojax model.
+    """
+    model = Path(model)
+    check_outputs([model], inputs=inputs, overwrite=True)
+    if model.exists() and not model.is_dir():
+        raise IsojaxInputError(
+            f"{model} is a file, not a model folder: choose a new folder for --model")
+    held = any((model / name).exists() for name in ("config.json", "channels.json"))
+    if model.is_dir() and not held and any(model.iterdir()):
+        raise IsojaxInputError(
+            f"{model} holds other files and no isojax model (no config.json): choose a new or "
+            "empty folder for --model; isojax writes config.json, psf.tif, metrics and "
+            "checkpoints there")

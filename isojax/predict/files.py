@@ -37,40 +37,50 @@ from isojax.io import _tifffile_log, write_tiff
 from isojax.predict.core import Fuse, _cast, _geometry, upsampled_length
 from isojax.predict.large import LargePrediction, predict_large
 from isojax.predict.stack import predict_stack, predict_stack_uncertainty
-from isojax.predict.uncertainty import write_tiff_pair
+from isojax.predict.uncertainty import load_probabilistic, write_tiff_pair
 from isojax.synth import check_contrast
 from isojax.unet import UNetConfig
 
 __all__ = [
+    "check_model_subsample",
     "check_tile_option",
     "load_predictor",
     "predict_stack_file",
     "predict_volume_file",
     "stream_prediction",
+    "tile_overlap",
 ]
 
 Log = Callable[[str], None]
 
 
-def load_predictor(model, *, which: Literal["best", "last"] = "best"):
+def load_predictor(model, *, which: Literal["best", "last"] = "best",
+                   uncertainty: bool = False):
     """``(apply_fn, meta)`` of ``--model``: a model folder, or a package of ``isojax export``.
 
     A ``.zip`` is run by onnxruntime (:func:`isojax.export.load_package`); anything else is
-    a model folder (:func:`isojax.model_folder.load_model`).
+    a model folder (:func:`isojax.model_folder.load_model`). With ``uncertainty`` the
+    network gives the pair ``(mean, scale)`` of a probabilistic model
+    (:func:`isojax.predict.uncertainty.load_probabilistic`); the one loader of both
+    ``isojax predict`` paths (whole stacks and time-lapses).
 
     Args:
       model: a model folder or a ``.bioimageio.zip`` package.
       which: the checkpoint, ``"best"`` or ``"last"`` (model folders only).
+      uncertainty: load the mean and the Laplace scale (``--uncertainty``).
 
     Returns:
       ``(apply_fn, meta)``: the network and the model's configuration.
 
     Raises:
-      IsojaxInputError: an unusable model folder or package.
+      IsojaxInputError: an unusable model folder or package; with ``uncertainty``, a model
+        without a scale or a package.
     """
     # here, not at the top: isojax.export imports this module (tile overlap, prediction)
     from isojax import export, model_folder
 
+    if uncertainty:
+        return load_probabilistic(model, which=which)
     if export.is_package(model):
         return export.load_package(model, which=which)
     return model_folder.load_model(model, which=which)
@@ -118,7 +128,21 @@ def stream_prediction(stack_path, output: Path, subsample: float, budget: int | 
     return need > (budget if budget is not None else _physical_memory() // 2)
 
 
-def _check_model_subsample(s: float, meta: dict, model, how: str, log: Log) -> None:
+def check_model_subsample(s: float, meta: dict, *, model, how: str, log: Log) -> None:
+    """Refuse a stack whose subsample is more than 10% off the one the model was trained for.
+
+    A difference of 1-10% is allowed with a warning (voxel sizes in files are rounded).
+
+    Args:
+      s: the stack's subsample (Z step over the lateral pixel size).
+      meta: the model's configuration (:func:`load_predictor`).
+      model: the model's path, for the message.
+      how: where ``s`` came from (``StackGeometry.how``), for the message.
+      log: where the warning goes.
+
+    Raises:
+      IsojaxInputError: ``s`` differs from the model's subsample by more than 10%.
+    """
     trained = float(meta["subsample"])
     if abs(s / trained - 1) > 0.1:
         raise IsojaxInputError(
@@ -130,8 +154,15 @@ def _check_model_subsample(s: float, meta: dict, model, how: str, log: Log) -> N
         log(f"warning: stack subsample {s:.4g} differs from the model's {trained:.4g}")
 
 
-def _tile_overlap(meta: dict) -> int:
-    """Tile overlap for a model: twice its network's receptive radius, at least 96 px."""
+def tile_overlap(meta: dict) -> int:
+    """Tile overlap for a model: twice its network's receptive radius, at least 96 px.
+
+    Args:
+      meta: the model's configuration (:func:`load_predictor`; its ``"unet"`` settings).
+
+    Returns:
+      The overlap in pixels between neighbouring tiles of ``--tile``.
+    """
     return max(96, 2 * UNetConfig(**meta["unet"]).receptive_radius)
 
 
@@ -159,7 +190,7 @@ def check_tile_option(tile: int | None, meta: dict) -> None:
     """
     if tile is None:
         return
-    overlap, multiple = _tile_overlap(meta), _tile_multiple(meta)
+    overlap, multiple = tile_overlap(meta), _tile_multiple(meta)
     minimum = overlap // 2 * 2 + multiple
     if -(-int(tile) // multiple) * multiple < minimum:  # rounded up as prediction does
         raise IsojaxInputError(
@@ -188,7 +219,7 @@ def _affordable_tile(tile: int | None, out_shape, fuse: str, meta: dict, log: Lo
     """
     if tile is None:
         return None
-    overlap, multiple = _tile_overlap(meta), _tile_multiple(meta)
+    overlap, multiple = tile_overlap(meta), _tile_multiple(meta)
     views = {"xz": [1], "yz": [2]}.get(fuse, [1, 2])
     t = -(-int(tile) // multiple) * multiple
     cost = _tile_cost(out_shape, views, t, overlap, multiple)
@@ -264,7 +295,7 @@ def predict_stack_file(
     s = geometry.subsample
     norm = meta["normalization"]
     check_contrast(stack, percentiles=(norm["pmin"], norm["pmax"]), name=stack_path)
-    _check_model_subsample(s, meta, model, geometry.how, log)
+    check_model_subsample(s, meta, model=model, how=geometry.how, log=log)
     log(f"stack {stack_path}: shape {stack.shape}, subsample {s:.4g} from {geometry.how}")
     tile = _affordable_tile(tile, (upsampled_length(stack.shape[0], s), *stack.shape[1:]), fuse,
                             meta, log)
@@ -281,7 +312,7 @@ def predict_stack_file(
 
     t0 = time.perf_counter()
     options = dict(subsample=s, interpolation=meta["interpolation"], fuse=fuse,
-                   batch_size=batch_size, tile=tile, overlap=_tile_overlap(meta),
+                   batch_size=batch_size, tile=tile, overlap=tile_overlap(meta),
                    multiple=2**depth, normalization=(norm["pmin"], norm["pmax"]),
                    progress=report)
     scale = None
@@ -365,7 +396,7 @@ def predict_volume_file(
         :func:`isojax.predict.predict_large` refuses.
     """
     s, how = geometry.subsample, geometry.how
-    _check_model_subsample(s, meta, model, how, log)
+    check_model_subsample(s, meta, model=model, how=how, log=log)
     tile = _affordable_tile(tile, (upsampled_length(volume.shape[0], s), *volume.shape[1:]),
                             fuse, meta, log)
     budget = memory_budget if memory_budget is not None else 2**30
@@ -390,7 +421,7 @@ def predict_volume_file(
             result = predict_large(
                 stack_path, output, apply_fn, subsample=s, spacing=geometry.spacing,
                 interpolation=meta["interpolation"], fuse=fuse, memory_budget=budget,
-                batch_size=batch_size, tile=tile, overlap=_tile_overlap(meta),
+                batch_size=batch_size, tile=tile, overlap=tile_overlap(meta),
                 multiple=2 ** int(meta["unet"]["depth"]),
                 normalization=(norm["pmin"], norm["pmax"]), output_dtype=dtype,
                 overwrite=overwrite, progress=report, uncertainty=uncertainty,

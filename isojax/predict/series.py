@@ -66,15 +66,15 @@ from isojax.io.outputs import _host, _partial_tag, _pid_running
 from isojax.io.tiff import _IMAGEJ_DTYPES
 from isojax.predict.core import Fuse, _cast, upsampled_length
 from isojax.predict.files import (
-    _check_model_subsample,
     _physical_memory,
-    _tile_overlap,
+    check_model_subsample,
     check_tile_option,
     load_predictor,
+    tile_overlap,
 )
 from isojax.predict.spread import barrier, from_main, my_timepoints, rank_and_count
 from isojax.predict.stack import predict_stack, predict_stack_uncertainty
-from isojax.predict.uncertainty import check_uncertainty_output, load_probabilistic
+from isojax.predict.uncertainty import check_uncertainty_output
 
 __all__ = ["SeriesPrediction", "is_series", "predict_series_file"]
 
@@ -273,7 +273,7 @@ def _channel_predictors(model, cs, g: StackGeometry, *, checkpoint, tile, fuse, 
     A multi-channel model folder (:func:`isojax.model_folder.channel_models`) restores each
     channel with the model trained on it; a single-channel model (or a package) restores
     every channel (the same pair for all). With ``uncertainty`` each ``apply_fn`` gives
-    ``(mean, scale)`` (:func:`_load_network`).
+    ``(mean, scale)`` (:func:`isojax.predict.files.load_predictor`).
 
     Raises:
       IsojaxInputError: a selected channel the multi-channel folder has no model for, or
@@ -295,14 +295,14 @@ def _channel_predictors(model, cs, g: StackGeometry, *, checkpoint, tile, fuse, 
         key = None if None in by_index else c
         if key not in loaded:
             folder = by_index[key]
-            apply_fn, meta = _load_network(folder, checkpoint=checkpoint,
-                                           uncertainty=uncertainty)
+            apply_fn, meta = load_predictor(folder, which=checkpoint,
+                                            uncertainty=uncertainty)
             check_tile_option(tile, meta)
-            _check_model_subsample(g.subsample, meta, folder, g.how, log)
+            check_model_subsample(g.subsample, meta, model=folder, how=g.how, log=log)
             norm = meta["normalization"]
             loaded[key] = (apply_fn, dict(
                 subsample=g.subsample, interpolation=meta["interpolation"], fuse=fuse,
-                batch_size=batch_size, tile=tile, overlap=_tile_overlap(meta),
+                batch_size=batch_size, tile=tile, overlap=tile_overlap(meta),
                 multiple=2 ** int(meta["unet"]["depth"]),
                 normalization=(norm["pmin"], norm["pmax"])))
     return {c: loaded[None if None in by_index else c] for c in cs}
@@ -456,14 +456,6 @@ def predict_series_file(
     if unc is not None:
         log(f"wrote {unc}: the Laplace scale of each voxel, float32, same shape")
     return result
-
-
-def _load_network(model, *, checkpoint: Literal["best", "last"], uncertainty: bool):
-    """``(apply_fn, meta)`` of the model: the mean, or ``(mean, scale)`` for ``uncertainty``
-    (:func:`isojax.predict.uncertainty.load_probabilistic`, which refuses a model without)."""
-    if uncertainty:
-        return load_probabilistic(model, which=checkpoint)
-    return load_predictor(model, which=checkpoint)
 
 
 class _Target(NamedTuple):

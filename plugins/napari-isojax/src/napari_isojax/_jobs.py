@@ -236,7 +236,7 @@ def train_model(
       IsojaxInputError: what :func:`isojax.train.train` refuses (stack, PSF, folder).
     """
     from isojax.interrupt import Interrupted
-    from isojax.pipeline import _check_model_folder, _warmup_steps
+    from isojax.model_folder import check_model_folder, warmup_steps
     from isojax.synth import SynthConfig
     from isojax.train import TrainConfig, train
     from isojax.unet import UNetConfig
@@ -248,11 +248,11 @@ def train_model(
         raise IsojaxInputError(
             f"the PSF's pixel size ({psf.pixel_size:g} um) is not the stack's ({g.pixel_size:g} "
             "um): make the PSF at the stack's pixel size, or fix the layer's scale.")
-    _check_model_folder(workdir, inputs={})
+    check_model_folder(workdir, inputs={})
     synth_config = SynthConfig(subsample=g.subsample, patch_size=patch_size)
     config = TrainConfig(steps=steps, batch_size=batch_size, learning_rate=learning_rate,
                          seed=seed, checkpoint_every=checkpoint_every, val_every=val_every,
-                         warmup_steps=_warmup_steps(workdir, steps=steps, resume=resume))
+                         warmup_steps=warmup_steps(workdir, steps=steps, resume=resume))
     net = UNetConfig(first_filters=first_filters, depth=depth)
     try:
         summary = train(np.asarray(stack), psf, workdir=workdir, synth_config=synth_config,
@@ -308,7 +308,7 @@ def restore(stack, *, model: str | os.PathLike, scale: Sequence[float] | None = 
       IsojaxInputError: an unusable model, stack or factor.
     """
     from isojax.predict import predict_stack
-    from isojax.predict.files import _check_model_subsample, _tile_overlap, load_predictor
+    from isojax.predict.files import check_model_subsample, load_predictor, tile_overlap
     from isojax.synth import check_contrast
 
     log = _quiet(log)
@@ -323,13 +323,13 @@ def restore(stack, *, model: str | os.PathLike, scale: Sequence[float] | None = 
         s, how = sc[0] / sc[2], "the layer's scale"
     else:
         s, how = trained, "the model folder"
-    _check_model_subsample(s, meta, model, how, log)
+    check_model_subsample(s, meta, model=model, how=how, log=log)
     stack = np.asarray(stack)
     norm = meta["normalization"]
     check_contrast(stack, percentiles=(norm["pmin"], norm["pmax"]), name="the layer")
     volume = predict_stack(stack.astype(np.float32), apply_fn, subsample=s,
                            interpolation=meta["interpolation"], fuse=fuse,
-                           overlap=_tile_overlap(meta), multiple=2 ** int(meta["unet"]["depth"]),
+                           overlap=tile_overlap(meta), multiple=2 ** int(meta["unet"]["depth"]),
                            normalization=(norm["pmin"], norm["pmax"]), progress=progress)
     return Restored(volume, (sc[0] / s, sc[1], sc[2]), s)
 
