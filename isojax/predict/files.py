@@ -240,6 +240,14 @@ def _affordable_tile(tile: int | None, out_shape, fuse: str, meta: dict, log: Lo
 
 
 
+def _wrote_line(output, shape, dtype, spacing, elapsed: float) -> str:
+    """The line ``isojax predict`` ends with: what was written, its voxel size, the rate."""
+    size = ("unknown (the stack had none; pass --spacing to record one)" if spacing is None
+            else ", ".join(f"{v:.4g}" for v in spacing) + " um")
+    return (f"wrote {output}: shape {tuple(shape)}, {np.dtype(dtype)}, voxel size {size}; "
+            f"{math.prod(shape) / elapsed / 1e6:.2f} Mvoxel/s")
+
+
 def predict_stack_file(
     stack_path,
     stack: np.ndarray,
@@ -333,11 +341,7 @@ def predict_stack_file(
     else:
         write_tiff_pair(data, scale, output=output, uncertainty=uncertainty,
                         spacing=out_spacing, overwrite=overwrite)
-    log(
-        f"wrote {output}: shape {data.shape}, {data.dtype}, voxel size "
-        f"{'unknown' if out_spacing is None else ', '.join(f'{v:.4g}' for v in out_spacing)} um; "
-        f"{volume.size / elapsed / 1e6:.2f} Mvoxel/s"
-    )
+    log(_wrote_line(output, data.shape, data.dtype, out_spacing, elapsed))
     if uncertainty is not None:
         log(f"wrote {uncertainty}: the Laplace scale of each voxel, float32, same shape")
     return volume
@@ -436,11 +440,7 @@ def predict_volume_file(
         cut = " x ".join("whole" if t is None else f"{t}" for t in result.tile)
         log(f"slices did not fit the network's share of the memory budget: tiles of {cut} px "
             "(lateral x axial)")
-    log(
-        f"wrote {output}: shape {result.shape}, {result.dtype}, voxel size "
-        f"{'unknown' if sp_out is None else ', '.join(f'{v:.4g}' for v in sp_out)} um; "
-        f"{math.prod(result.shape) / elapsed / 1e6:.2f} Mvoxel/s"
-    )
+    log(_wrote_line(output, result.shape, result.dtype, sp_out, elapsed))
     if uncertainty is not None:
         log(f"wrote {uncertainty}: the Laplace scale of each voxel, float32, same shape")
     return result
