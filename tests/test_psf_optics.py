@@ -25,7 +25,7 @@ from isojax.psf import (
     sheet_fwhm_from_na,
 )
 from isojax.psf.optics import bessel_j0
-from isojax.psf.sources import resolve_psf
+from isojax.psf.sources import one_source_each, resolve_psf
 
 
 def test_bessel_j0_matches_scipy_up_to_large_arguments():
@@ -259,3 +259,32 @@ def test_resolve_psf_takes_the_debye_model():
     assert "debye" in got.provenance
     with pytest.raises(IsojaxInputError, match="unknown PSF model"):
         resolve_psf(pixel_size=0.1, theory={**theory, "model": "vectorial"})
+
+
+def test_train_psf_model_option_routes_to_the_debye_model(tmp_path):
+    from isojax.cli import build_parser
+    from isojax.cli.pipeline import _theory
+
+    base = ["train", str(tmp_path / "stack.tif"), "--model", str(tmp_path / "m"), "--steps",
+            "1", "--na", "1.1", "--wavelength", "0.52", "--ri", "1.33", "--modality",
+            "widefield"]
+    # --wavelength is given once per channel; a stack without channels takes one (as train)
+    _, _, theory = one_source_each(
+        theory=_theory(build_parser().parse_args([*base, "--psf-model", "debye"])))
+    assert theory["model"] == "debye"
+    got = resolve_psf(pixel_size=0.1, theory=theory, log=lambda msg: None)
+    want, _ = debye_axial_psf(na=1.1, wavelength_um=0.52, ri=1.33, modality="widefield",
+                              pixel_size=0.1)
+    np.testing.assert_allclose(np.asarray(got.dense()), want, atol=1e-7)
+    # the default stays the Gaussian model
+    _, _, default = one_source_each(theory=_theory(build_parser().parse_args(base)))
+    assert default["model"] is None
+    gauss = resolve_psf(pixel_size=0.1, theory=default, log=lambda msg: None)
+    assert gauss.dense().shape != want.shape
+    # --psf-model alone is a theory option: with a PSF file it is a second source
+    alone = _theory(build_parser().parse_args(
+        ["train", "s.tif", "--model", "m", "--steps", "1", "--psf-model", "debye"]))
+    with pytest.raises(IsojaxInputError, match="exactly one PSF source"):
+        resolve_psf(pixel_size=0.1, psf="a.tif", theory=alone)
+    with pytest.raises(IsojaxInputError, match="missing --na"):
+        resolve_psf(pixel_size=0.1, theory=alone)
