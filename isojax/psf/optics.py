@@ -199,6 +199,10 @@ def _check_concrete_optics(na, wavelength_um, ri) -> None:
     if na_c >= n:
         raise IsojaxInputError(
             f"na ({na_c}) must be smaller than the refractive index ri ({n}); check both values")
+    if lam > 5:
+        raise IsojaxInputError(
+            f"wavelength_um={lam} is not a visible wavelength in micrometres; give it in "
+            "micrometres, e.g. 0.52 for 520 nm")
     if n / lam > _MAX_N_PER_UM:
         raise IsojaxInputError(
             f"ri / wavelength_um = {n / lam:.3g} per um is beyond the Debye model's range "
@@ -255,8 +259,13 @@ def _check_modality(modality, excitation_um, sheet_fwhm_um) -> None:
     if modality == "lightsheet" and sheet_fwhm_um is None:
         raise IsojaxInputError(
             "lightsheet needs the sheet thickness: pass sheet_fwhm_um= (--sheet-fwhm UM)")
-    if modality == "confocal":
-        _check_concrete_optics(1e-3, excitation_um, 1.0)
+    if modality not in ("widefield", "confocal", "lightsheet"):
+        raise IsojaxInputError(
+            f"unknown modality {modality!r}; use 'widefield', 'confocal' or 'lightsheet'")
+    for value, name in ((excitation_um, "excitation_um"), (sheet_fwhm_um, "sheet_fwhm_um")):
+        concrete = None if value is None else _concrete_float(value)
+        if concrete is not None:
+            _positive(concrete, name, " micrometres")
 
 
 def debye_psf(
