@@ -31,6 +31,7 @@ def _theory(args: argparse.Namespace) -> dict | None:
         "modality": args.modality,
         "excitation_um": args.excitation,
         "sheet_fwhm_um": args.sheet_fwhm,
+        "model": args.psf_model,
     }
     if all(v is None for v in given.values()):
         return None
@@ -226,6 +227,10 @@ def _add_psf_source_options(t: argparse.ArgumentParser) -> None:
     src.add_argument("--sheet-fwhm", type=_positive_float, metavar="UM",
                      help="light-sheet thickness (FWHM along z) in micrometres, lightsheet only "
                      "(default: no sheet)")
+    src.add_argument("--psf-model", choices=("gaussian", "debye"),
+                     help="the theoretical model: gaussian (Gaussian approximation) or debye "
+                     "(scalar Debye wave optics), as `isojax psf theory --model` "
+                     "(default: gaussian)")
 
 
 def _add_training_options(t: argparse.ArgumentParser) -> None:

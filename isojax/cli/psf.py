@@ -89,22 +89,36 @@ def _cmd_psf_axial(args: argparse.Namespace) -> int:
 
 
 def _cmd_psf_theory(args: argparse.Namespace) -> int:
-    from isojax.psf import check_psf, theoretical_axial_psf
+    from isojax.psf import check_psf
+    from isojax.psf.sources import theory_axial_psf
 
     output = _check_psf_outputs(args, {})
-    psf2d, info = theoretical_axial_psf(
-        na=args.na, wavelength_um=args.wavelength, ri=args.ri, modality=args.modality,
-        pixel_size=args.pixel_size, excitation_um=args.excitation, pinhole_au=args.pinhole,
-        sheet_fwhm_um=args.sheet_fwhm)
-    psf2d, report = check_psf(psf2d, pixel_size=args.pixel_size)
-    print(f"{args.modality} PSF, NA {args.na:g}, emission {args.wavelength:g} um, n {args.ri:g} "
-          "(Gaussian approximation, Zhang et al., Appl. Opt. 2007)")
-    print(f"  sigma lateral {info['sigma_lateral_um']:.4g} um, axial {info['sigma_axial_um']:.4g}"
-          f" um (FWHM {info['fwhm_lateral_um']:.3g} / {info['fwhm_axial_um']:.3g} um)")
-    print(f"  additional axial PSF: Gaussian of sigma sqrt(sz^2 - sxy^2) = "
-          f"{info['sigma_additional_um']:.4g} um = {info['sigma_additional_px']:.3g} px at "
-          f"{args.pixel_size:g} um, shape {report.shape} (lateral, axial)")
-    _write_psf_outputs(output, psf2d, args.pixel_size, f"Additional axial PSF ({args.modality})",
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        psf2d, info = theory_axial_psf(
+            model=args.model, na=args.na, wavelength_um=args.wavelength, ri=args.ri,
+            modality=args.modality, pixel_size=args.pixel_size, excitation_um=args.excitation,
+            pinhole_au=args.pinhole, sheet_fwhm_um=args.sheet_fwhm)
+        psf2d, report = check_psf(psf2d, pixel_size=args.pixel_size)
+    _print_warnings(caught)
+    optics = f"{args.modality} PSF, NA {args.na:g}, emission {args.wavelength:g} um, n {args.ri:g}"
+    if args.model == "debye":
+        print(f"{optics} (scalar Debye wave optics{', point pinhole' if args.modality == 'confocal' else ''})")
+        print(f"  FWHM lateral {info['fwhm_lateral_um']:.3g} um, axial "
+              f"{info['fwhm_axial_um']:.3g} um")
+        print(f"  additional axial PSF: axial profile deconvolved by the lateral one, FWHM "
+              f"{info['fwhm_additional_um']:.4g} um = {info['fwhm_additional_px']:.3g} px at "
+              f"{args.pixel_size:g} um, shape {report.shape} (lateral, axial)")
+    else:
+        print(f"{optics} (Gaussian approximation, Zhang et al., Appl. Opt. 2007)")
+        print(f"  sigma lateral {info['sigma_lateral_um']:.4g} um, axial "
+              f"{info['sigma_axial_um']:.4g} um (FWHM {info['fwhm_lateral_um']:.3g} / "
+              f"{info['fwhm_axial_um']:.3g} um)")
+        print(f"  additional axial PSF: Gaussian of sigma sqrt(sz^2 - sxy^2) = "
+              f"{info['sigma_additional_um']:.4g} um = {info['sigma_additional_px']:.3g} px at "
+              f"{args.pixel_size:g} um, shape {report.shape} (lateral, axial)")
+    _write_psf_outputs(output, psf2d, args.pixel_size,
+                       f"Additional axial PSF ({args.modality}, {args.model})",
                        overwrite=args.overwrite)
     return EXIT_OK
 
@@ -175,9 +189,14 @@ def _add_psf_commands(commands: argparse._SubParsersAction) -> None:
     axial.set_defaults(func=_cmd_psf_axial)
 
     theory = psf_commands.add_parser(
-        "theory", help="the 2D additional axial PSF of a Gaussian model of the optics",
-        description="The additional axial PSF of the Gaussian approximation of a "
-                    "diffraction-limited PSF (Zhang, Zerubia, Olivo-Marin, Appl. Opt. 2007).")
+        "theory", help="the 2D additional axial PSF of a model of the optics",
+        description="The additional axial PSF of a diffraction-limited PSF: its Gaussian "
+                    "approximation (Zhang, Zerubia, Olivo-Marin, Appl. Opt. 2007; the default) "
+                    "or the scalar Debye wave-optics model (--model debye).")
+    theory.add_argument("--model", choices=("gaussian", "debye"), default="gaussian",
+                        help="gaussian: Gaussian approximation, additional sigma sqrt(sz^2 - "
+                        "sxy^2); debye: scalar Debye integral, the axial profile deconvolved "
+                        "by the lateral one (confocal: a point pinhole) (default: gaussian)")
     theory.add_argument("--na", type=_positive_float, required=True,
                         help="numerical aperture of the objective")
     theory.add_argument("--wavelength", type=_positive_float, required=True, metavar="UM",

@@ -22,8 +22,10 @@ from isojax.io import read_tiff, require_spacing
 from isojax.psf.bead import axial_psf, process_bead, resample_psf
 from isojax.psf.check import AxialPSF
 from isojax.psf.models import theoretical_axial_psf
+from isojax.psf.optics import debye_axial_psf
 
-__all__ = ["channel_sources", "one_source_each", "resolve_psf"]
+__all__ = ["THEORY_MODELS", "channel_sources", "one_source_each", "resolve_psf",
+           "theory_axial_psf"]
 
 Log = Callable[[str], None]
 
@@ -38,7 +40,34 @@ _THEORY_OPTIONS = {
     "modality": "--modality",
     "excitation_um": "--excitation",
     "sheet_fwhm_um": "--sheet-fwhm",
+    "model": "--psf-model",
 }
+
+#: The theory models: ``theory["model"]`` (default ``"gaussian"``) to the function that
+#: computes the additional axial PSF; both take the same options.
+THEORY_MODELS = {"gaussian": theoretical_axial_psf, "debye": debye_axial_psf}
+
+
+def theory_axial_psf(*, pixel_size: float, model: str | None = "gaussian", **theory):
+    """The additional axial PSF of a theory model: Gaussian (default) or Debye wave optics.
+
+    Args:
+      pixel_size: the image's lateral pixel size in micrometres.
+      model: ``"gaussian"`` (:func:`isojax.psf.theoretical_axial_psf`, also for None) or
+        ``"debye"`` (:func:`isojax.psf.optics.debye_axial_psf`).
+      theory: the other options of those functions (na, wavelength_um, ri, modality, ...).
+
+    Returns:
+      ``(psf2d, info)`` as the chosen function returns them.
+
+    Raises:
+      IsojaxInputError: an unknown model, or what the chosen function raises.
+    """
+    name = model or "gaussian"
+    if name not in THEORY_MODELS:
+        raise IsojaxInputError(
+            f"unknown PSF model {model!r}; use {' or '.join(map(repr, THEORY_MODELS))}")
+    return THEORY_MODELS[name](pixel_size=pixel_size, **theory)
 
 
 def resolve_psf(
@@ -63,7 +92,8 @@ def resolve_psf(
       bead_spacing: the bead stack's voxel size ``(dz, dy, dx)`` in micrometres, or None
         (from its metadata).
       theory: keyword arguments of :func:`isojax.psf.theoretical_axial_psf` except
-        ``pixel_size`` (na, wavelength_um, ri, modality, ...).
+        ``pixel_size`` (na, wavelength_um, ri, modality, ...), and optionally ``model``:
+        ``"gaussian"`` (default) or ``"debye"`` (:func:`theory_axial_psf`).
       log: where the PSF's summary line and warnings go.
 
     Returns:
@@ -85,7 +115,7 @@ def resolve_psf(
             if pixel_size is None:
                 raise IsojaxInputError("a theoretical PSF needs the image's pixel size.")
             assert theory is not None, "_check_one_source: exactly one source is given"
-            p, _info = theoretical_axial_psf(pixel_size=pixel_size, **theory)
+            p, _info = theory_axial_psf(pixel_size=pixel_size, **theory)
             shown = ", ".join(f"{key} {theory[key]}" for key in _THEORY_OPTIONS
                               if theory.get(key) is not None)
             out = AxialPSF.checked(p, pixel_size=pixel_size, provenance=f"theory ({shown})")

@@ -1,0 +1,179 @@
+"""A physical PSF family for calibration: the Debye model's additional axial PSF, whose one
+free parameter is the detection NA (or, for a light sheet, the sheet's FWHM).
+
+The families of :mod:`isojax.calibrate.params` describe the kernel's shape in pixels; this one
+describes the optics, with the wavelength, refractive index, modality and pixel size fixed by
+the user (:class:`PhysicalFamily`), so that what calibration fits is a number one can check
+against the objective's specification. The kernel is
+:func:`isojax.psf.debye_additional_kernel`, differentiable in the parameter; it is
+non-negative and sums to 1 by construction. :func:`fit_physical_psf` fits it to a stack with
+the spectral objective of :func:`isojax.calibrate.spectral_loss` (L-BFGS over the parameter and
+the two nuisance constants), as :func:`isojax.calibrate.fit_psf` does for the shape families.
+It is not (yet) one of :data:`isojax.calibrate.FAMILIES`: ``fit_psf`` knows kernels in pixels
+only, and the optics would have to travel through it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from isojax.calibrate.spectra import _init_nuisance, prepare_spectra, spectral_loss
+from isojax.errors import IsojaxInputError
+from isojax.forward import FactoredPSF
+from isojax.psf.models import theoretical_sigmas
+from isojax.psf.optics import debye_additional_kernel
+
+__all__ = ["PhysicalFamily", "fit_physical_psf", "physical_psf", "physical_values"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PhysicalFamily:
+    """The fixed optics of the physical family, and which parameter is free.
+
+    Attributes:
+      wavelength_um: emission wavelength in micrometres.
+      ri: refractive index of the immersion medium.
+      modality: ``"widefield"``, ``"confocal"`` (point pinhole) or ``"lightsheet"``.
+      pixel_size: the image's lateral pixel size in micrometres.
+      half_size: the kernel spans ``-half_size..half_size`` lateral pixels.
+      free: ``"na"`` (fit the NA; the default) or ``"sheet_fwhm"`` (lightsheet: fit the
+        sheet's FWHM, the NA fixed).
+      na: the NA when it is fixed (``free="sheet_fwhm"``).
+      excitation_um: excitation wavelength (confocal).
+      sheet_fwhm_um: sheet FWHM in micrometres when it is fixed (lightsheet, ``free="na"``).
+    """
+
+    wavelength_um: float
+    ri: float
+    modality: Literal["widefield", "confocal", "lightsheet"]
+    pixel_size: float
+    half_size: int = 64
+    free: Literal["na", "sheet_fwhm"] = "na"
+    na: float | None = None
+    excitation_um: float | None = None
+    sheet_fwhm_um: float | None = None
+
+    def __post_init__(self):
+        if self.free not in ("na", "sheet_fwhm"):
+            raise IsojaxInputError(f"free must be 'na' or 'sheet_fwhm', got {self.free!r}")
+        if self.free == "sheet_fwhm" and (self.modality != "lightsheet" or self.na is None):
+            raise IsojaxInputError(
+                "fitting the sheet FWHM needs modality='lightsheet' and a fixed na=")
+        if int(self.half_size) != self.half_size or self.half_size < 4:
+            raise IsojaxInputError(f"half_size must be an integer >= 4, got {self.half_size}")
+        # the optics checks of the theory (na, wavelength, ri, modality's own options)
+        theoretical_sigmas(na=min(self.na or 0.5 * self.ri, 0.99 * self.ri),
+                           wavelength_um=self.wavelength_um, ri=self.ri,
+                           modality=self.modality, excitation_um=self.excitation_um,
+                           pinhole_au=0.0,
+                           sheet_fwhm_um=self.sheet_fwhm_um if self.free == "na" else 1.0)
+
+
+def _init(family: PhysicalFamily, value: float) -> dict:
+    """Unconstrained parameters at a physical value: ``NA = ri sigmoid(p)``,
+    ``FWHM = exp(p)``."""
+    if family.free == "na":
+        if not 0 < value < family.ri:
+            raise IsojaxInputError(f"the initial NA must be in (0, ri={family.ri}), got {value}")
+        q = value / family.ri
+        return {"logit_na": jnp.float32(math.log(q / (1.0 - q)))}
+    if not (math.isfinite(value) and value > 0):
+        raise IsojaxInputError(f"the initial sheet FWHM must be positive (um), got {value}")
+    return {"log_sheet_fwhm": jnp.float32(math.log(value))}
+
+
+def physical_values(family: PhysicalFamily, params: dict) -> dict:
+    """The physical values of a parameter set.
+
+    Args:
+      family: the fixed optics.
+      params: ``{"logit_na": ...}`` or ``{"log_sheet_fwhm": ...}`` (from a fit).
+
+    Returns:
+      ``{"na": ..., "sheet_fwhm_um": ...}`` (JAX scalars, or None where not given).
+    """
+    if family.free == "na":
+        return {"na": family.ri * jax.nn.sigmoid(params["logit_na"]),
+                "sheet_fwhm_um": family.sheet_fwhm_um}
+    return {"na": family.na, "sheet_fwhm_um": jnp.exp(params["log_sheet_fwhm"])}
+
+
+def physical_psf(family: PhysicalFamily, params: dict) -> FactoredPSF:
+    """The family's additional axial PSF: a lateral delta and the Debye axial kernel.
+
+    Args:
+      family: the fixed optics.
+      params: as in :func:`physical_values`.
+
+    Returns:
+      ``FactoredPSF(lateral (1, 1), axial (1, 2 half_size + 1))``, non-negative, summing to 1,
+      differentiable in ``params``.
+    """
+    v = physical_values(family, params)
+    h, _, _ = debye_additional_kernel(
+        na=v["na"], wavelength_um=family.wavelength_um, ri=family.ri, modality=family.modality,
+        pixel_size=family.pixel_size, half_size=family.half_size,
+        excitation_um=family.excitation_um, sheet_fwhm_um=v["sheet_fwhm_um"])
+    return FactoredPSF(jnp.ones((1, 1), jnp.float32), h.astype(jnp.float32)[None])
+
+
+@functools.partial(jax.jit, static_argnames=("family", "subsample", "segment", "steps"))
+def _fit(theta, target, *, family, subsample, segment, steps):
+    def value(th):
+        return spectral_loss(physical_psf(family, th["psf"]), th["nuisance"], target,
+                             subsample=subsample, segment=segment)
+
+    tx = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(value)
+
+    def step(carry, _):
+        th, opt = carry
+        loss, g = value_and_grad(th, state=opt)
+        upd, opt = tx.update(g, opt, th, value=loss, grad=g, value_fn=value)
+        return (optax.apply_updates(th, upd), opt), loss
+
+    (theta, _), losses = jax.lax.scan(step, (theta, tx.init(theta)), None, length=steps)
+    return theta, losses, value(theta)
+
+
+def fit_physical_psf(key, stack, *, family: PhysicalFamily, init: float, subsample: float,
+                     steps: int = 40) -> tuple[FactoredPSF, dict]:
+    """Fit the physical family to a stack with the spectral objective.
+
+    Args:
+      key: a ``jax.random`` key (chooses the lateral lines, :func:`prepare_spectra`).
+      stack: anisotropic stack ``(z, y, x)`` (or a list of them), as for
+        :func:`isojax.calibrate.fit_psf`.
+      family: the fixed optics and the free parameter.
+      init: the starting value of the free parameter (an NA, or a FWHM in micrometres).
+      subsample: anisotropy factor (axial step / lateral pixel size).
+      steps: L-BFGS steps.
+
+    Returns:
+      ``(psf, info)``: the fitted :class:`~isojax.forward.FactoredPSF` and a dict with the
+      fitted physical values (floats), the initial and final objective and the losses.
+
+    Raises:
+      IsojaxInputError: a bad stack, factor, start or number of steps.
+    """
+    if int(steps) != steps or steps < 1:
+        raise IsojaxInputError(f"steps must be a positive integer, got {steps}")
+    target, segment = prepare_spectra(key, stack, subsample=subsample)
+    psf_params = _init(family, float(init))
+    nuisance = _init_nuisance(physical_psf(family, psf_params), target, subsample, segment)
+    theta, losses, final = _fit({"psf": psf_params, "nuisance": nuisance}, target,
+                                family=family, subsample=float(subsample), segment=segment,
+                                steps=int(steps))
+    values = {k: (None if v is None else float(v))
+              for k, v in physical_values(family, theta["psf"]).items()}
+    info = {**values, "free": family.free, "loss_initial": float(np.asarray(losses)[0]),
+            "loss_final": float(final), "losses": np.asarray(losses)}
+    return physical_psf(family, theta["psf"]), info
