@@ -52,13 +52,32 @@ def test_bad_families_are_one_line_errors():
         _init(FAMILY, 1.4)
 
 
-def test_fit_recovers_the_na_from_a_simulated_stack():
+@pytest.fixture(scope="module")
+def na_stack():
+    """A stack blurred by the family's kernel at NA 1.0 and subsampled by 2."""
     truth = np.asarray(simulate_specimen(jax.random.key(0), (48, 64, 64)))
     iso = ndimage.gaussian_filter(truth, 1.0)  # the isotropic part, about the lateral PSF
     psf = physical_psf(FAMILY, _init(FAMILY, 1.0))
-    stack = np.transpose(np.asarray(measure(np.transpose(iso, (1, 2, 0)), psf, 2.0)),
-                         (2, 0, 1))
+    return np.transpose(np.asarray(measure(np.transpose(iso, (1, 2, 0)), psf, 2.0)),
+                        (2, 0, 1))
+
+
+def test_fit_recovers_the_na_from_a_simulated_stack(na_stack):
+    stack = na_stack
     _, info = fit_physical_psf(jax.random.key(1), stack, family=FAMILY, init=0.8,
                                subsample=2.0, steps=20)
     assert info["na"] == pytest.approx(1.0, rel=0.02)
     assert info["loss_final"] < 0.1 * info["loss_initial"]
+
+
+def test_the_global_search_finds_the_na_without_a_start_and_brackets_it(na_stack):
+    # no start: the profile over NA 0.2..1.29 picks the cells, L-BFGS refines, and the
+    # profile's interval holds the truth
+    _, info = fit_physical_psf(jax.random.key(1), na_stack, family=FAMILY, subsample=2.0,
+                               steps=20)
+    assert info["na"] == pytest.approx(1.0, rel=0.02)
+    low, high = info["interval"]
+    assert low <= 1.0 <= high
+    assert info["identifiable"]
+    grid, profile = np.asarray(info["grid"]), np.asarray(info["profile"])
+    assert abs(grid[np.argmin(profile)] - 1.0) <= grid[1] - grid[0]  # the best cell is the truth's

@@ -9,8 +9,12 @@ against the objective's specification. The kernel is
 non-negative and sums to 1 by construction. :func:`fit_physical_psf` fits it to a stack with
 the spectral objective of :func:`isojax.calibrate.spectral_loss` (L-BFGS over the parameter and
 the two nuisance constants), as :func:`isojax.calibrate.fit_psf` does for the shape families.
-It is not (yet) one of :data:`isojax.calibrate.FAMILIES`: ``fit_psf`` knows kernels in pixels
-only, and the optics would have to travel through it.
+Global before local, as :func:`isojax.calibrate.fit_psf`: without a start, the objective is
+first profiled over a grid of the free parameter (:func:`physical_profile`, the nuisance
+constants fitted at each value), the refinement starts from its best cells, and the
+profile's likelihood-ratio interval (:func:`isojax.calibrate.search.profile_interval`) is
+reported in the physical unit. It is not (yet) one of :data:`isojax.calibrate.FAMILIES`:
+``fit_psf`` and ``isojax calibrate`` know kernels in pixels only.
 """
 
 from __future__ import annotations
@@ -25,13 +29,26 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from isojax.calibrate.spectra import _init_nuisance, prepare_spectra, spectral_loss
+from isojax.calibrate.search import _fit_nuisance, local_minima, profile_interval
+from isojax.calibrate.spectra import (
+    _init_nuisance,
+    _noised_spectra,
+    prepare_spectra,
+    spectral_loss,
+)
 from isojax.errors import IsojaxInputError
 from isojax.forward import FactoredPSF
 from isojax.psf.models import theoretical_sigmas
 from isojax.psf.optics import debye_additional_kernel
 
-__all__ = ["PhysicalFamily", "fit_physical_psf", "physical_psf", "physical_values"]
+__all__ = [
+    "PhysicalFamily",
+    "fit_physical_psf",
+    "physical_grid",
+    "physical_profile",
+    "physical_psf",
+    "physical_values",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,22 +161,86 @@ def _fit(theta, target, *, family, subsample, segment, steps):
     return theta, losses, value(theta)
 
 
-def fit_physical_psf(key, stack, *, family: PhysicalFamily, init: float, subsample: float,
-                     steps: int = 40) -> tuple[FactoredPSF, dict]:
-    """Fit the physical family to a stack with the spectral objective.
+def physical_grid(family: PhysicalFamily, *, subsample: float, points: int = 16) -> np.ndarray:
+    """Values of the free parameter the global search profiles, ascending.
+
+    For the NA: evenly spaced from ``0.15 ri`` to ``0.97 ri`` (every objective a user could
+    have, dry to oil). For a sheet's FWHM: geometric from two lateral pixels to five axial
+    steps (a sheet much thinner than a pixel is not seen; one much thicker than the
+    detection PSF no longer matters).
+
+    Args:
+      family: the fixed optics and the free parameter.
+      subsample: anisotropy factor (axial step / lateral pixel size).
+      points: grid size, >= 3.
+
+    Returns:
+      ``(points,)`` float64 values (an NA, or a FWHM in micrometres).
+    """
+    if family.free == "na":
+        return np.linspace(0.15, 0.97, int(points)) * family.ri
+    step_um = float(subsample) * family.pixel_size
+    return np.geomspace(2.0 * family.pixel_size, 5.0 * step_um, int(points))
+
+
+@functools.partial(jax.jit, static_argnames=("family", "subsample", "segment"))
+def _profile(params, target, *, family, subsample, segment):
+    def one(p):
+        psf = physical_psf(family, p)
+        obs, syn = _noised_spectra(psf, target, subsample, segment)
+        return _fit_nuisance(jnp.log(jnp.maximum(obs, 1e-30)), syn)
+
+    return jax.lax.map(one, params)
+
+
+def physical_profile(target, values, *, family: PhysicalFamily, subsample: float,
+                     segment: int) -> tuple[np.ndarray, np.ndarray]:
+    """The spectral objective at each value of the free parameter, nuisance fitted.
+
+    The physical analogue of :func:`isojax.calibrate.search.width_profile`.
+
+    Args:
+      target: from :func:`~isojax.calibrate.prepare_spectra`.
+      values: ``(k,)`` values of the free parameter (NA, or FWHM in micrometres).
+      family: the fixed optics and the free parameter.
+      subsample: anisotropy factor.
+      segment: its Welch length (from :func:`~isojax.calibrate.prepare_spectra`).
+
+    Returns:
+      ``(losses (k,), nuisance (k, 2))``, as ``width_profile``.
+    """
+    params = [_init(family, float(v)) for v in values]
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *params)
+    losses, nuis = _profile(stacked, target, family=family, subsample=float(subsample),
+                            segment=int(segment))
+    return np.asarray(losses, np.float64), np.asarray(nuis, np.float64)
+
+
+def fit_physical_psf(key, stack, *, family: PhysicalFamily, init: float | None = None,
+                     subsample: float, steps: int = 40) -> tuple[FactoredPSF, dict]:
+    """Fit the physical family to a stack with the spectral objective: search, then refine.
+
+    Without ``init`` the objective is profiled over :func:`physical_grid` and L-BFGS starts
+    from its two lowest local minima (the better end kept), so that the answer does not
+    depend on a start; the profile gives the 95% interval of the free parameter
+    (:func:`isojax.calibrate.search.profile_interval`, read in the parameter's unit) and
+    whether the stack identifies it. With ``init``, one refinement from there (no profile).
 
     Args:
       key: a ``jax.random`` key (chooses the lateral lines, :func:`prepare_spectra`).
       stack: anisotropic stack ``(z, y, x)`` (or a list of them), as for
         :func:`isojax.calibrate.fit_psf`.
       family: the fixed optics and the free parameter.
-      init: the starting value of the free parameter (an NA, or a FWHM in micrometres).
+      init: a starting value of the free parameter (an NA, or a FWHM in micrometres), or
+        None for the global search.
       subsample: anisotropy factor (axial step / lateral pixel size).
       steps: L-BFGS steps.
 
     Returns:
       ``(psf, info)``: the fitted :class:`~isojax.forward.FactoredPSF` and a dict with the
-      fitted physical values (floats), the initial and final objective and the losses.
+      fitted physical values (floats), the initial and final objective and the losses; after
+      a search also ``"grid"``, ``"profile"``, ``"interval"`` (``(low, high)`` in the free
+      parameter's unit) and ``"identifiable"``.
 
     Raises:
       IsojaxInputError: a bad stack, factor, start or number of steps.
@@ -167,13 +248,30 @@ def fit_physical_psf(key, stack, *, family: PhysicalFamily, init: float, subsamp
     if int(steps) != steps or steps < 1:
         raise IsojaxInputError(f"steps must be a positive integer, got {steps}")
     target, segment = prepare_spectra(key, stack, subsample=subsample)
-    psf_params = _init(family, float(init))
-    nuisance = _init_nuisance(physical_psf(family, psf_params), target, subsample, segment)
-    theta, losses, final = _fit({"psf": psf_params, "nuisance": nuisance}, target,
-                                family=family, subsample=float(subsample), segment=segment,
-                                steps=int(steps))
+    search: dict = {}
+    if init is None:
+        grid = physical_grid(family, subsample=subsample)
+        losses, _ = physical_profile(target, grid, family=family, subsample=subsample,
+                                     segment=segment)
+        iv = profile_interval(grid, losses, n_freq=segment // 2)
+        starts = [float(grid[i]) for i in local_minima(losses, 2)]
+        search = {"grid": grid.tolist(), "profile": losses.tolist(),
+                  "interval": (iv.low, iv.high), "identifiable": iv.identifiable}
+    else:
+        starts = [float(init)]
+    best = None
+    for start in starts:
+        psf_params = _init(family, start)
+        nuisance = _init_nuisance(physical_psf(family, psf_params), target, subsample, segment)
+        theta, losses_run, final = _fit({"psf": psf_params, "nuisance": nuisance}, target,
+                                        family=family, subsample=float(subsample),
+                                        segment=segment, steps=int(steps))
+        if best is None or float(final) < best[2]:
+            best = (theta, losses_run, float(final))
+    assert best is not None
+    theta, losses_run, final = best
     values = {k: (None if v is None else float(v))
               for k, v in physical_values(family, theta["psf"]).items()}
-    info = {**values, "free": family.free, "loss_initial": float(np.asarray(losses)[0]),
-            "loss_final": float(final), "losses": np.asarray(losses)}
+    info = {**values, "free": family.free, "loss_initial": float(np.asarray(losses_run)[0]),
+            "loss_final": final, "losses": np.asarray(losses_run), **search}
     return physical_psf(family, theta["psf"]), info
