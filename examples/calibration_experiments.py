@@ -22,17 +22,21 @@ Experiment 3 (``--timing``): time to calibrate a 64x512x512 stack.
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import json
 import math
 import os
+import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tifffile
 from scipy import ndimage as ndi
 
 from isojax.calibrate import fit_psf, prepare_spectra, psf_from_params, search, spectra
@@ -109,8 +113,89 @@ def textured(rng, shape):
     return np.exp(0.7 * (f - f.mean()) / f.std())
 
 
+# ---- a real fluorescence stack: the Purkinje neuron that flowdec's wheel ships ------------
+
+#: The file inside the flowdec wheel (Apache-2.0): EPFL BIG's widefield "Purkinje neuron"
+#: deconvolution data set, downsampled to 25%, (50, 256, 256) float32, no voxel size.
+NEURON_MEMBER = "flowdec/datasets/neuron-25pct/data.tif"
+NEURON_CACHE = Path(os.environ.get("ISOJAX_GRID_CACHE", Path.home() / ".cache" / "isojax-grid"))
+_NEURON: dict[str, np.ndarray] = {}
+#: Tiles per orientation in :func:`neuron` (more: closer to exchange symmetry per stack).
+NEURON_TILES = 3
+
+
+def _neuron_wheel(source: Path | None) -> Path:
+    """The flowdec wheel: ``source`` (a .whl), one in the cache, or ``pip download``."""
+    if source is not None:
+        return source
+    found = sorted(NEURON_CACHE.glob("flowdec-*.whl"))
+    if not found:
+        NEURON_CACHE.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+                            "flowdec==1.1.0", "-d", str(NEURON_CACHE)], capture_output=True)
+        found = sorted(NEURON_CACHE.glob("flowdec-*.whl"))
+        if r.returncode or not found:
+            raise SystemExit("the 'neuron' specimen needs flowdec's wheel: pip download "
+                             "--no-deps flowdec==1.1.0 failed; pass --neuron PATH.whl")
+    return found[-1]
+
+
+def neuron_planes(source: Path | None = None) -> np.ndarray:
+    """The real stack's in-focus XY planes, ``(k, 256, 256)`` float32 (see :func:`neuron`).
+
+    ``source``: the wheel, or the extracted ``data.tif``. The 8 planes with the most power
+    above a quarter of the lateral Nyquist frequency are kept (the arbor's focal planes)."""
+    if "planes" not in _NEURON:
+        src = _neuron_wheel(source)
+        if src.suffix == ".whl":
+            with zipfile.ZipFile(src) as z:
+                a = tifffile.imread(io.BytesIO(z.read(NEURON_MEMBER)))
+        else:
+            a = tifffile.imread(src)
+        a = np.asarray(a, np.float32)
+        hp = a - ndi.gaussian_filter(a, (0, 2, 2))
+        keep = np.sort(np.argsort((hp**2).mean(axis=(1, 2)))[-8:])
+        # rows 0-191: the dendritic arbor, without the saturated soma (rows ~200-235)
+        _NEURON["planes"] = a[keep, :192] - np.percentile(a, 1)
+    return _NEURON["planes"]
+
+
+def _tile(rng, planes, shape):
+    """A crop of ``shape`` (2D) from a random plane, randomly transposed and flipped;
+    mirrored (reflect) where the crop is longer than the plane."""
+    p = planes[rng.integers(0, len(planes))]
+    p = p.T if rng.integers(0, 2) else p
+    p = p[:: rng.choice([-1, 1]), :: rng.choice([-1, 1])]
+    pad = [(0, max(0, n - k)) for n, k in zip(shape, p.shape, strict=True)]
+    p = np.pad(p, pad, mode="reflect") if any(b for _, b in pad) else p
+    o = [int(rng.integers(0, k - n + 1)) for n, k in zip(shape, p.shape, strict=True)]
+    return p[o[0]:o[0] + shape[0], o[1]:o[1] + shape[1]]
+
+
+def neuron(rng, shape):
+    """Real content, exchange-symmetric by construction: ``V(z, y, x) = sum_i A_i(z, x) + B_i(z, y)
+    + C_i(y, x)``, :data:`NEURON_TILES` tiles per orientation, cut from the real stack's
+    in-focus XY planes (:func:`_tile`).
+
+    The stack itself is not an isotropic specimen: a Purkinje cell's dendritic arbor is
+    flat, it lies in the XY plane (its XZ projection is a thin slab), and the widefield
+    axial blur is much wider than the lateral one, so "resampling Z" would not make it
+    isotropic. Its XY planes are (near) isotropic within the plane. Each axis of ``V`` is
+    an axis of two tiles drawn alike, so the power spectrum is unchanged when z and x (or z
+    and y) swap, which is what the spectral objective compares (Z lines against lateral
+    lines); the stack's own axial blur never enters (only XY planes are used)."""
+    planes = neuron_planes()
+    nz, ny, nx = shape
+    vol = np.zeros(shape, np.float32)
+    for _ in range(NEURON_TILES):
+        vol += _tile(rng, planes, (nz, nx))[:, None, :]
+        vol += _tile(rng, planes, (nz, ny))[:, :, None]
+        vol += _tile(rng, planes, (ny, nx))[None, :, :]
+    return vol
+
+
 KINDS = {"points": points, "textured": textured, "sheets": sheets, "filaments": filaments,
-         "filaments+nuclei": lambda r, s: filaments(r, s) + 0.5 * nuclei(r, s)}
+         "filaments+nuclei": lambda r, s: filaments(r, s) + 0.5 * nuclei(r, s), "neuron": neuron}
 
 
 def acquire(rng, vol, *, subsample: int, width: float, noise: str | None):
@@ -360,12 +445,17 @@ def main(argv=None):
     ap.add_argument("--profile", action="store_true", help="old vs new objective profile")
     ap.add_argument("--timing", action="store_true", help="time a 64x512x512 calibration")
     ap.add_argument("--out", type=Path, default=Path("bench/calibration_grid.md"))
+    ap.add_argument("--neuron", type=Path, default=None, metavar="WHEEL_OR_TIF",
+                    help="flowdec's wheel (or its neuron-25pct/data.tif) for the 'neuron' "
+                         "specimen; default: a cached wheel, else pip download")
     ap.add_argument("--merge", nargs="+", type=Path, metavar="ROWS.json",
                     help="no new cells: tabulate the rows of earlier runs (their .json)")
     ap.add_argument("--update", nargs="+", type=Path, default=[], metavar="ROWS.jsonl",
                     help="with --merge: rows that replace the merged rows of the same cell "
                          "(specimen, factor, width, noise), every start")
     args = ap.parse_args(argv)
+    if "neuron" in args.kinds and not args.merge and not args.no_grid:
+        neuron_planes(args.neuron)
 
     def log(m):
         print(m, flush=True)
