@@ -3,7 +3,9 @@
 An independent generator (this file only: scipy.ndimage, not :mod:`isojax.simulate`)
 draws isotropic specimens on a fine grid: sparse points (beads), dense textures (a
 multi-scale log-normal random field), thin curved sheets (membranes), random filaments
-(Gaussian-blurred line segments) and filaments with textured nuclei. Each is blurred in
+(Gaussian-blurred line segments) and filaments with textured nuclei; and one real
+specimen, ``neuron``, built from the XY planes of the widefield Purkinje-neuron stack that
+flowdec's PyPI wheel ships (:func:`neuron`; read from the wheel, never stored here). Each is blurred in
 3D by a Gaussian PSF (lateral sigma 1 px, axial sigma sqrt(1 + w^2): the additional axial
 width w is the truth), sampled every ``s`` px along Z (random phase), and recorded with
 Poisson noise and read noise. ``isojax.calibrate.fit_psf`` (defaults, Gaussian family)
