@@ -26,7 +26,7 @@ from isojax.calibrate.params import (
     init_params,
     psf_from_params,
     psf_sigma,
-    smoothness_penalty,
+    shape_roughness,
 )
 from isojax.calibrate.search import (
     DELTA_SIGMA,
@@ -80,7 +80,7 @@ class CalibrationConfig:
     init_fwhm: float | None = None
     steps: int = 40
     n_lobes: int = 1
-    smoothness: float = 1.0
+    smoothness: float = 3e-4
     max_lines: int | None = None
     joint_learning_rate: float = 2e-3
     joint_every: int = 5
@@ -250,7 +250,7 @@ def _objective(family, taps, smoothness, subsample, segment):
     def total(theta, target):
         psf = psf_from_params(family, theta["psf"], taps=taps)
         spec = spectral_loss(psf, theta["nuisance"], target, subsample=subsample, segment=segment)
-        rough = smoothness_penalty(psf.axial[0]) if family != "gaussian" else 0.0
+        rough = shape_roughness(psf.axial[0]) if family != "gaussian" else 0.0
         return spec + smoothness * rough, (spec, psf_sigma(psf))
 
     return total
@@ -382,7 +382,7 @@ def fit_psf(
     init_fwhm: float | None = None,
     steps: int = 40,
     n_lobes: int = 1,
-    smoothness: float = 1.0,
+    smoothness: float = 3e-4,
     max_lines: int | None = None,
     spacing: tuple[float, float, float] | None = None,
     pixel_size: float | None = None,
