@@ -30,6 +30,7 @@ Rows go to ``out/nongauss_restore.jsonl``.
 
     python examples/calibration_nongaussian.py calibrate --factors 3 6
     python examples/calibration_nongaussian.py restore --factors 3 --shapes box lightsheet
+    python examples/calibration_nongaussian.py table --tables out/nongauss_calib.jsonl ...
 """
 
 from __future__ import annotations
@@ -210,9 +211,34 @@ def restore(shapes, factors, families, out: Path, calib: Path, *, seed: int, ste
                       f"true - recovered {row['delta_db']:+.2f} dB ({dt:.0f} s)", flush=True)
 
 
+def tables(calib_files, restore_files) -> str:
+    """Markdown tables of the rows in the given ``.jsonl`` files (missing files skipped)."""
+    out = ["| additional PSF | subsample | family | L1 | sigma true / recovered (px) | "
+           "FWHM true / recovered (px) | identifiable | time (s) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for f in calib_files:
+        if Path(f).exists():
+            out += [_calib_row(json.loads(x)) for x in Path(f).read_text().splitlines()]
+    out += ["", "| additional PSF | subsample | family of the recovered PSF | L1 | PSNR linear "
+            "| PSNR true PSF | PSNR recovered PSF | true - recovered (dB) | within 0.5 dB | "
+            "train steps, patch | train s (true, recovered) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for f in restore_files:
+        if not Path(f).exists():
+            continue
+        for x in Path(f).read_text().splitlines():
+            r = json.loads(x)
+            out.append(f"| {r['shape']} | {r['s']} | {r['family']} | {r['l1']:.3f} | "
+                       f"{r['psnr_linear']:.2f} | {r['psnr_true']:.2f} | "
+                       f"{r['psnr_recovered']:.2f} | {r['delta_db']:+.2f} | "
+                       f"{'yes' if abs(r['delta_db']) <= 0.5 else 'NO'} | {r['steps']}, "
+                       f"{r['patch']} | {r['seconds_true']:.0f}, {r['seconds_recovered']:.0f} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("experiment", choices=("calibrate", "restore"))
+    ap.add_argument("experiment", choices=("calibrate", "restore", "table"))
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES)
     ap.add_argument("--factors", nargs="+", type=int, default=[3, 6])
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
@@ -223,8 +249,15 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--calib", type=Path, default=Path("out/nongauss_calib.jsonl"))
     ap.add_argument("--workroot", type=Path, default=Path("out/nongauss_models"))
+    ap.add_argument("--tables", nargs="+", default=None,
+                    help="table: the .jsonl files to tabulate (names holding 'calib' or "
+                         "'restore')")
     args = ap.parse_args(argv)
-    if args.experiment == "calibrate":
+    ap_files = [Path(f) for f in args.tables] if args.tables else []
+    if args.experiment == "table":
+        print(tables([f for f in ap_files if "calib" in f.name],
+                     [f for f in ap_files if "restore" in f.name]))
+    elif args.experiment == "calibrate":
         calibrate(args.shapes, args.factors, args.families, args.out or args.calib,
                   seed=args.seed, steps=args.fit_steps)
     else:

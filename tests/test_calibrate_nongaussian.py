@@ -45,7 +45,7 @@ def test_shape_roughness_is_width_free_where_the_second_difference_is_not():
     np.testing.assert_allclose(shape, 0.70, rtol=0.12)
     plain = [float(calibrate.smoothness_penalty(g)) for g in gauss]
     assert plain[0] > 100 * plain[2]  # the old penalty: 2^4 per halving of the width
-    comb = gauss[1] * (1 + 0.5 * (-1) ** x)
+    comb = gauss[1] * (1 + 0.5 * (-1.0) ** x)
     assert float(shape_roughness(comb)) > 10 * shape[1]
     box = np.pad(np.r_[0.5, np.ones(5), 0.5], 4)
     assert float(shape_roughness(box)) > 2 * shape[1]
