@@ -366,3 +366,15 @@ def test_resume_check_names_the_calibration_settings_that_differ(tmp_path):
     assert _resume_differences(old, {**meta, "calibrate_psf": False}) == [
         "--calibrate-psf off here, on in the model"
     ]
+    # the shape penalty's weight (default 1 before, 3e-4 now) is unused by the Gaussian
+    # family: a Gaussian folder from before the change resumes; a free-form one is refused
+    # with the reason
+    before = {**old, "calibration": {**cal, "smoothness": 1.0, "n_lobes": 1}}
+    now = {**old, "calibration": {**cal, "smoothness": 3e-4, "n_lobes": 1}}
+    assert _resume_differences(before, now) == []
+    free = {"family": "free"}
+    lines = _resume_differences({**before, "calibration": {**before["calibration"], **free}},
+                                {**now, "calibration": {**now["calibration"], **free}})
+    assert len(lines) == 1
+    assert lines[0].startswith("the shape penalty's weight")
+    assert "0.0003 here, 1 in the model" in lines[0]

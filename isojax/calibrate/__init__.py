@@ -13,7 +13,9 @@ one module each (this package re-exports their public names):
   - ``"multi-gaussian"``: a central Gaussian plus symmetric pairs of side lobes (lobed
     light-sheet profiles), mixture weights from a softmax;
   - ``"free"``: a free-form symmetric axial kernel, the softmax of logits, regularised by
-    a second-difference smoothness penalty (:func:`smoothness_penalty`).
+    a width-free roughness penalty (:func:`shape_roughness`: the second-difference
+    penalty :func:`smoothness_penalty` times the kernel's variance squared, so that it
+    punishes combs and hard edges, not narrowness; also used by ``"multi-gaussian"``).
 
 * **An objective that identifies the PSF** (:func:`spectral_loss`, in
   :mod:`isojax.calibrate.spectra`). A specimen that is statistically isotropic has the same power spectrum along every direction. The
@@ -98,6 +100,7 @@ from isojax.calibrate.params import (
     init_params,
     psf_from_params,
     psf_sigma,
+    shape_roughness,
     smoothness_penalty,
 )
 from isojax.calibrate.spectra import (
@@ -126,6 +129,7 @@ __all__ = [
     "prepare_spectra",
     "psf_from_params",
     "psf_sigma",
+    "shape_roughness",
     "smoothness_penalty",
     "spectral_loss",
     "synthetic_spectrum",

@@ -26,7 +26,7 @@ from isojax.calibrate.params import (
     init_params,
     psf_from_params,
     psf_sigma,
-    smoothness_penalty,
+    shape_roughness,
 )
 from isojax.calibrate.search import (
     DELTA_SIGMA,
@@ -68,7 +68,8 @@ class CalibrationConfig:
       init_fwhm: initial axial FWHM in lateral pixels, or None for ``subsample`` pixels.
       steps: L-BFGS iterations of the spectral fit.
       n_lobes: side-lobe pairs of ``"multi-gaussian"``.
-      smoothness: weight of :func:`smoothness_penalty` for ``"free"`` (and ``"multi-gaussian"``).
+      smoothness: weight of :func:`~isojax.calibrate.params.shape_roughness` (width-free
+        roughness) for ``"free"`` and ``"multi-gaussian"``.
       max_lines: lateral lines used by the objective (default: from a time budget).
       joint_learning_rate: Adam learning rate of the PSF during joint training.
       joint_every: update the PSF every this many training steps.
@@ -80,7 +81,7 @@ class CalibrationConfig:
     init_fwhm: float | None = None
     steps: int = 40
     n_lobes: int = 1
-    smoothness: float = 1.0
+    smoothness: float = 3e-4
     max_lines: int | None = None
     joint_learning_rate: float = 2e-3
     joint_every: int = 5
@@ -250,7 +251,7 @@ def _objective(family, taps, smoothness, subsample, segment):
     def total(theta, target):
         psf = psf_from_params(family, theta["psf"], taps=taps)
         spec = spectral_loss(psf, theta["nuisance"], target, subsample=subsample, segment=segment)
-        rough = smoothness_penalty(psf.axial[0]) if family != "gaussian" else 0.0
+        rough = shape_roughness(psf.axial[0]) if family != "gaussian" else 0.0
         return spec + smoothness * rough, (spec, psf_sigma(psf))
 
     return total
@@ -382,7 +383,7 @@ def fit_psf(
     init_fwhm: float | None = None,
     steps: int = 40,
     n_lobes: int = 1,
-    smoothness: float = 1.0,
+    smoothness: float = 3e-4,
     max_lines: int | None = None,
     spacing: tuple[float, float, float] | None = None,
     pixel_size: float | None = None,
@@ -391,8 +392,8 @@ def fit_psf(
 
     The PSF of the chosen family and the two nuisance constants (gain, noise floor) are
     fitted by L-BFGS (optax, zoom line search, one compiled loop) to minimise
-    :func:`spectral_loss` (plus ``smoothness`` times :func:`smoothness_penalty` for the
-    non-Gaussian families). Widths are optimised in log space, so starting 2x too wide or
+    :func:`spectral_loss` (plus ``smoothness`` times the width-free roughness
+    :func:`~isojax.calibrate.params.shape_roughness` for the non-Gaussian families). Widths are optimised in log space, so starting 2x too wide or
     too narrow costs a few iterations. See :mod:`isojax.calibrate` for why this identifies
     the PSF and when it does not. When the profile's interval calls the width identifiable,
     the stack's Z slabs are profiled too and their spread widens the interval
@@ -413,7 +414,10 @@ def fit_psf(
         planes' shorter side (``2.355 (n - 1) / 8`` px).
       steps: L-BFGS iterations (>= 1), each with a zoom line search.
       n_lobes: side-lobe pairs for ``"multi-gaussian"``.
-      smoothness: weight of the smoothness penalty for ``"free"`` and ``"multi-gaussian"``.
+      smoothness: weight of the width-free roughness penalty for ``"free"`` and
+        ``"multi-gaussian"`` (default 3e-4: it keeps the kernel free of combs without
+        setting its width; the plain second difference with weight 1, used before,
+        widened every narrow kernel, see docs/calibration.md, 'Non-Gaussian PSFs').
       max_lines: lateral lines used (default: from a time budget, see :func:`prepare_spectra`).
       spacing: voxel size ``(dz, dy, dx)`` in micrometres, if known: widths are also
         reported in micrometres, and a ``subsample`` that contradicts ``dz / dx`` by more

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from isojax.calibrate.fit import CalibrationConfig, CalibrationReport
-from isojax.calibrate.params import psf_from_params, psf_sigma, smoothness_penalty
+from isojax.calibrate.params import psf_from_params, psf_sigma, shape_roughness
 from isojax.calibrate.spectra import SpectralTarget, spectral_loss
 from isojax.forward import FactoredPSF, Interpolation, measure, sample_positions, upsample
 
@@ -123,7 +123,7 @@ def make_joint_psf_step(apply_fn, report: CalibrationReport, target: SpectralTar
         psf = psf_from_params(family, theta["psf"], taps=taps)
         spec = spectral_loss(psf, theta["nuisance"], target, subsample=s, segment=segment)
         cons = consistency_loss(restored, samples, psf, subsample=s)
-        rough = smoothness_penalty(psf.axial[0]) if family != "gaussian" else 0.0
+        rough = shape_roughness(psf.axial[0]) if family != "gaussian" else 0.0
         total = (config.spectral_weight * spec + config.consistency_weight * cons
                  + config.smoothness * rough)
         return total, {"psf_spectral_loss": spec, "psf_consistency": cons,

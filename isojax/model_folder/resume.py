@@ -49,12 +49,24 @@ _FLAGS = {
     "calibration.family": "--family",
     "calibration.initial_fwhm_px": "the initial PSF width (--init-fwhm or the PSF source)",
     "calibration.pre_calibrated_fwhm_px": "the pre-calibrated PSF width (its initial guess)",
+    "calibration.smoothness": ("the shape penalty's weight of the free-form PSF families "
+                               "(isojax's default; folders from before it changed cannot "
+                               "resume: start a new model folder)"),
     "normalization.lo": "the stack's intensity range (normalization.lo)",
     "normalization.hi": "the stack's intensity range (normalization.hi)",
     "stack_shape": "the stack's shape",
 }
 _RESUME_KEYS = ("unet", "train", "synth", "subsample", "normalization", "stack_shape",
                 "calibrate_psf", "calibration")
+#: Calibration settings that only shape families other than the Gaussian use: not compared
+#: when both runs fit a Gaussian (the default), so that a folder written before a default
+#: of theirs changed still resumes.
+_SHAPE_ONLY = ("calibration.smoothness", "calibration.n_lobes")
+
+
+def _gaussian_calibration(config: dict) -> bool:
+    cal = config.get("calibration")
+    return isinstance(cal, dict) and cal.get("family", "gaussian") == "gaussian"
 
 
 def _leaves(value, prefix: str) -> dict[str, Any]:
@@ -98,8 +110,9 @@ def resume_differences(old: dict, new: dict) -> list[str]:
         if key == "calibration" and (key not in old or key not in new):
             continue  # folders from before the calibration settings were kept
         a, b = _leaves(new.get(key), key), _leaves(old.get(key), key)
+        gaussian = _gaussian_calibration(old) and _gaussian_calibration(new)
         for name in sorted(set(a) | set(b)):
-            if name == "train.steps":
+            if name == "train.steps" or (gaussian and name in _SHAPE_ONLY):
                 continue
             if not _same(a.get(name), b.get(name)):
                 label = _FLAGS.get(name, name)
