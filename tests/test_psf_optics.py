@@ -197,6 +197,8 @@ def test_sheet_fwhm_from_na():
     (dict(na=1.0, ri=1.33, modality="confocal"), "excitation"),
     (dict(na=1.0, ri=1.33, modality="lightsheet"), "sheet"),
     (dict(na=1.0, ri=1.33, modality="spinning"), "unknown modality"),
+    # a very weak objective at fine pixels: its kernel would take ~146 GB (was a traceback)
+    (dict(na=0.05, ri=1.0), "spans about .* px along z"),
 ])
 def test_bad_optics_are_one_line_errors(options, words):
     kw = {"wavelength_um": 0.52, "modality": "widefield", "pixel_size": 0.1, **options}
