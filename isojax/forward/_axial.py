@@ -159,7 +159,13 @@ def _axial_geometry(n: int, s: float, n_taps: int, boundary: str, mode: Mode):
     w = p_w[:, :, None] * valid
     taps = np.broadcast_to(m, j.shape)
     i32 = np.int32  # the same program under and outside jax_enable_x64
-    return len(pos), k.ravel().astype(i32), j.ravel().astype(i32), taps.ravel().astype(i32), w.ravel()
+    return (
+        len(pos),
+        k.ravel().astype(i32),
+        j.ravel().astype(i32),
+        taps.ravel().astype(i32),
+        w.ravel(),
+    )
 
 
 @functools.lru_cache(maxsize=256)

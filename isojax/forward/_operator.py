@@ -21,12 +21,12 @@ from isojax.forward._axial import (
     Mode,
     _apply_axial,
     _axial_stage,
-    _stage,
     _check_mode,
     _check_subsample,
     _keys_cubic,
     _lateral_pad,
     _rational,
+    _stage,
     _upsample_matrix,
     sample_positions,
 )
