@@ -137,7 +137,8 @@ def _low_rank_split(dense):
     u, sv, vt = jnp.linalg.svd(dense, full_matrices=False)
     total = jnp.sum(sv**2)
     rtol = _TRACED_RTOL.get(jnp.dtype(dense.dtype).name, 1e-6)
-    tail = jnp.sqrt(jnp.maximum(total - jnp.cumsum(sv**2), 0.0))  # error keeping r + 1
+    # error keeping r + 1 terms: summed from the small end (total - cumsum cancels)
+    tail = jnp.sqrt(jnp.concatenate([jnp.cumsum((sv**2)[::-1])[::-1][1:], jnp.zeros(1, sv.dtype)]))
     ok = tail[:_TRACED_MAX_RANK] <= rtol * jnp.sqrt(total)
     # first rank that is good enough, else the exact path (index _TRACED_MAX_RANK)
     index = jnp.argmax(jnp.concatenate([ok, jnp.ones((1,), bool)]))
