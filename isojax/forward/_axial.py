@@ -362,13 +362,16 @@ def _slice_weights(pl: _SlicePlan, v: Array) -> Array:
 def _strided_taps(pl: _SlicePlan, xp: Array, weight, axis: int) -> Array:
     """``sum_m weight(j, m) * xp[p b + start[j][m]]`` for every phase j, interleaved."""
     stop = pl.p * (pl.nb - 1) + 1
-    phases = []
+    phases: list[Array] = []
     for j in range(pl.q):
-        acc = None
-        for m in pl.taps[j]:
-            st = pl.starts[j][m]
-            term = lax.slice_in_dim(xp, st, st + stop, pl.p, axis=axis) * weight(j, m)
-            acc = term if acc is None else acc + term
+        terms = [
+            lax.slice_in_dim(xp, pl.starts[j][m], pl.starts[j][m] + stop, pl.p, axis=axis)
+            * weight(j, m)
+            for m in pl.taps[j]  # every phase has at least its centre tap
+        ]
+        acc = terms[0]
+        for term in terms[1:]:
+            acc = acc + term
         phases.append(acc)
     if pl.q == 1:
         return phases[0]

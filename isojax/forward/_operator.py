@@ -304,9 +304,11 @@ def measure(
       psf: additional axial PSF, a 2D array ``(lateral, axial)`` sampled at the lateral
         pixel size and summing to 1, or a :class:`FactoredPSF`. It is used as given (not
         renormalised) so that gradients in it are honest; check it with
-        :func:`isojax.psf.check_psf`. A concrete dense PSF of numerical rank <= 2 is
-        factored automatically (exact to rounding); a traced dense one of three or more
-        rows goes through the lateral FFT (:mod:`isojax.forward._fourier`).
+        :func:`isojax.psf.check_psf`. A dense PSF of numerical rank <= 2 is factored
+        automatically (exact to rounding): in Python when it is concrete, inside the
+        program (SVD and :func:`jax.lax.switch`) when it is traced; a dense one of higher
+        rank and three or more rows goes through the lateral FFT
+        (:mod:`isojax.forward._fourier`).
       subsample: anisotropy factor (axial step / lateral pixel size), a Python float
         >= 1, e.g. 10.2. Static: each value compiles once.
       boundary: how the blur sees past the image's edges: ``"reflect"`` (mirror about
