@@ -5,8 +5,10 @@ training set), with a 17x17 PSF, at subsample 4 and 10.2, and times:
 
 * CSBDeep's ``anisotropic_distortions`` on every XY slice, once per view (the reference);
 * isojax ``degrade`` with the PSF as a dense 17x17 array passed into ``jax.jit`` (traced:
-  the lateral-Fourier path), for the separable Gaussian and for a full-rank PSF (the
-  Gaussian plus a random perturbation), and factored (rank 1, exact for the Gaussian);
+  an SVD in the program picks rank 1, rank 2 or the exact lateral-Fourier path), for the
+  separable Gaussian (rank 1) and for a full-rank PSF (the Gaussian plus a random
+  perturbation: exact path), and factored (rank 1, exact for the Gaussian);
+* the dense Gaussian under ``jit`` with the SVD switch off (the Fourier path, as before);
 * the same dense array given to ``isojax.degrade`` outside ``jit`` (concrete: factored
   automatically when its rank is <= 2), one call per view;
 * the row-by-row dense path that was used before the Fourier path (``--no-old`` skips it);
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 import warnings
@@ -33,16 +36,33 @@ from _env import describe, maybe_reexec
 
 import isojax
 
+CPU_TIMES: dict[int, float] = {}  # id of the figure -> its CPU time, filled by timeit
+
 
 def timeit(fn, repeats):
-    """Fastest of ``repeats`` warm calls: on a shared machine, the least disturbed one."""
+    """Fastest of ``repeats`` warm calls: on a shared machine, the least disturbed one.
+
+    Also records the least CPU time of the process (all threads) over the calls in
+    ``CPU_TIMES`` (see :func:`cpu_of`): under heavy load, wall time measures the other
+    jobs as much as this one, CPU time much less so.
+    """
     fn()  # compile / warm up
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - t0)
-    return min(times)
+        cpu.append(time.process_time() - c0)
+    wall = min(times)
+    CPU_TIMES[len(CPU_TIMES)] = min(cpu)
+    return wall
+
+
+def cpu_of(row, key):
+    """Store the CPU time of the figure just measured next to it as ``key_cpu``."""
+    row[key.replace("_s", "_cpu_s") if key.endswith("_s") else key + "_cpu"] = CPU_TIMES[
+        len(CPU_TIMES) - 1
+    ]
 
 
 def gaussian_psf(size=17, sigma_lateral=1.2, sigma_axial=3.0):
@@ -109,6 +129,7 @@ def main(argv=None):
         return v + 0.0
 
     t_copy = timeit(lambda: copy(x).block_until_ready(), args.repeats)
+    t_copy_cpu = CPU_TIMES[len(CPU_TIMES) - 1]
     t0 = time.perf_counter()
     _ = volume.copy()
     t_np_copy = time.perf_counter() - t0
@@ -116,15 +137,17 @@ def main(argv=None):
     rows = []
     for s in (4.0, 10.2):
         both_views, grad = make_operators(s)
-        row = {"subsample": s}
+        row = {"subsample": s, "load_average_start": os.getloadavg()}
         cases = (("dense", dense), ("dense_full_rank", full_rank), ("factored", factored))
         for name, psf in cases:
             row[f"isojax_{name}_s"] = timeit(
                 lambda psf=psf, f=both_views: jax.block_until_ready(f(x, psf)), args.repeats
             )
+            cpu_of(row, f"isojax_{name}_s")
             row[f"grad_{name}_s"] = timeit(
                 lambda psf=psf, g=grad: jax.block_until_ready(g(psf, x)), args.repeats
             )
+            cpu_of(row, f"grad_{name}_s")
 
         def outside_jit(s=s):
             # a concrete dense PSF given to the public function: no jit by the caller
@@ -133,6 +156,21 @@ def main(argv=None):
             return jax.block_until_ready((a, b))
 
         row["isojax_dense_outside_jit_s"] = timeit(outside_jit, args.repeats)
+        cpu_of(row, "isojax_dense_outside_jit_s")
+        max_rank = isojax.forward._operator._TRACED_MAX_RANK
+        isojax.forward._operator._TRACED_MAX_RANK = 0  # no SVD switch: the exact path
+        try:
+            fourier_views, fourier_grad = make_operators(s)
+            row["isojax_dense_fourier_s"] = timeit(
+                lambda f=fourier_views: jax.block_until_ready(f(x, dense)), args.repeats
+            )
+            cpu_of(row, "isojax_dense_fourier_s")
+            row["grad_dense_fourier_s"] = timeit(
+                lambda g=fourier_grad: jax.block_until_ready(g(dense, x)), args.repeats
+            )
+            cpu_of(row, "grad_dense_fourier_s")
+        finally:
+            isojax.forward._operator._TRACED_MAX_RANK = max_rank
         if not args.no_old:
             plan = isojax.forward._fourier.plan
             isojax.forward._fourier.plan = lambda *a: None  # the row-by-row path, as before
@@ -141,41 +179,50 @@ def main(argv=None):
                 row["isojax_dense_rows_s"] = timeit(
                     lambda f=old_views: jax.block_until_ready(f(x, full_rank)), args.repeats
                 )
+                cpu_of(row, "isojax_dense_rows_s")
                 row["grad_dense_rows_s"] = timeit(
                     lambda g=old_grad: jax.block_until_ready(g(full_rank, x)), args.repeats
                 )
+                cpu_of(row, "grad_dense_rows_s")
             finally:
                 isojax.forward._fourier.plan = plan
         if not args.no_csbdeep:
             row["csbdeep_s"] = timeit(
                 lambda s=s: csbdeep_views(volume, np.asarray(dense), s), max(1, args.repeats // 2)
             )
+            cpu_of(row, "csbdeep_s")
+        row["load_average_end"] = os.getloadavg()
         rows.append(row)
         print(json.dumps(row), flush=True)
 
     result = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average": os.getloadavg(),
         "machine": f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, "
-        f"{jax.local_device_count()} JAX device(s), {__import__('os').cpu_count()} CPUs",
+        f"{jax.local_device_count()} JAX device(s), {os.cpu_count()} CPUs",
         "jax": jax.__version__,
         "malloc": describe(),
         "shape": list(args.shape),
         "copy_jax_s": t_copy,
+        "copy_jax_cpu_s": t_copy_cpu,
         "copy_numpy_s": t_np_copy,
         "rows": rows,
     }
     print(json.dumps(result, indent=1))
     print()
     labels = {
-        "dense": "17x17 dense Gaussian, under jit (Fourier)",
-        "dense_full_rank": "17x17 dense full rank, under jit (Fourier)",
+        "dense": "17x17 dense Gaussian, under jit (SVD switch: rank 1)",
+        "dense_full_rank": "17x17 dense full rank, under jit (SVD switch: exact, Fourier)",
+        "dense_fourier": "17x17 dense Gaussian, under jit, switch off (Fourier, before)",
         "factored": "17x17 factored (rank 1)",
         "dense_outside_jit": "17x17 dense Gaussian, outside jit (auto-factored)",
         "dense_rows": "17x17 dense full rank, row by row (before)",
     }
     print(
-        "| subsample | PSF | isojax (2 views) | vs CSBDeep | vs copy | grad in PSF | grad / forward |"
+        "| subsample | PSF | isojax (2 views) | vs CSBDeep | vs copy | grad in PSF | grad / forward "
+        "| CPU time | CPU vs CSBDeep | CPU vs copy | CPU grad / forward |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         for name, label in labels.items():
             if f"isojax_{name}_s" not in row:
@@ -184,9 +231,14 @@ def main(argv=None):
             g = row.get(f"grad_{name}_s")
             vs = f"{row['csbdeep_s'] / t:.1f}x faster" if "csbdeep_s" in row else "n/a"
             gs = f"{g * 1e3:.0f} ms | {g / t:.2f}" if g is not None else "n/a | n/a"
+            c = row[f"isojax_{name}_cpu_s"]
+            cvs = f"{row['csbdeep_cpu_s'] / c:.1f}x" if "csbdeep_cpu_s" in row else "n/a"
+            gc = row.get(f"grad_{name}_cpu_s")
+            gcs = f"{gc / c:.2f}" if gc is not None else "n/a"
             print(
                 f"| {row['subsample']} | {label} | {t * 1e3:.0f} ms | {vs} | "
-                f"{t / t_copy:.1f}x copy | {gs} |"
+                f"{t / t_copy:.1f}x copy | {gs} | {c * 1e3:.0f} ms | {cvs} | "
+                f"{c / t_copy_cpu:.1f}x | {gcs} |"
             )
     if any("csbdeep_s" in r for r in rows):
         print()

@@ -19,14 +19,17 @@ How it is computed. Only the samples that survive subsampling are blurred: along
 axial axis, blur and sampling together are one banded ``(n_samples, n)`` matrix built
 from the PSF's axial profile (the interpolation weights and the boundary rule are folded
 into it), applied as a matrix product, which is what CPUs and accelerators do fastest.
-Lateral taps are then summed on the low-resolution grid. A PSF given as a
-:class:`FactoredPSF` (a sum of separable terms, e.g. a Gaussian, or a measured PSF passed
-through :func:`factorize_psf`) costs one such product per term. A dense PSF of three or
-more lateral rows is blurred in the lateral Fourier domain instead (one FFT of the image,
-a few strided multiply-adds per sample, one inverse FFT of the samples): its cost does not
-grow with the PSF's lateral size, and it is exact and linear in the PSF, so it works under
-``jit`` where the PSF's rank cannot be inspected. Outside ``jit`` a concrete dense PSF of
-numerical rank <= 2 is factored automatically. The choice is static (shapes and factor).
+Lateral taps are then summed on the low-resolution grid. Along an axis that is not the
+last (contiguous) one, the same stage is a few shifted, strided slices summed in one fused
+loop instead, so that no data is transposed. A PSF given as a :class:`FactoredPSF` (a sum
+of separable terms, e.g. a Gaussian, or a measured PSF passed through
+:func:`factorize_psf`) costs one such stage pair per term. Outside ``jit`` a concrete
+dense PSF of numerical rank <= 2 is factored automatically; under ``jit`` a traced dense
+PSF is factored in the program (a small SVD, then :func:`jax.lax.switch` to rank 1, rank 2
+or the exact path, with a hand-written JVP so that no SVD is differentiated). The exact
+path for a dense PSF of three or more lateral rows is the lateral Fourier domain (one FFT
+of the image, a few strided multiply-adds per sample, one inverse FFT of the samples): its
+cost does not grow with the PSF's lateral size, and it is linear in the PSF.
 
 Differences from CSBDeep's ``anisotropic_distortions`` (``mode="physical"``, the default):
 

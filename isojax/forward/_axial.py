@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from fractions import Fraction
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -158,7 +158,14 @@ def _axial_geometry(n: int, s: float, n_taps: int, boundary: str, mode: Mode):
     k = np.broadcast_to(np.arange(len(pos))[:, None, None], j.shape)
     w = p_w[:, :, None] * valid
     taps = np.broadcast_to(m, j.shape)
-    return len(pos), k.ravel(), j.ravel(), taps.ravel(), w.ravel()
+    i32 = np.int32  # the same program under and outside jax_enable_x64
+    return (
+        len(pos),
+        k.ravel().astype(i32),
+        j.ravel().astype(i32),
+        taps.ravel().astype(i32),
+        w.ravel(),
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -246,9 +253,10 @@ def _block_plan(n: int, s: float, n_taps: int, mode: Mode):
         "n_low": n_low,
         "left": left,
         "right": padded - n - left,
-        "w_idx": w_idx.ravel(),
-        "k_idx": k_idx.ravel(),
-        "taps": taps.ravel(),
+        # int32 indices: the same program under and outside jax_enable_x64
+        "w_idx": w_idx.ravel().astype(np.int32),
+        "k_idx": k_idx.ravel().astype(np.int32),
+        "taps": taps.ravel().astype(np.int32),
         "w": w.ravel(),
     }
 
@@ -285,3 +293,117 @@ def _axial_stage(x: Array, ax: int, s: float, n_taps: int, boundary: str, mode: 
         return lax.slice_in_dim(y, 0, plan["n_low"], axis=ax)
 
     return apply
+
+
+# ----------------------------------------------------------------------------------------
+# The same blur-and-sample stage as strided slices, for an axis that is not the last one.
+# Along a non-contiguous axis a matrix product needs a transpose of the data first; shifted,
+# strided slices of the padded image summed in one fused loop do not, and they cost
+# n_taps + 1 multiply-adds per sample (the banded blocked product: 2 Bs).
+
+# Above this many (phase, tap) slices the fused loop gets long to compile; such factors
+# (e.g. 10.23 = 1023 / 100) keep the matrix product.
+_MAX_SLICES = 256
+
+
+class _SlicePlan(NamedTuple):
+    """Static geometry of the strided-slice stage for one length, factor and tap count."""
+
+    p: int  # subsample = p / q
+    q: int
+    n_low: int  # samples kept
+    nb: int  # blocks of q samples computed (the last may hold extra ones, cropped)
+    pad: tuple[int, int, int]  # padding: before and after (boundary rule), then zeros
+    t: tuple[float, ...]  # interpolation fraction of each phase
+    starts: tuple[tuple[int, ...], ...]  # per phase: first padded index of each tap 0..n_taps
+    taps: tuple[tuple[int, ...], ...]  # per phase: the taps with a nonzero weight
+
+
+@functools.lru_cache(maxsize=256)
+def _slice_plan(n: int, s: float, n_taps: int, mode: Mode) -> _SlicePlan | None:
+    """The strided-slice plan for an axis of ``n`` pixels and ``n_taps`` taps, or None.
+
+    Sample ``k = q b + j`` interpolates the blurred signal between pixels ``f = p b + o_j``
+    and ``f + 1`` with fraction ``t_j``; the blurred signal at ``f`` reads
+    ``x[f + c - m]``, so tap ``m'`` (0..n_taps, weight ``(1 - t) v[m' - 1] + t v[m']``)
+    reads ``x[f + 1 + c - m']``: one strided slice of the padded axis per (phase, tap).
+    None for CSBDeep's grid, factors that are not a small fraction ``P / Q``, and axes
+    too short to be mirrored by the profile's half-width (the matrix product serves them).
+    """
+    ratio = _rational(s) if mode == "physical" else None
+    if ratio is None:
+        return None
+    p, q = ratio
+    if q * (n_taps + 1) > _MAX_SLICES:
+        return None
+    c = (n_taps - 1) // 2
+    left = n_taps - 1 - c
+    if max(left, c + 1) > n - 1:
+        return None
+    n_low = _n_physical(n, s)
+    nb = -(-n_low // q)
+    offsets = [(j * p) // q for j in range(q)]
+    starts = tuple(tuple(o + 1 + c + left - m for m in range(n_taps + 1)) for o in offsets)
+    t = tuple(((j * p) % q) / q for j in range(q))
+    taps = tuple(tuple(m for m in range(n_taps + 1) if not (tj == 0.0 and m == 0)) for tj in t)
+    length = p * (nb - 1) + max(starts[-1]) + 1  # padded length the slices read
+    edge = c + 1
+    zeros = max(0, length - left - n - edge)
+    return _SlicePlan(p, q, n_low, nb, (left, edge, zeros), t, starts, taps)
+
+
+def _slice_weights(pl: _SlicePlan, v: Array) -> Array:
+    """``(q, n_taps + 1)`` weights: the profile ``v`` with the interpolation folded in."""
+    vp = jnp.pad(v, (1, 1))  # vp[m'] = v[m' - 1]
+    t = jnp.asarray(np.array(pl.t), v.dtype)[:, None]
+    return (1 - t) * vp[None, :-1] + t * vp[None, 1:]
+
+
+def _strided_taps(pl: _SlicePlan, xp: Array, weight, axis: int) -> Array:
+    """``sum_m weight(j, m) * xp[p b + start[j][m]]`` for every phase j, interleaved."""
+    stop = pl.p * (pl.nb - 1) + 1
+    phases: list[Array] = []
+    for j in range(pl.q):
+        terms = [
+            lax.slice_in_dim(xp, pl.starts[j][m], pl.starts[j][m] + stop, pl.p, axis=axis)
+            * weight(j, m)
+            for m in pl.taps[j]  # every phase has at least its centre tap
+        ]
+        acc = terms[0]
+        for term in terms[1:]:
+            acc = acc + term
+        phases.append(acc)
+    if pl.q == 1:
+        return phases[0]
+    y = jnp.stack(phases, axis=axis + 1)  # (..., nb, q, ...)
+    shape = list(phases[0].shape)
+    shape[axis] = pl.nb * pl.q
+    return y.reshape(shape)
+
+
+def _slice_stage(x: Array, ax: int, pl: _SlicePlan, boundary: str):
+    """Return ``apply(v)``: :func:`_axial_stage` for ``pl``, as strided slices of x."""
+    xp = _lateral_pad(x, ax, pl.pad[0], pl.pad[1], boundary)
+    if pl.pad[2]:
+        xp = _lateral_pad(xp, ax, 0, pl.pad[2], "zero")
+
+    def apply(v):
+        w = _slice_weights(pl, v)
+        y = _strided_taps(pl, xp, lambda j, m: w[j, m], ax)
+        return lax.slice_in_dim(y, 0, pl.n_low, axis=ax)
+
+    return apply
+
+
+def _stage(x: Array, ax: int, s: float, n_taps: int, boundary: str, mode: Mode, precision):
+    """Return ``apply(v)``, the cheaper of the two blur-and-sample stages for axis ``ax``.
+
+    The last (contiguous) axis takes the blocked matrix product of :func:`_axial_stage`;
+    any other axis takes strided slices (:func:`_slice_stage`) where a plan exists, so
+    that neither needs a transpose of the data.
+    """
+    ax = ax % x.ndim
+    pl = _slice_plan(x.shape[ax], s, n_taps, mode) if ax != x.ndim - 1 else None
+    if pl is None:
+        return _axial_stage(x, ax, s, n_taps, boundary, mode, precision)
+    return _slice_stage(x, ax, pl, boundary)

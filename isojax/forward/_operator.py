@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from isojax.forward import _fourier
 from isojax.forward._axial import (
@@ -25,6 +26,7 @@ from isojax.forward._axial import (
     _keys_cubic,
     _lateral_pad,
     _rational,
+    _stage,
     _upsample_matrix,
     sample_positions,
 )
@@ -68,48 +70,125 @@ def _measure(x, psf, s, *, boundary, axes, mode, precision):
         raise ValueError(f"the axial axis must have at least 2 pixels, got {n}.")
     if mode == "csbdeep":
         boundary = "zero"  # fftconvolve(mode="same")
-    n_lat = x.shape[lat]
-    if dense is not None:
-        # A dense PSF of three or more rows: lateral FFT (see _fourier), where possible.
-        fourier = _fourier.plan(n, n_lat, s, dense.shape[0], dense.shape[1], mode)
-        if fourier is not None:
-            return _fourier.measure(
-                x, dense, fourier, lat=lat, ax=ax, boundary=boundary, precision=precision
-            )
-    profiles = dense if dense is not None else factored.axial
-    axial = _axial_stage(x, ax, s, int(profiles.shape[-1]), boundary, mode, precision)
+    opts = (s, lat, ax, boundary, mode, precision)
+    if dense is None:
+        return _factored(x, factored.lateral, factored.axial, *opts)
+    if dense.shape[0] < 2:
+        return _dense_exact(x, dense, *opts)
+    return _dense(x, dense, *opts)
 
-    if dense is not None:
-        # One blurred-and-sampled image per lateral row of the PSF, each shifted laterally:
-        # y[i] = sum_l axial(psf[l])[i + c - l], accumulated in a scan to bound memory.
-        n_l = dense.shape[0]
-        c = (n_l - 1) // 2
 
-        def term(acc, row_and_l):
-            row, l_idx = row_and_l
-            t = _lateral_pad(axial(row), lat, n_l - 1 - c, c, boundary)
-            return acc + lax.dynamic_slice_in_dim(t, n_l - 1 - l_idx, n_lat, axis=lat), None
+def _factored(x, lat_f, ax_f, s, lat, ax, boundary, mode, precision):
+    """Samples of x blurred by ``sum_r outer(lat_f[r], ax_f[r])``: two stages per term.
 
-        shape = list(x.shape)
-        shape[ax] = len(sample_positions(n, s, mode=mode))
-        y, _ = lax.scan(term, jnp.zeros(shape, dtype), (dense, jnp.arange(n_l)))
-        return y
-
-    # Factored: per term, one axial product, then a lateral filter on the samples. The
-    # lateral filter is the same blocked product with a factor of 1 (a blur that keeps every
-    # pixel): its gradient is then matrix products too, where shifted sums would cost one
-    # full-size array per tap.
-    lat_f, _ = factored
+    Per term, one axial blur-and-sample stage, then a lateral filter on the samples (the
+    same stage with a factor of 1). Each stage is a blocked matrix product along the last
+    axis and strided slices along any other (:func:`_stage`), so no data is transposed;
+    both are matrix products or fused loops in the gradient too, where shifted sums of
+    full-size arrays would cost one array per tap.
+    """
     n_l = lat_f.shape[1]
+    axial = _stage(x, ax, s, int(ax_f.shape[-1]), boundary, mode, precision)
     y = None
-    for r in range(factored.rank):
-        t = axial(factored.axial[r])
+    for r in range(ax_f.shape[0]):
+        t = axial(ax_f[r])
         if n_l > 1:
-            t = _axial_stage(t, lat, 1.0, n_l, boundary, "physical", precision)(lat_f[r])
+            t = _stage(t, lat, 1.0, n_l, boundary, "physical", precision)(lat_f[r])
         else:
             t = lat_f[r, 0] * t
         y = t if y is None else y + t
     return y
+
+
+def _dense_exact(x, dense, s, lat, ax, boundary, mode, precision):
+    """Samples of x blurred by the dense PSF, exact for any rank (Fourier or row path)."""
+    n, n_lat = x.shape[ax], x.shape[lat]
+    fourier = _fourier.plan(n, n_lat, s, dense.shape[0], dense.shape[1], mode)
+    if fourier is not None:
+        # A dense PSF of three or more rows: lateral FFT (see _fourier), where possible.
+        return _fourier.measure(
+            x, dense, fourier, lat=lat, ax=ax, boundary=boundary, precision=precision
+        )
+    axial = _axial_stage(x, ax, s, int(dense.shape[-1]), boundary, mode, precision)
+    # One blurred-and-sampled image per lateral row of the PSF, each shifted laterally:
+    # y[i] = sum_l axial(psf[l])[i + c - l], accumulated in a scan to bound memory.
+    n_l = dense.shape[0]
+    c = (n_l - 1) // 2
+
+    def term(acc, row_and_l):
+        row, l_idx = row_and_l
+        t = _lateral_pad(axial(row), lat, n_l - 1 - c, c, boundary)
+        return acc + lax.dynamic_slice_in_dim(t, n_l - 1 - l_idx, n_lat, axis=lat), None
+
+    shape = list(x.shape)
+    shape[ax] = len(sample_positions(n, s, mode=mode))
+    y, _ = lax.scan(term, jnp.zeros(shape, x.dtype), (dense, jnp.arange(n_l)))
+    return y
+
+
+# A dense PSF whose relative Frobenius distance to its best rank-r approximation is at most
+# this (per compute dtype) takes the factored path of rank r under jit too.
+_TRACED_RTOL = {"float32": 1e-6, "float64": 1e-13}
+_TRACED_MAX_RANK = 2
+
+
+def _low_rank_split(dense):
+    """Index of the branch (rank 1, 2, ..., exact) and the SVD factors, traceable."""
+    u, sv, vt = jnp.linalg.svd(dense, full_matrices=False)
+    total = jnp.sum(sv**2)
+    rtol = _TRACED_RTOL.get(jnp.dtype(dense.dtype).name, 1e-6)
+    # error keeping r + 1 terms: summed from the small end (total - cumsum cancels)
+    tail = jnp.sqrt(jnp.concatenate([jnp.cumsum((sv**2)[::-1])[::-1][1:], jnp.zeros(1, sv.dtype)]))
+    ok = tail[:_TRACED_MAX_RANK] <= rtol * jnp.sqrt(total)
+    # first rank that is good enough, else the exact path (index _TRACED_MAX_RANK)
+    index = jnp.argmax(jnp.concatenate([ok, jnp.ones((1,), bool)]))
+    root = jnp.sqrt(sv)
+    return index, u * root, root[:, None] * vt
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+def _dense(x, dense, s, lat, ax, boundary, mode, precision):
+    """The dense PSF's samples, through the factored path when its rank is low.
+
+    Under ``jit`` the PSF's rank cannot be inspected in Python, so it is inspected in the
+    program: a 17x17 SVD, then :func:`jax.lax.switch` runs one branch (rank 1, rank 2 or
+    the exact dense path) on CPU and GPU. The result is the dense operator's to a relative
+    Frobenius error of the PSF of ``_TRACED_RTOL``. The derivative is defined by hand
+    (the operator is bilinear in x and the PSF): the tangent in x goes through the same
+    switch, the tangent in the PSF through the exact dense path, which is linear in it;
+    so no SVD factor of a rank-deficient PSF is ever differentiated, and forward mode,
+    reverse mode (by transposition) and vmap all work.
+    """
+    opts = (s, lat, ax, boundary, mode, precision)
+    index, lat_f, ax_f = _low_rank_split(dense)
+    branches = [
+        functools.partial(_factored_rank, r=r + 1, opts=opts) for r in range(_TRACED_MAX_RANK)
+    ]
+    branches.append(lambda x, _lf, _af, d: _dense_exact(x, d, *opts))
+    return lax.switch(index, branches, x, lat_f, ax_f, dense)
+
+
+def _factored_rank(x, lat_f, ax_f, _dense_psf, *, r, opts):
+    return _factored(x, lat_f.T[:r], ax_f[:r], *opts)
+
+
+def _dense_jvp(s, lat, ax, boundary, mode, precision, primals, tangents):
+    x, dense = primals
+    dx, ddense = tangents
+    opts = (s, lat, ax, boundary, mode, precision)
+    y = _dense(x, dense, *opts)
+    dy = None
+    if not isinstance(dx, SymbolicZero):
+        dy = _dense(dx, dense, *opts)
+    if not isinstance(ddense, SymbolicZero):
+        t = _dense_exact(x, ddense, *opts)
+        dy = t if dy is None else dy + t
+    if dy is None:
+        dy = jnp.zeros_like(y)
+    return y, dy
+
+
+_dense.defjvp(_dense_jvp, symbolic_zeros=True)
 
 
 def _upsample(y, n, s, *, interpolation, axis, mode, precision):
@@ -225,9 +304,11 @@ def measure(
       psf: additional axial PSF, a 2D array ``(lateral, axial)`` sampled at the lateral
         pixel size and summing to 1, or a :class:`FactoredPSF`. It is used as given (not
         renormalised) so that gradients in it are honest; check it with
-        :func:`isojax.psf.check_psf`. A concrete dense PSF of numerical rank <= 2 is
-        factored automatically (exact to rounding); a traced dense one of three or more
-        rows goes through the lateral FFT (:mod:`isojax.forward._fourier`).
+        :func:`isojax.psf.check_psf`. A dense PSF of numerical rank <= 2 is factored
+        automatically (exact to rounding): in Python when it is concrete, inside the
+        program (SVD and :func:`jax.lax.switch`) when it is traced; a dense one of higher
+        rank and three or more rows goes through the lateral FFT
+        (:mod:`isojax.forward._fourier`).
       subsample: anisotropy factor (axial step / lateral pixel size), a Python float
         >= 1, e.g. 10.2. Static: each value compiles once.
       boundary: how the blur sees past the image's edges: ``"reflect"`` (mirror about

@@ -89,7 +89,8 @@ def factorize_psf(psf, *, rtol: float = 1e-4, max_rank: int | None = None) -> Fa
     u, s, vt = np.linalg.svd(p, full_matrices=False)
     total = float(np.sum(s**2))
     # residual[r] = Frobenius error when keeping r terms
-    residual = np.sqrt(np.maximum(total - np.cumsum(s**2), 0.0))
+    # (summed from the small end: total - cumsum cancels to sqrt(eps) of the norm)
+    residual = np.sqrt(np.append(np.cumsum((s**2)[::-1])[::-1][1:], 0.0))
     keep = len(s)
     for r in range(1, len(s) + 1):
         if residual[r - 1] <= rtol * math.sqrt(total):
