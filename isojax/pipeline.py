@@ -104,8 +104,8 @@ def train_file(
     interpolation: Literal["linear", "cubic"] = "linear",
     photons: float | None = None,
     read_noise: float = 0.0,
-    first_filters: int = 32,
-    depth: int = 2,
+    first_filters: int | None = None,
+    depth: int | None = None,
     seed: int = 0,
     checkpoint_every: int = 100,
     val_every: int = 100,
@@ -121,6 +121,7 @@ def train_file(
     axes: str | None = None,
     channels: str | Sequence[int] | None = None,
     timepoints: str | None = None,
+    arch: str = "care",
 ) -> dict:
     """``isojax train``: train a model folder from a stack and a PSF.
 
@@ -174,8 +175,8 @@ def train_file(
       photons: photons per unit intensity of the synthetic noise, or None (estimated with
         ``match_noise``, else noise-free).
       read_noise: Gaussian read noise of the synthetic inputs, in normalised intensity.
-      first_filters: filters of the U-Net's first level.
-      depth: levels of the U-Net.
+      first_filters: filters of the U-Net's first level, or None (the ``arch``'s).
+      depth: levels of the U-Net, or None (the ``arch``'s).
       seed: the random seed.
       checkpoint_every: steps between checkpoints.
       val_every: steps between validation losses.
@@ -194,6 +195,8 @@ def train_file(
       channels: the channels to train (``"0,2"``), or None (all); hyperstacks only.
       timepoints: the time points to train on (slice syntax, ``"0:100"``), or None (a
         spread of at most 8, first and last included); hyperstacks only.
+      arch: the network, a name of :data:`isojax.unet.ARCHS` (``"care"``: CSBDeep's CARE
+        U-Net); ``first_filters`` and ``depth`` override its values.
 
     Returns:
       The training summary of :func:`isojax.train.train` (``step``, ``loss``,
@@ -216,7 +219,7 @@ def train_file(
     volume = functools.partial(
         _train_volume, steps=steps, batch_size=batch_size, patch_size=patch_size,
         learning_rate=learning_rate, loss=loss, interpolation=interpolation, photons=photons,
-        read_noise=read_noise, first_filters=first_filters, depth=depth, seed=seed,
+        read_noise=read_noise, first_filters=first_filters, depth=depth, arch=arch, seed=seed,
         checkpoint_every=checkpoint_every, val_every=val_every, progress=progress,
         match_noise=match_noise, compute_dtype=compute_dtype, log_every=log_every)
     if is_series(stack_path, axes=axes):
@@ -245,8 +248,8 @@ def train_file(
 
 def _train_volume(stack, g: geometry.StackGeometry, axial, model, *, resume: bool, log: Log,
                   steps: int, batch_size: int, patch_size: int, learning_rate: float,
-                  loss, interpolation, photons, read_noise: float, first_filters: int,
-                  depth: int, seed: int, checkpoint_every: int, val_every: int,
+                  loss, interpolation, photons, read_noise: float, first_filters: int | None,
+                  depth: int | None, arch: str, seed: int, checkpoint_every: int, val_every: int,
                   progress: bool, match_noise: bool, compute_dtype, log_every: float,
                   calibrate_psf: bool = False, calibration=None) -> dict:
     """One 3D training into ``model``: the settings built and checked once, then ``train``.
@@ -268,7 +271,8 @@ def _train_volume(stack, g: geometry.StackGeometry, axial, model, *, resume: boo
         warmup_steps=_warmup_steps(model, steps=steps, resume=resume),
         compute_dtype=compute_dtype,
     )
-    net = UNetConfig(first_filters=first_filters, depth=depth, prob_out=loss == "laplace")
+    net = UNetConfig.from_arch(arch, first_filters=first_filters, depth=depth,
+                               prob_out=loss == "laplace")
     summary = train(  # the AxialPSF as it is: train() does not check it again
         stack, axial, workdir=model, synth_config=synth_config, config=config, net=net,
         spacing=g.spacing, psf_pixel_size=g.pixel_size, resume=resume, progress=progress,

@@ -17,6 +17,7 @@ from isojax.cli.options import (
     _positive_int,
 )
 from isojax.errors import IsojaxInputError
+from isojax.unet import ARCHS
 
 __all__: list[str] = []  # private to isojax.cli
 
@@ -79,6 +80,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             photons=args.photons,
             read_noise=args.read_noise,
             first_filters=args.first_filters,
+            arch=args.arch,
             seed=args.seed,
             checkpoint_every=args.checkpoint_every,
             val_every=args.checkpoint_every,
@@ -250,8 +252,12 @@ def _add_training_options(t: argparse.ArgumentParser) -> None:
                    "(default: estimated from the stack)")
     t.add_argument("--no-match-noise", action="store_true",
                    help="do not add the stack's estimated noise to the synthetic inputs")
-    t.add_argument("--first-filters", type=_positive_int, default=32, metavar="N",
-                   help="U-Net filters at the first level (CARE uses 32)")
+    t.add_argument("--arch", choices=tuple(ARCHS), default="care",
+                   help="the network: care (CSBDeep's CARE U-Net: 5x5 kernels, depth 2, 32 "
+                   "filters), light (3x3 kernels, depth 3, 16 filters), light24 (the same, 24 "
+                   "filters); see bench/RESULTS.md, \"Network choice\"")
+    t.add_argument("--first-filters", type=_positive_int, default=None, metavar="N",
+                   help="U-Net filters at the first level (default: the --arch's; CARE uses 32)")
     t.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
                    help="network arithmetic; bfloat16: mixed precision (bfloat16 network, "
                    "float32 weights; for GPUs and TPUs)")
