@@ -50,7 +50,8 @@ def _parse():
     parser = bq.build_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="+", default=["care", "light", "light24"],
                         help="networks of isojax.unet.ARCHS to compare (default care light "
-                        "light24); care is the reference")
+                        "light24); care is the reference: run it here, or in another process "
+                        "side by side and merge the results with --report")
     parser.add_argument("--checkpoints", type=int, nargs="+", default=[25, 50, 100, 200, 400],
                         help="steps scored; the last must be --steps (default 25 .. 400)")
     parser.add_argument("--precision-check", action="store_true",
@@ -62,8 +63,6 @@ def _parse():
     if "--report" in sys.argv:
         return parser.parse_args()
     args = bq.check_args(parser.parse_args())
-    if "care" not in args.archs:
-        raise SystemExit("--archs must include care (the reference)")
     cps = sorted(set(args.checkpoints))
     if cps[0] < 1 or cps[-1] != args.steps:
         raise SystemExit(f"--checkpoints must be >= 1 and end at --steps {args.steps}")
@@ -205,11 +204,22 @@ def print_tables(result: dict) -> None:
                       f"{b['psnr_db']:.3f} | {b['psnr_db'] - f['psnr_db']:+.3f} |")
 
 
+def merge(results: list[dict]) -> dict:
+    """One result with the networks of the same setting from several runs put together (e.g.
+    the networks run side by side in two processes on the same data)."""
+    settings: dict[str, dict] = {}
+    for r in results:
+        for e in r["settings"]:
+            m = settings.setdefault(e["setting"], {**e, "archs": {}, "order": []})
+            m["archs"].update(e["archs"])
+            m["order"] += e["order"]
+    return {**results[0], "settings": list(settings.values())}
+
+
 def main() -> int:
     args = _parse()
     if args.report:
-        for path in args.report:
-            print_tables(json.loads(path.read_text()))
+        print_tables(merge([json.loads(path.read_text()) for path in args.report]))
         return 0
     maybe_reexec(args.no_hugepages)
     args.workdir.mkdir(parents=True, exist_ok=True)
