@@ -509,6 +509,7 @@ def predict_file(
     timepoints: str | None = None,
     resume: bool = False,
     uncertainty: str | os.PathLike | None = None,
+    precision: Literal["float32", "bf16"] = "float32",
 ):
     """``isojax predict``: restore a stack with a trained model and write an isotropic volume.
 
@@ -572,6 +573,9 @@ def predict_file(
       resume: continue a killed hyperstack prediction into OME-Zarr from its partial output.
       uncertainty: where to write the uncertainty map (``.tif`` or ``.zarr`` as
         ``output``), or None.
+      precision: the network's arithmetic: ``"float32"``, or ``"bf16"`` (bfloat16 from
+        the float32 weights; model folders only, not with ``uncertainty``; see
+        :func:`isojax.model_folder.load_model` and bench/RESULTS.md, "Network choice").
 
     Returns:
       The restored array (in memory), a :class:`isojax.predict_large.LargePrediction`
@@ -603,13 +607,15 @@ def predict_file(
     unc = None if uncertainty is None else Path(uncertainty)
     if unc is not None:
         check_uncertainty_output(Path(output), unc)
+        if precision != "float32":
+            raise IsojaxInputError("--uncertainty is predicted in float32: drop --precision")
     if is_series(stack_path, axes=axes):
         return predict_series_file(
             stack_path, model=model, output=output, subsample=subsample, spacing=spacing,
             axes=axes, channels=channels, timepoints=timepoints, resume=resume, fuse=fuse,
             batch_size=batch_size, tile=tile, keep_dtype=keep_dtype,
             memory_budget=memory_budget, overwrite=overwrite, progress=progress, log=log,
-            checkpoint=checkpoint, uncertainty=unc)
+            checkpoint=checkpoint, uncertainty=unc, precision=precision)
     for flag, value in (("--channels", channels), ("--timepoints", timepoints),
                         ("--resume", resume or None),
                         ("a multi-host job", None if distributed.process_count() == 1 else 1)):
@@ -628,7 +634,7 @@ def predict_file(
             f"{channel_models(model)[0][1]}), or name its axes with --axes (e.g. CZYX) if it "
             "has channels, and select them with --channels")
     if unc is None:
-        apply_fn, meta = load_predictor(model, which=checkpoint)
+        apply_fn, meta = load_predictor(model, which=checkpoint, precision=precision)
     else:
         apply_fn, meta = load_probabilistic(model, which=checkpoint)
     check_tile_option(tile, meta)

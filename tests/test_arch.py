@@ -46,10 +46,11 @@ def test_presets_are_the_documented_networks():
         "light", 3, 3, 16)
     assert light.prob_out
     assert UNetConfig.from_arch("light24").first_filters == 24
-    assert care.receptive_radius == 43 and light.receptive_radius == 51
+    assert care.receptive_radius == 43
+    assert light.receptive_radius == 51
     with pytest.raises(ValueError, match="unknown network arch 'big'"):
         UNetConfig.from_arch("big")
-    with pytest.raises(ValueError, match="UNetConfig.arch must be one of"):
+    with pytest.raises(ValueError, match=r"UNetConfig\.arch must be one of"):
         UNetConfig(arch="big")
 
 
@@ -66,7 +67,8 @@ def test_each_arch_trains_records_and_predicts(trained, tmp_path, arch):
                  "-o", str(out), "--quiet"])
     assert code == 0
     pred = np.asarray(read_tiff(out)[0])
-    assert pred.shape == (22, 32, 32) and np.all(np.isfinite(pred))
+    assert pred.shape == (22, 32, 32)
+    assert np.all(np.isfinite(pred))
 
 
 def test_old_folder_without_arch_reads_as_care(trained, tmp_path):
@@ -126,3 +128,16 @@ def test_bf16_compute_of_a_wider_network_is_close():
     b = np.asarray(apply_unet(graphdef, params, x, compute_dtype=jax.numpy.bfloat16))
     assert b.dtype == np.float32
     np.testing.assert_allclose(b, a, atol=0.02 * float(np.abs(a - np.asarray(x)).max()) + 1e-3)
+
+
+def test_predict_precision_bf16_is_close_to_float32(trained, tmp_path):
+    outs = {}
+    for precision in ("float32", "bf16"):
+        outs[precision] = tmp_path / f"{precision}.tif"
+        code = main(["predict", str(trained / "stack.tif"), "--model", str(trained / "care"),
+                     "-o", str(outs[precision]), "--precision", precision, "--quiet"])
+        assert code == 0
+    a, b = (np.asarray(read_tiff(outs[p])[0]) for p in ("float32", "bf16"))
+    assert a.shape == b.shape
+    np.testing.assert_allclose(b, a, atol=0.02 * float(np.abs(a).max()))
+    assert not np.array_equal(a, b)

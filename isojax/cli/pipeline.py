@@ -141,7 +141,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         progress=not args.quiet and not quiet,  # process 0 only
         checkpoint=args.checkpoint,
         axes=args.axes, channels=args.channels, timepoints=args.timepoints, resume=args.resume,
-        uncertainty=args.uncertainty, **quiet,
+        uncertainty=args.uncertainty, precision=args.precision, **quiet,
     )
     return EXIT_OK
 
@@ -317,6 +317,10 @@ def _add_predict_command(commands: argparse._SubParsersAction) -> None:
                    help="the model's checkpoint to predict with: best (lowest validation loss, "
                    "the default) or last (the last training step); no other is used if it is "
                    "missing or damaged")
+    p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
+                   help="the network's arithmetic: float32, or bf16 (bfloat16 from the float32 "
+                   "weights: faster on CPUs with bfloat16 instructions, within 0.01 dB here; "
+                   "model folders only; see bench/RESULTS.md, \"Network choice\")")
     _add_stack_geometry(p)
     p.add_argument("--fuse", choices=("mean", "geometric", "xz", "yz"), default="mean",
                    help="how the XZ and YZ views are combined (geometric: their geometric mean; "

@@ -52,7 +52,8 @@ __all__ = [
 Log = Callable[[str], None]
 
 
-def load_predictor(model, *, which: Literal["best", "last"] = "best"):
+def load_predictor(model, *, which: Literal["best", "last"] = "best",
+                   precision: Literal["float32", "bf16"] = "float32"):
     """``(apply_fn, meta)`` of ``--model``: a model folder, or a package of ``isojax export``.
 
     A ``.zip`` is run by onnxruntime (:func:`isojax.export.load_package`); anything else is
@@ -61,19 +62,25 @@ def load_predictor(model, *, which: Literal["best", "last"] = "best"):
     Args:
       model: a model folder or a ``.bioimageio.zip`` package.
       which: the checkpoint, ``"best"`` or ``"last"`` (model folders only).
+      precision: the network's arithmetic, ``"float32"`` or ``"bf16"`` (model folders
+        only; :func:`isojax.model_folder.load_model`).
 
     Returns:
       ``(apply_fn, meta)``: the network and the model's configuration.
 
     Raises:
-      IsojaxInputError: an unusable model folder or package.
+      IsojaxInputError: an unusable model folder or package, or ``bf16`` with a package.
     """
     # here, not at the top: isojax.export imports this module (tile overlap, prediction)
     from isojax import export, model_folder
 
     if export.is_package(model):
+        if precision != "float32":
+            raise IsojaxInputError(
+                f"{model}: --precision {precision} is for model folders; an exported package "
+                "runs in float32 (onnxruntime): drop --precision")
         return export.load_package(model, which=which)
-    return model_folder.load_model(model, which=which)
+    return model_folder.load_model(model, which=which, precision=precision)
 
 
 def _physical_memory() -> int:
