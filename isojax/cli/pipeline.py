@@ -319,8 +319,8 @@ def _add_predict_command(commands: argparse._SubParsersAction) -> None:
                    "missing or damaged")
     p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
                    help="the network's arithmetic: float32, or bf16 (bfloat16 from the float32 "
-                   "weights: faster on CPUs with bfloat16 instructions, within 0.01 dB here; "
-                   "model folders only; see bench/RESULTS.md, \"Network choice\")")
+                   "weights; within 0.01 dB of float32 where measured, faster only where the "
+                   "hardware computes bfloat16 natively; model folders only)")
     _add_stack_geometry(p)
     p.add_argument("--fuse", choices=("mean", "geometric", "xz", "yz"), default="mean",
                    help="how the XZ and YZ views are combined (geometric: their geometric mean; "
