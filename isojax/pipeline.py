@@ -249,7 +249,7 @@ def train_file(
 def _train_volume(stack, g: geometry.StackGeometry, axial, model, *, resume: bool, log: Log,
                   steps: int, batch_size: int, patch_size: int, learning_rate: float,
                   loss, interpolation, photons, read_noise: float, first_filters: int | None,
-                  depth: int | None, arch: str, seed: int, checkpoint_every: int, val_every: int,
+                  depth: int | None, arch, seed: int, checkpoint_every: int, val_every: int,
                   progress: bool, match_noise: bool, compute_dtype, log_every: float,
                   calibrate_psf: bool = False, calibration=None) -> dict:
     """One 3D training into ``model``: the settings built and checked once, then ``train``.

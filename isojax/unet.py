@@ -154,7 +154,7 @@ class UNetConfig:
             )
 
     @classmethod
-    def from_arch(cls, arch: str = "care", **overrides) -> UNetConfig:
+    def from_arch(cls, arch: ArchName = "care", **overrides) -> UNetConfig:
         """The named network ``arch`` (:data:`ARCHS`), with ``overrides`` applied on top.
 
         Args:

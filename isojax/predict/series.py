@@ -267,7 +267,8 @@ def _check_output(hyper, out_shape, n_channels: int, fmt: str, dtype, budget, st
 
 
 def _channel_predictors(model, cs, g: StackGeometry, *, checkpoint, tile, fuse, batch_size,
-                        uncertainty: bool, log: Log, precision: str = "float32") -> dict:
+                        uncertainty: bool, log: Log,
+                        precision: Literal["float32", "bf16"] = "float32") -> dict:
     """``{channel: (apply_fn, predict_stack settings)}``: each input channel's own model.
 
     A multi-channel model folder (:func:`isojax.model_folder.channel_models`) restores each
@@ -461,7 +462,7 @@ def predict_series_file(
 
 
 def _load_network(model, *, checkpoint: Literal["best", "last"], uncertainty: bool,
-                  precision: str = "float32"):
+                  precision: Literal["float32", "bf16"] = "float32"):
     """``(apply_fn, meta)`` of the model: the mean, or ``(mean, scale)`` for ``uncertainty``
     (:func:`isojax.predict.uncertainty.load_probabilistic`, which refuses a model without)."""
     if uncertainty:
