@@ -146,15 +146,20 @@ def _load() -> list[float]:
 # isojax
 
 
-def isojax_curve(stack, psf, acq, s, args, workdir: Path, score) -> dict:
-    """Train once, snapshot the ``last`` checkpoint at each requested step, then score each."""
+def isojax_curve(stack, psf, acq, s, args, workdir: Path, score, *, net=None) -> dict:
+    """Train once, snapshot the ``last`` checkpoint at each requested step, then score each.
+
+    ``net`` (a :class:`~isojax.unet.UNetConfig`) replaces the quality benchmark's network
+    (``bench/bench_arch.py`` compares named networks this way).
+    """
     from isojax.train import load_model, train
 
     if workdir.exists():
         shutil.rmtree(workdir)
-    net, config, synth_config = bq.isojax_configs(
+    bench_net, config, synth_config = bq.isojax_configs(
         args, s, val_every=args.every, checkpoint_every=args.every
     )
+    net = bench_net if net is None else net
     wanted = set(args.checkpoints)
     train_s: dict[int, float] = {}
     excluded = [0.0]
@@ -429,6 +434,40 @@ def report(paths: list[Path], png: Path) -> int:
 # The run
 
 
+def setting_data(args, truth, k_acq, s, photons, n_before: int) -> dict:
+    """One setting's acquisition (the quality benchmark's, for a setting of its grid).
+
+    Returns:
+      ``index`` (the acquisition key), ``stack``, ``acq``, ``psf``, ``linear`` (linear
+      interpolation), ``ref`` (the reference on the physical grid), ``name`` and
+      ``score(pred) -> (psnr, ssim)``.
+    """
+    import jax
+
+    from isojax.predict import upsample_z
+    from isojax.simulate import acquire
+
+    # the quality benchmark's key for this setting (its default grid), else a new one
+    index = (DEFAULT_GRID.index((s, photons)) if (s, photons) in DEFAULT_GRID
+             else 100 + n_before)
+    stack, acq = acquire(
+        jax.random.fold_in(k_acq, index), truth, subsample=s,
+        sigma_lateral=args.sigma_lateral, sigma_axial=args.sigma_axial,
+        photons=photons, read_noise=args.read_noise,
+    )
+    stack = np.array(stack, np.float32)  # writable (CSBDeep writes in place)
+    linear = np.asarray(upsample_z(stack, s))
+    ref = np.asarray(acq.reference)[:linear.shape[0]]
+    data_range = float(ref.max() - ref.min())
+
+    def score(pred):
+        return bq._score(pred, ref, data_range)
+
+    return {"index": index, "stack": stack, "acq": acq, "psf": np.asarray(acq.psf, np.float32),
+            "linear": linear, "ref": ref, "score": score,
+            "name": f"s={s:g}, photons={'none' if photons is None else f'{photons:g}'}"}
+
+
 def main() -> int:
     args = _parse()
     if args.report:
@@ -436,8 +475,7 @@ def main() -> int:
     maybe_reexec(args.no_hugepages)
     import jax
 
-    from isojax.predict import upsample_z
-    from isojax.simulate import acquire, simulate_specimen
+    from isojax.simulate import simulate_specimen
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"jax {jax.__version__}, {os.cpu_count()} CPUs, {describe()}, load {_load()}",
@@ -451,25 +489,11 @@ def main() -> int:
     truth = simulate_specimen(k_spec, tuple(args.shape))
     for s in args.factors:
         for photons in args.noise:
-            # the quality benchmark's key for this setting (its default grid), else a new one
-            index = (DEFAULT_GRID.index((s, photons)) if (s, photons) in DEFAULT_GRID
-                     else 100 + len(result["settings"]))
-            stack, acq = acquire(
-                jax.random.fold_in(k_acq, index), truth, subsample=s,
-                sigma_lateral=args.sigma_lateral, sigma_axial=args.sigma_axial,
-                photons=photons, read_noise=args.read_noise,
-            )
-            stack = np.array(stack, np.float32)  # writable (CSBDeep writes in place)
-            psf = np.asarray(acq.psf, np.float32)
-            linear = np.asarray(upsample_z(stack, s))
+            d = setting_data(args, truth, k_acq, s, photons, len(result["settings"]))
+            index, stack, acq, psf, linear, ref, name, score = (
+                d["index"], d["stack"], d["acq"], d["psf"], d["linear"], d["ref"], d["name"],
+                d["score"])
             n = linear.shape[0]
-            ref = np.asarray(acq.reference)[:n]
-            data_range = float(ref.max() - ref.min())
-            name = f"s={s:g}, photons={'none' if photons is None else f'{photons:g}'}"
-
-            def score(pred, ref=ref, data_range=data_range):
-                return bq._score(pred, ref, data_range)
-
             entry = {"setting": name, "subsample": s, "photons": photons,
                      "stack_shape": list(stack.shape), "scored_shape": list(ref.shape),
                      "budget": f"batch {args.batch_size} x {args.patch_size} px",

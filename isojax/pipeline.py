@@ -104,8 +104,8 @@ def train_file(
     interpolation: Literal["linear", "cubic"] = "linear",
     photons: float | None = None,
     read_noise: float = 0.0,
-    first_filters: int = 32,
-    depth: int = 2,
+    first_filters: int | None = None,
+    depth: int | None = None,
     seed: int = 0,
     checkpoint_every: int = 100,
     val_every: int = 100,
@@ -121,6 +121,7 @@ def train_file(
     axes: str | None = None,
     channels: str | Sequence[int] | None = None,
     timepoints: str | None = None,
+    arch: str = "care",
 ) -> dict:
     """``isojax train``: train a model folder from a stack and a PSF.
 
@@ -174,8 +175,8 @@ def train_file(
       photons: photons per unit intensity of the synthetic noise, or None (estimated with
         ``match_noise``, else noise-free).
       read_noise: Gaussian read noise of the synthetic inputs, in normalised intensity.
-      first_filters: filters of the U-Net's first level.
-      depth: levels of the U-Net.
+      first_filters: filters of the U-Net's first level, or None (the ``arch``'s).
+      depth: levels of the U-Net, or None (the ``arch``'s).
       seed: the random seed.
       checkpoint_every: steps between checkpoints.
       val_every: steps between validation losses.
@@ -194,6 +195,8 @@ def train_file(
       channels: the channels to train (``"0,2"``), or None (all); hyperstacks only.
       timepoints: the time points to train on (slice syntax, ``"0:100"``), or None (a
         spread of at most 8, first and last included); hyperstacks only.
+      arch: the network, a name of :data:`isojax.unet.ARCHS` (``"care"``: CSBDeep's CARE
+        U-Net); ``first_filters`` and ``depth`` override its values.
 
     Returns:
       The training summary of :func:`isojax.train.train` (``step``, ``loss``,
@@ -217,7 +220,7 @@ def train_file(
     volume = functools.partial(
         _train_volume, steps=steps, batch_size=batch_size, patch_size=patch_size,
         learning_rate=learning_rate, loss=loss, interpolation=interpolation, photons=photons,
-        read_noise=read_noise, first_filters=first_filters, depth=depth, seed=seed,
+        read_noise=read_noise, first_filters=first_filters, depth=depth, arch=arch, seed=seed,
         checkpoint_every=checkpoint_every, val_every=val_every, progress=progress,
         match_noise=match_noise, compute_dtype=compute_dtype, log_every=log_every)
     if is_series(stack_path, axes=axes):
@@ -246,8 +249,8 @@ def train_file(
 
 def _train_volume(stack, g: geometry.StackGeometry, axial, model, *, resume: bool, log: Log,
                   steps: int, batch_size: int, patch_size: int, learning_rate: float,
-                  loss, interpolation, photons, read_noise: float, first_filters: int,
-                  depth: int, seed: int, checkpoint_every: int, val_every: int,
+                  loss, interpolation, photons, read_noise: float, first_filters: int | None,
+                  depth: int | None, arch, seed: int, checkpoint_every: int, val_every: int,
                   progress: bool, match_noise: bool, compute_dtype, log_every: float,
                   calibrate_psf: bool = False, calibration=None) -> dict:
     """One 3D training into ``model``: the settings built and checked once, then ``train``.
@@ -270,7 +273,8 @@ def _train_volume(stack, g: geometry.StackGeometry, axial, model, *, resume: boo
         warmup_steps=warmup_steps(model, steps=steps, resume=resume),
         compute_dtype=compute_dtype,
     )
-    net = UNetConfig(first_filters=first_filters, depth=depth, prob_out=loss == "laplace")
+    net = UNetConfig.from_arch(arch, first_filters=first_filters, depth=depth,
+                               prob_out=loss == "laplace")
     summary = train(  # the AxialPSF as it is: train() does not check it again
         stack, axial, workdir=model, synth_config=synth_config, config=config, net=net,
         spacing=g.spacing, psf_pixel_size=g.pixel_size, resume=resume, progress=progress,
@@ -440,6 +444,7 @@ def predict_file(
     timepoints: str | None = None,
     resume: bool = False,
     uncertainty: str | os.PathLike | None = None,
+    precision: Literal["float32", "bf16"] = "float32",
 ):
     """``isojax predict``: restore a stack with a trained model and write an isotropic volume.
 
@@ -503,6 +508,9 @@ def predict_file(
       resume: continue a killed hyperstack prediction into OME-Zarr from its partial output.
       uncertainty: where to write the uncertainty map (``.tif`` or ``.zarr`` as
         ``output``), or None.
+      precision: the network's arithmetic: ``"float32"``, or ``"bf16"`` (bfloat16 from
+        the float32 weights; model folders only, not with ``uncertainty``; see
+        :func:`isojax.model_folder.load_model` and bench/RESULTS.md, "Network choice").
 
     Returns:
       The restored array (in memory), a :class:`isojax.predict_large.LargePrediction`
@@ -534,13 +542,15 @@ def predict_file(
     unc = None if uncertainty is None else Path(uncertainty)
     if unc is not None:
         check_uncertainty_output(Path(output), unc)
+        if precision != "float32":
+            raise IsojaxInputError("--uncertainty is predicted in float32: drop --precision")
     if is_series(stack_path, axes=axes):
         return predict_series_file(
             stack_path, model=model, output=output, subsample=subsample, spacing=spacing,
             axes=axes, channels=channels, timepoints=timepoints, resume=resume, fuse=fuse,
             batch_size=batch_size, tile=tile, keep_dtype=keep_dtype,
             memory_budget=memory_budget, overwrite=overwrite, progress=progress, log=log,
-            checkpoint=checkpoint, uncertainty=unc)
+            checkpoint=checkpoint, uncertainty=unc, precision=precision)
     for flag, value in (("--channels", channels), ("--timepoints", timepoints),
                         ("--resume", resume or None),
                         ("a multi-host job", None if distributed.process_count() == 1 else 1)):
@@ -558,7 +568,8 @@ def predict_file(
             f"has no channel axis: predict it with one channel's folder (--model "
             f"{channel_models(model)[0][1]}), or name its axes with --axes (e.g. CZYX) if it "
             "has channels, and select them with --channels")
-    apply_fn, meta = load_predictor(model, which=checkpoint, uncertainty=unc is not None)
+    apply_fn, meta = load_predictor(model, which=checkpoint, uncertainty=unc is not None,
+                                    precision=precision)
     check_tile_option(tile, meta)
     options: dict[str, Any] = dict(model=model, fuse=fuse, batch_size=batch_size, tile=tile,
                    keep_dtype=keep_dtype, overwrite=overwrite, progress=progress, log=log)

@@ -40,6 +40,7 @@ from flax import nnx
 from jax import lax
 
 __all__ = [
+    "ARCHS",
     "CPU_COMPILER_OPTIONS",
     "UNet",
     "UNetConfig",
@@ -53,6 +54,22 @@ __all__ = [
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 ConvImpl = Literal["custom", "xla"]
+ArchName = Literal["care", "light", "light24"]
+
+#: The named networks (:meth:`UNetConfig.from_arch`, ``isojax train --arch NAME``): the
+#: fields each one sets. ``care`` is CSBDeep's 2D CARE U-Net (Weigert et al. 2018): 5x5
+#: kernels, depth 2, 32 filters at full resolution. ``light`` and ``light24`` follow what
+#: later restoration U-Nets do (3x3 kernels stacked deeper, as in VGG, Simonyan & Zisserman
+#: 2015, and the 3D/2D U-Nets since; one more level for the same reach; fewer filters at
+#: full resolution, where most of the work is): 3x3 kernels, depth 3, 16 or 24 filters at
+#: full resolution. Their reach (:attr:`UNetConfig.receptive_radius`) is 51 px against
+#: CARE's 43; their work per pixel about 1/6 and 1/3 of CARE's. What each gives is in
+#: ``bench/RESULTS.md``, "Network choice".
+ARCHS: dict[str, dict[str, int]] = {
+    "care": {"depth": 2, "first_filters": 32, "kernel_size": 5},
+    "light": {"depth": 3, "first_filters": 16, "kernel_size": 3},
+    "light24": {"depth": 3, "first_filters": 24, "kernel_size": 3},
+}
 
 #: XLA compiler options for a CPU training step, e.g.
 #: ``jax.jit(train_step, compiler_options=CPU_COMPILER_OPTIONS)``. They keep XLA's CPU backend
@@ -70,7 +87,12 @@ CPU_COMPILER_OPTIONS: dict[str, str] = {
 class UNetConfig:
     """Settings of the CARE U-Net; defaults are CSBDeep's 2D CARE defaults.
 
+    :meth:`from_arch` builds a named network (:data:`ARCHS`); ``arch`` records which one
+    the fields started from (fields given to :meth:`from_arch` apply on top of it).
+
     Args:
+      arch: the name of the preset (:data:`ARCHS`) the other fields started from; a
+        label kept in the model folder, it does not set them (use :meth:`from_arch`).
       depth: number of pooling levels (CSBDeep ``unet_n_depth``); ``y`` and ``x`` of the input
         must be divisible by ``2**depth``.
       first_filters: filters of the first level, doubled per level (``unet_n_first``).
@@ -91,6 +113,7 @@ class UNetConfig:
       ValueError: when a setting is out of range; the message says which and how to fix it.
     """
 
+    arch: ArchName = "care"
     depth: int = 2
     first_filters: int = 32
     kernel_size: int = 5
@@ -103,6 +126,10 @@ class UNetConfig:
     conv_impl: ConvImpl = "custom"
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(
+                f"UNetConfig.arch must be one of {', '.join(ARCHS)}, got {self.arch!r}."
+            )
         for name in ("depth", "first_filters", "kernel_size", "n_conv_per_depth",
                      "in_channels", "out_channels"):
             value = getattr(self, name)
@@ -125,6 +152,34 @@ class UNetConfig:
             raise ValueError(
                 f"UNetConfig.conv_impl must be 'custom' or 'xla', got {self.conv_impl!r}."
             )
+
+    @classmethod
+    def from_arch(cls, arch: ArchName = "care", **overrides) -> UNetConfig:
+        """The named network ``arch`` (:data:`ARCHS`), with ``overrides`` applied on top.
+
+        Args:
+          arch: ``"care"`` (CSBDeep's CARE U-Net), ``"light"`` or ``"light24"``.
+          **overrides: other :class:`UNetConfig` fields (e.g. ``prob_out=True``); a field
+            given as None keeps the preset's value.
+
+        Returns:
+          The settings, with ``arch`` recorded.
+
+        Raises:
+          ValueError: an unknown ``arch`` or field, or a setting out of range.
+
+        Example:
+          >>> UNetConfig.from_arch("light").kernel_size
+          3
+        """
+        if arch not in ARCHS:
+            raise ValueError(
+                f"unknown network arch {arch!r}; use one of {', '.join(ARCHS)}."
+            )
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "arch" in given:
+            raise ValueError("give the arch as from_arch's first argument, not as an override.")
+        return cls(arch=arch, **{**ARCHS[arch], **given})
 
     @property
     def divisor(self) -> int:

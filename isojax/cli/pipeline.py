@@ -17,6 +17,7 @@ from isojax.cli.options import (
     _positive_int,
 )
 from isojax.errors import IsojaxInputError
+from isojax.unet import ARCHS
 
 __all__: list[str] = []  # private to isojax.cli
 
@@ -80,6 +81,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             photons=args.photons,
             read_noise=args.read_noise,
             first_filters=args.first_filters,
+            arch=args.arch,
             seed=args.seed,
             checkpoint_every=args.checkpoint_every,
             val_every=args.checkpoint_every,
@@ -140,7 +142,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         progress=not args.quiet and not quiet,  # process 0 only
         checkpoint=args.checkpoint,
         axes=args.axes, channels=args.channels, timepoints=args.timepoints, resume=args.resume,
-        uncertainty=args.uncertainty, **quiet,
+        uncertainty=args.uncertainty, precision=args.precision, **quiet,
     )
     return EXIT_OK
 
@@ -255,8 +257,12 @@ def _add_training_options(t: argparse.ArgumentParser) -> None:
                    "(default: estimated from the stack)")
     t.add_argument("--no-match-noise", action="store_true",
                    help="do not add the stack's estimated noise to the synthetic inputs")
-    t.add_argument("--first-filters", type=_positive_int, default=32, metavar="N",
-                   help="U-Net filters at the first level (CARE uses 32)")
+    t.add_argument("--arch", choices=tuple(ARCHS), default="care",
+                   help="the network: care (CSBDeep's CARE U-Net: 5x5 kernels, depth 2, 32 "
+                   "filters), light (3x3 kernels, depth 3, 16 filters), light24 (the same, 24 "
+                   "filters); see bench/RESULTS.md, \"Network choice\"")
+    t.add_argument("--first-filters", type=_positive_int, default=None, metavar="N",
+                   help="U-Net filters at the first level (default: the --arch's; CARE uses 32)")
     t.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
                    help="network arithmetic; bfloat16: mixed precision (bfloat16 network, "
                    "float32 weights; for GPUs and TPUs)")
@@ -316,6 +322,10 @@ def _add_predict_command(commands: argparse._SubParsersAction) -> None:
                    help="the model's checkpoint to predict with: best (lowest validation loss, "
                    "the default) or last (the last training step); no other is used if it is "
                    "missing or damaged")
+    p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
+                   help="the network's arithmetic: float32, or bf16 (bfloat16 from the float32 "
+                   "weights; within 0.01 dB of float32 where measured, faster only where the "
+                   "hardware computes bfloat16 natively; model folders only)")
     _add_stack_geometry(p)
     p.add_argument("--fuse", choices=("mean", "geometric", "xz", "yz"), default="mean",
                    help="how the XZ and YZ views are combined (geometric: their geometric mean; "

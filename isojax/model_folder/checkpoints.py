@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -302,7 +303,8 @@ def restore_state(manager, net: UNetConfig, config: TrainConfig, *, step: int | 
 
 
 
-def load_model(workdir: str | os.PathLike, *, which: Literal["best", "last"] = "best"):
+def load_model(workdir: str | os.PathLike, *, which: Literal["best", "last"] = "best",
+               precision: Literal["float32", "bf16"] = "float32"):
     """Load a trained model for prediction.
 
     Args:
@@ -310,6 +312,9 @@ def load_model(workdir: str | os.PathLike, *, which: Literal["best", "last"] = "
       which: ``"best"`` (lowest validation loss; the default) or ``"last"``. A folder
         without that checkpoint, or with that checkpoint damaged, is refused (the message
         says which other checkpoint is intact); nothing falls back to the other one.
+      precision: ``"float32"``, or ``"bf16"``: the network computes in bfloat16 from the
+        float32 weights (:func:`isojax.unet.apply_unet`'s ``compute_dtype``); the input,
+        the residual and the output stay float32.
 
     Returns:
       ``(apply_fn, meta)``: ``apply_fn(batch)`` maps ``(b, h, w)`` float32 images (last
@@ -327,6 +332,9 @@ def load_model(workdir: str | os.PathLike, *, which: Literal["best", "last"] = "
     graphdef, _ = jax.eval_shape(lambda: init_unet(jax.random.key(0), net))
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    if precision not in ("float32", "bf16"):
+        raise ValueError(f"precision must be 'float32' or 'bf16', got {precision!r}")
+    dtype = jnp.bfloat16 if precision == "bf16" else None
     try:
         manager = _manager(workdir, which)
     except _Damaged as exc:
@@ -357,7 +365,8 @@ def load_model(workdir: str | os.PathLike, *, which: Literal["best", "last"] = "
 
     @jax.jit
     def apply_fn(batch):
-        return apply_unet(graphdef, params, batch[..., None])[..., :c][..., 0]
+        return apply_unet(graphdef, params, batch[..., None],
+                          compute_dtype=dtype)[..., :c][..., 0]
 
     return apply_fn, meta
 

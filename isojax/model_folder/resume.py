@@ -37,6 +37,7 @@ _FLAGS = {
     "train.checkpoint_every": "--checkpoint-every",
     "train.val_every": "--checkpoint-every",
     "train.compute_dtype": "--compute-dtype",
+    "unet.arch": "--arch",
     "unet.first_filters": "--first-filters",
     "unet.prob_out": "--loss laplace",
     "synth.patch_size": "--patch-size",

@@ -35,7 +35,7 @@ FORMAT = 1  # version of the model-folder layout; bump when it changes incompati
 
 # Keys that format 1 gained after it first shipped: a folder written before lacks them, and
 # their absence means the default. Every other key of the schema is required.
-_ADDED_LATER = frozenset({"calibrate_psf", "train.compute_dtype"})
+_ADDED_LATER = frozenset({"calibrate_psf", "train.compute_dtype", "unet.arch"})
 
 _DAMAGED = "the folder is damaged: retrain with `isojax train`, or restore config.json from a copy"
 
@@ -344,4 +344,6 @@ def read_model_config(workdir: str | os.PathLike) -> dict:
         )
     check_config(meta, path=path)
     check_psf_file(workdir / "psf.tif", meta)
+    # folders from before the named networks hold CARE's (UNetConfig's defaults)
+    meta["unet"].setdefault("arch", "care")
     return meta

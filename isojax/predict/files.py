@@ -55,7 +55,8 @@ Log = Callable[[str], None]
 
 
 def load_predictor(model, *, which: Literal["best", "last"] = "best",
-                   uncertainty: bool = False):
+                   uncertainty: bool = False,
+                   precision: Literal["float32", "bf16"] = "float32"):
     """``(apply_fn, meta)`` of ``--model``: a model folder, or a package of ``isojax export``.
 
     A ``.zip`` is run by onnxruntime (:func:`isojax.export.load_package`); anything else is
@@ -68,22 +69,30 @@ def load_predictor(model, *, which: Literal["best", "last"] = "best",
       model: a model folder or a ``.bioimageio.zip`` package.
       which: the checkpoint, ``"best"`` or ``"last"`` (model folders only).
       uncertainty: load the mean and the Laplace scale (``--uncertainty``).
+      precision: the network's arithmetic, ``"float32"`` or ``"bf16"`` (model folders
+        only; :func:`isojax.model_folder.load_model`).
 
     Returns:
       ``(apply_fn, meta)``: the network and the model's configuration.
 
     Raises:
       IsojaxInputError: an unusable model folder or package; with ``uncertainty``, a model
-        without a scale or a package.
+        without a scale or a package; ``bf16`` with a package or with ``uncertainty``.
     """
     # here, not at the top: isojax.export imports this module (tile overlap, prediction)
     from isojax import export, model_folder
 
     if uncertainty:
+        if precision != "float32":
+            raise IsojaxInputError("--uncertainty is predicted in float32: drop --precision")
         return load_probabilistic(model, which=which)
     if export.is_package(model):
+        if precision != "float32":
+            raise IsojaxInputError(
+                f"{model}: --precision {precision} is for model folders; an exported package "
+                "runs in float32 (onnxruntime): drop --precision")
         return export.load_package(model, which=which)
-    return model_folder.load_model(model, which=which)
+    return model_folder.load_model(model, which=which, precision=precision)
 
 
 def _physical_memory() -> int:

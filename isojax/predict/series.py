@@ -267,7 +267,8 @@ def _check_output(hyper, out_shape, n_channels: int, fmt: str, dtype, budget, st
 
 
 def _channel_predictors(model, cs, g: StackGeometry, *, checkpoint, tile, fuse, batch_size,
-                        uncertainty: bool, log: Log) -> dict:
+                        uncertainty: bool, log: Log,
+                        precision: Literal["float32", "bf16"] = "float32") -> dict:
     """``{channel: (apply_fn, predict_stack settings)}``: each input channel's own model.
 
     A multi-channel model folder (:func:`isojax.model_folder.channel_models`) restores each
@@ -296,7 +297,7 @@ def _channel_predictors(model, cs, g: StackGeometry, *, checkpoint, tile, fuse, 
         if key not in loaded:
             folder = by_index[key]
             apply_fn, meta = load_predictor(folder, which=checkpoint,
-                                            uncertainty=uncertainty)
+                                            uncertainty=uncertainty, precision=precision)
             check_tile_option(tile, meta)
             check_model_subsample(g.subsample, meta, model=folder, how=g.how, log=log)
             norm = meta["normalization"]
@@ -339,6 +340,7 @@ def predict_series_file(
     log: Log,
     checkpoint: Literal["best", "last"] = "best",
     uncertainty: str | os.PathLike | None = None,
+    precision: Literal["float32", "bf16"] = "float32",
 ) -> SeriesPrediction:
     """Restore every selected time point and channel of a hyperstack into a hyperstack.
 
@@ -357,7 +359,7 @@ def predict_series_file(
       channels: ``--channels 0,2`` (default all), in output order.
       timepoints: ``--timepoints 0:100`` (Python slice syntax; default all).
       resume: continue the dead partial OME-Zarr output of the same command.
-      fuse, batch_size, tile, keep_dtype, overwrite, checkpoint: as
+      fuse, batch_size, tile, keep_dtype, overwrite, checkpoint, precision: as
         :func:`isojax.pipeline.predict_file`.
       memory_budget: bytes one time point may need in memory (default half the RAM).
       progress: a bar over time points (log lines with the time left without a terminal).
@@ -414,7 +416,8 @@ def predict_series_file(
     targets = claimed or targets
     predictors = _channel_predictors(model, cs, g, checkpoint=checkpoint, tile=tile,
                                      fuse=fuse, batch_size=batch_size,
-                                     uncertainty=unc is not None, log=log)
+                                     uncertainty=unc is not None, log=log,
+                                     precision=precision)
     shared = len({id(p) for p in predictors.values()}) == 1  # one model for every channel
     _log_start(log, stack_path, hyper, ts, cs, g, shared=shared)
 
