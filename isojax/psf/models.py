@@ -288,6 +288,22 @@ def _confocal_sigmas(na: float, emission_um: float, excitation_um: float, ri: fl
     return math.sqrt(2.0 / inv_lat), 2.0 * math.sqrt(6.0) / math.sqrt(inv_ax)
 
 
+def _check_optics(na, wavelength_um, ri) -> tuple[float, float, float]:
+    """``(na, wavelength_um, ri)`` as floats, checked: positive, ``na < ri``, a wavelength
+    in micrometres. The one check of the optics for the Gaussian and the Debye models."""
+    na = _positive(na, "na")
+    wavelength_um = _positive(wavelength_um, "wavelength_um", " micrometres")
+    ri = _positive(ri, "ri")
+    if na >= ri:
+        raise IsojaxInputError(
+            f"na ({na}) must be smaller than the refractive index ri ({ri}); check both values")
+    if wavelength_um > 5:
+        raise IsojaxInputError(
+            f"wavelength_um={wavelength_um} is not a visible wavelength in micrometres; "
+            "give it in micrometres, e.g. 0.52 for 520 nm")
+    return na, wavelength_um, ri
+
+
 def theoretical_sigmas(
     *,
     na: float,
@@ -335,16 +351,7 @@ def theoretical_sigmas(
       IsojaxInputError: a parameter is missing, non-positive, ``na >= ri`` or the modality is
         unknown.
     """
-    na = _positive(na, "na")
-    wavelength_um = _positive(wavelength_um, "wavelength_um", " micrometres")
-    ri = _positive(ri, "ri")
-    if na >= ri:
-        raise IsojaxInputError(
-            f"na ({na}) must be smaller than the refractive index ri ({ri}); check both values")
-    if wavelength_um > 5:
-        raise IsojaxInputError(
-            f"wavelength_um={wavelength_um} is not a visible wavelength in micrometres; "
-            "give it in micrometres, e.g. 0.52 for 520 nm")
+    na, wavelength_um, ri = _check_optics(na, wavelength_um, ri)
     if modality == "widefield":
         lateral, axial = _widefield_sigmas(na, wavelength_um, ri)
     elif modality == "confocal":

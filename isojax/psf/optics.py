@@ -54,6 +54,7 @@ from isojax.errors import IsojaxInputError
 from isojax.psf.models import (
     FWHM_PER_SIGMA,
     Modality,
+    _check_optics,
     _concrete_float,
     _positive,
     _profile_fwhm,
@@ -192,16 +193,7 @@ def _check_concrete_optics(na, wavelength_um, ri) -> None:
     v_na, v_lam, v_n = (_concrete_float(v) for v in (na, wavelength_um, ri))
     if v_na is None or v_lam is None or v_n is None:
         return
-    na_c = _positive(v_na, "na")
-    lam = _positive(v_lam, "wavelength_um", " micrometres")
-    n = _positive(v_n, "ri")
-    if na_c >= n:
-        raise IsojaxInputError(
-            f"na ({na_c}) must be smaller than the refractive index ri ({n}); check both values")
-    if lam > 5:
-        raise IsojaxInputError(
-            f"wavelength_um={lam} is not a visible wavelength in micrometres; give it in "
-            "micrometres, e.g. 0.52 for 520 nm")
+    _, lam, n = _check_optics(v_na, v_lam, v_n)
     if n / lam > _MAX_N_PER_UM:
         raise IsojaxInputError(
             f"ri / wavelength_um = {n / lam:.3g} per um is beyond the Debye model's range "
