@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from isojax.archs import ARCHS  # plain data: importing isojax.unet would load Flax
 from isojax.cli.options import (
     EXIT_OK,
     _add_stack_geometry,
@@ -17,7 +18,6 @@ from isojax.cli.options import (
     _positive_int,
 )
 from isojax.errors import IsojaxInputError
-from isojax.unet import ARCHS
 
 __all__: list[str] = []  # private to isojax.cli
 
