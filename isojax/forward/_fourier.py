@@ -28,11 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from isojax.forward._axial import Array, _lateral_pad, _n_physical, _rational
-
-# Above this many (phase, tap) slices the fused loop gets long to compile; such factors
-# (e.g. 10.23 = 1023 / 100) keep the row-by-row product.
-_MAX_SLICES = 256
+from isojax.forward._axial import Array, _lateral_pad, _slice_plan
 
 
 class _Plan(NamedTuple):
@@ -58,41 +54,25 @@ def plan(n: int, n_lat: int, s: float, n_l: int, n_taps: int, mode: str) -> _Pla
     factors that are not a small fraction, a PSF of one or two lateral rows, or axes too
     short to be mirrored by the PSF's half-width.
     """
-    ratio = _rational(s) if mode == "physical" else None
-    if ratio is None or n_l < 3:
+    if n_l < 3:
         return None
-    p, q = ratio
-    if q * (n_taps + 1) > _MAX_SLICES:
-        return None
-    c = (n_taps - 1) // 2
-    left = n_taps - 1 - c
+    # the axial geometry is the strided-slice stage's: the same polyphase split of the
+    # factor, the same slices of the padded axis (see _axial._slice_plan)
+    ax = _slice_plan(n, s, n_taps, mode)
     lat_before, lat_after = n_l - 1 - (n_l - 1) // 2, (n_l - 1) // 2
-    if max(left, c + 1) > n - 1 or max(lat_before, lat_after) > n_lat - 1:
+    if ax is None or max(lat_before, lat_after) > n_lat - 1:
         return None
-    n_low = _n_physical(n, s)
-    nb = -(-n_low // q)
-    offsets = [(j * p) // q for j in range(q)]  # floor of the position of sample j in a block
-    # Sample k = q b + j interpolates the blurred signal between pixels f = p b + o_j and
-    # f + 1 with fraction t_j; the blurred signal at pixel f reads x[f + c - m], so tap m'
-    # (0..n_taps, weight (1 - t) psf[m' - 1] + t psf[m']) reads x[f + 1 + c - m'], padded
-    # index p b + o_j + 1 + c + left - m'.
-    starts = tuple(tuple(o + 1 + c + left - m for m in range(n_taps + 1)) for o in offsets)
-    t = tuple(((j * p) % q) / q for j in range(q))
-    taps = tuple(tuple(m for m in range(n_taps + 1) if not (tj == 0.0 and m == 0)) for tj in t)
-    length = p * (nb - 1) + max(starts[-1]) + 1  # padded axial length the slices read
-    edge = c + 1
-    zeros = max(0, length - left - n - edge)
     return _Plan(
-        p=p,
-        q=q,
-        n_low=n_low,
-        nb=nb,
-        ax_pad=(left, edge, zeros),
+        p=ax.p,
+        q=ax.q,
+        n_low=ax.n_low,
+        nb=ax.nb,
+        ax_pad=ax.pad,
         lat_pad=(lat_before, lat_after),
         n_fft=n_lat + n_l - 1,
-        t=t,
-        starts=starts,
-        taps=taps,
+        t=ax.t,
+        starts=ax.starts,
+        taps=ax.taps,
     )
 
 
