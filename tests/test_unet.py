@@ -1,5 +1,7 @@
 """Tests for isojax.unet: architecture, custom-gradient convolution, training step."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -138,9 +140,12 @@ def test_receptive_radius_bounds_the_input_gradient(kwargs, tight):
     # where the gradient of one output pixel is nonzero: the input pixels it sees
     config = UNetConfig(**kwargs)
     graphdef, params = init_unet(jax.random.key(0), config)
-    n = 224
+    # the smallest side that holds the reach with 8 px to spare on each side, with the
+    # centre on the pooling grid (n // 2 a multiple of 2^depth), as 224 did for all
+    step = 2 ** (config.depth + 1)
+    n = step * math.ceil((2 * config.receptive_radius + 17) / step)
     x = jax.random.normal(jax.random.key(1), (1, n, n, 1))
-    grad = jax.grad(lambda v: apply_unet(graphdef, params, v)[0, n // 2, n // 2, 0])(x)
+    grad = jax.jit(jax.grad(lambda v: apply_unet(graphdef, params, v)[0, n // 2, n // 2, 0]))(x)
     ys, xs = np.nonzero(np.asarray(grad)[0, :, :, 0])
     reach = max(n // 2 - ys.min(), ys.max() - n // 2, n // 2 - xs.min(), xs.max() - n // 2)
     assert reach <= config.receptive_radius
