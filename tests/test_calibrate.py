@@ -277,6 +277,13 @@ def test_cli_calibrate_writes_outputs(sim, tmp_path, capsys):
     assert report["sigma_interval_um"] == pytest.approx([lo * 0.1, hi * 0.1])
     assert len(report["profile"]["sigma_px"]) == len(report["profile"]["objective"])
     assert report["profile"]["sigma_px"][0] == 0.0  # the search includes a delta
+    # a width of pixels: the continuous blur's width is the kernel's (sub-pixel widths:
+    # tests/test_calibrate_grid_kernel.py)
+    assert report["sigma_continuous_px"] == pytest.approx(report["sigma_px"], rel=0.01)
+    assert report["sigma_continuous_um"] == pytest.approx(report["sigma_continuous_px"] * 0.1)
+    c_lo, c_hi = report["sigma_continuous_interval_px"]
+    assert c_lo == pytest.approx(lo, rel=0.02)
+    assert c_hi == pytest.approx(hi, rel=0.02)
     assert "95% interval for sigma" in capsys.readouterr().err
 
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from isojax.calibrate import psf_from_params, psf_sigma
+from isojax.calibrate import continuous_sigma, psf_from_params, psf_sigma
 
 F = np.linspace(0.01, 0.5, 64)  # cycles per pixel
 TAPS = 21
@@ -67,3 +68,39 @@ def test_matched_width_bias_explains_the_points_cells(w, low, high):
     # s=6 w=1.5 +0.0%
     err = _matched_width(w) / w - 1
     assert low <= err <= high
+
+
+@pytest.mark.parametrize("w", [0.3, 0.5, 1.0, 2.0, 4.0])
+def test_continuous_sigma_of_a_band_limited_gaussian_is_its_width(w):
+    # independent reference: the kernel whose DFT is exactly exp(-2 pi^2 w^2 f^2) (negative
+    # taps and all, which no family can make)
+    n = 257
+    f = np.fft.fftfreq(n)
+    k = np.real(np.fft.fftshift(np.fft.ifft(np.exp(-2 * np.pi**2 * w**2 * f**2))))
+    assert float(continuous_sigma(jnp.asarray(k, jnp.float32))) == pytest.approx(w, rel=2e-3)
+
+
+@pytest.mark.parametrize("w", [0.5, 0.75, 1.0, 1.5])
+def test_continuous_sigma_undoes_the_sampled_kernels_bias(w):
+    # the family's kernel that best matches a continuous Gaussian of width w (wider than w
+    # at sub-pixel widths, see above) reads back as w; within 2% (at 1 px the match above
+    # weighs frequencies near Nyquist that continuous_sigma leaves out, power < 1e-3)
+    m = _matched_width(w)
+    best = minimize_scalar(lambda ls: (float(psf_sigma(_kernel(math.exp(ls)))) - m) ** 2,
+                           bounds=(math.log(0.2), math.log(4.0)), method="bounded",
+                           options={"xatol": 1e-5})
+    kernel = _kernel(math.exp(best.x))
+    assert float(psf_sigma(kernel)) > w
+    assert float(continuous_sigma(kernel.axial[0])) == pytest.approx(w, rel=0.02)
+
+
+def test_continuous_sigma_is_differentiable_and_equals_the_second_moment_when_wide():
+    k = _kernel(3.0).axial[0]
+    assert float(continuous_sigma(k)) == pytest.approx(float(psf_sigma(_kernel(3.0))), rel=3e-3)
+    grad = jax.grad(lambda s: continuous_sigma(psf_from_params(
+        "gaussian", {"log_sigma": jnp.log(s)}, taps=TAPS).axial[0]))
+    eps = 1e-2
+    fd = (float(continuous_sigma(_kernel(0.6 + eps).axial[0]))
+          - float(continuous_sigma(_kernel(0.6 - eps).axial[0]))) / (2 * eps)
+    assert float(grad(jnp.float32(0.6))) == pytest.approx(fd, rel=1e-2)
+    assert float(continuous_sigma(jnp.zeros(TAPS).at[TAPS // 2].set(1.0))) == 0.0

@@ -97,6 +97,7 @@ from isojax.calibrate.joint import axial_patches, consistency_loss, make_joint_p
 from isojax.calibrate.params import (
     FAMILIES,
     Family,
+    continuous_sigma,
     init_params,
     psf_from_params,
     psf_sigma,
@@ -122,6 +123,7 @@ __all__ = [
     "axial_patches",
     "check_subsample_against_spacing",
     "consistency_loss",
+    "continuous_sigma",
     "fit_psf",
     "init_params",
     "make_joint_psf_step",

@@ -185,11 +185,21 @@ def fit_logged(volumes, *, subsample: float, family, init_px: float | None, step
     um = "" if pixel is None else f" = {report.fwhm_px * pixel:.4g} µm"
     hi_um = "" if pixel is None else f" ({iv.low * pixel:.3g} to {iv.high * pixel:.3g} µm)"
     log(f"{prefix}axial PSF ({family}): FWHM {report.fwhm_px:.3g} px{um}, sigma "
-        f"{report.sigma_px:.3g} px; 95% interval for sigma {iv.low:.3g} to {iv.high:.3g} "
-        f"px{hi_um}; objective {report.loss:.4g}; {report.seconds:.1f} s")
+        f"{report.sigma_px:.3g} px{_continuous_note(report)}; 95% interval for sigma "
+        f"{iv.low:.3g} to {iv.high:.3g} px{hi_um}; objective {report.loss:.4g}; "
+        f"{report.seconds:.1f} s")
     for w in report.warnings:
         log(f"{prefix}warning: {w}")
     return psf, report
+
+
+def _continuous_note(report: CalibrationReport) -> str:
+    """``" (a continuous blur of sigma ... px)"`` where that differs from the kernel's width
+    by more than 1% (sub-pixel widths: see ``CalibrationReport.sigma_continuous_px``)."""
+    c = report.sigma_continuous_px
+    if abs(c - report.sigma_px) <= 0.01 * report.sigma_px:
+        return ""
+    return f" (the blur of a continuous Gaussian of sigma {c:.3g} px)"
 
 
 def unidentified_message(report: CalibrationReport, *, where: str = "this stack") -> str:

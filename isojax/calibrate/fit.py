@@ -23,6 +23,7 @@ from isojax.calibrate.params import (
     Family,
     _check_family,
     _support,
+    continuous_sigma,
     init_params,
     psf_from_params,
     psf_sigma,
@@ -194,6 +195,26 @@ class CalibrationReport:
         """The fitted PSF as a :class:`~isojax.forward.FactoredPSF`."""
         return psf_from_params(self.family, self.params, taps=self.taps)
 
+    @property
+    def sigma_continuous_px(self) -> float:
+        """The width (px) of the continuous Gaussian blur the fitted kernel stands for
+        (:func:`~isojax.calibrate.params.continuous_sigma`): what a microscope's axial
+        blur would be; below ``sigma_px`` at sub-pixel widths (the sampled kernel must be
+        wider to attenuate the same), equal to it from about 1.5 px."""
+        return float(continuous_sigma(self.psf().axial[0]))
+
+    @property
+    def sigma_continuous_um(self) -> float | None:
+        return None if self.pixel_size is None else self.sigma_continuous_px * self.pixel_size
+
+    def continuous_interval_px(self) -> tuple[float, float] | None:
+        """The width interval as continuous widths (each end's Gaussian kernel through
+        :func:`~isojax.calibrate.params.continuous_sigma`), or None without an interval."""
+        if self.interval is None:
+            return None
+        return (_continuous_of_gaussian(self.interval.low, self.taps),
+                _continuous_of_gaussian(self.interval.high, self.taps))
+
     def to_json(self) -> dict:
         """A JSON-serialisable summary (widths in pixels and micrometres, final values)."""
         return {
@@ -202,6 +223,8 @@ class CalibrationReport:
             "fwhm_px": self.fwhm_px,
             "sigma_um": self.sigma_um,
             "fwhm_um": self.fwhm_um,
+            "sigma_continuous_px": self.sigma_continuous_px,
+            "sigma_continuous_um": self.sigma_continuous_um,
             "pixel_size_um": self.pixel_size,
             "subsample": self.subsample,
             "init_fwhm_px": self.init_fwhm_px,
@@ -239,12 +262,26 @@ class CalibrationReport:
             "sigma_interval_px": [iv.low, hi],
             "sigma_interval_um": [um(iv.low), um(hi)],
             "fwhm_interval_px": [iv.low * fw, None if hi is None else hi * fw],
+            "sigma_continuous_interval_px": [
+                v if math.isfinite(v) else None for v in self.continuous_interval_px() or ()],
             "interval_threshold": iv.threshold,
             "start_fwhm_px": self.start_fwhm_px,
             "profile": profile,
             "slab_sigma_px": (None if self.slab_sigmas is None else
                               [float(v) if math.isfinite(v) else None for v in self.slab_sigmas]),
         }
+
+
+def _continuous_of_gaussian(sigma: float, taps: int) -> float:
+    """:func:`continuous_sigma` of the Gaussian family's kernel of width ``sigma`` (px; 0 or
+    below :data:`DELTA_SIGMA` a delta, inf stays inf), on at least ``taps`` taps."""
+    if not math.isfinite(sigma):
+        return math.inf
+    if sigma <= DELTA_SIGMA:
+        return 0.0
+    n = max(taps, 2 * math.ceil(4.0 * sigma) + 1)
+    kernel = psf_from_params("gaussian", {"log_sigma": np.float32(math.log(sigma))}, taps=n)
+    return float(continuous_sigma(kernel.axial[0]))
 
 
 def _objective(family, taps, smoothness, subsample, segment):
