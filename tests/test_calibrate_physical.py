@@ -8,6 +8,7 @@ import json
 import jax
 import numpy as np
 import pytest
+import tifffile
 from scipy import ndimage
 
 from isojax.calibrate import FAMILIES
@@ -202,3 +203,46 @@ def test_cli_debye_needs_the_pixel_size(tmp_path, capsys):
 def test_cli_theory_model_names_are_the_libraries():
     assert tuple(THEORY_MODELS) == THEORY_MODEL_NAMES
     assert tuple(FAMILIES) == _SHAPE_FAMILIES
+
+
+@pytest.fixture
+def noise_args(tmp_path):
+    """White noise (the fixture's shape and optics: the compiled fit is reused) holds no
+    axial blur to measure: the NA's profile is flat towards the weak objectives."""
+    noise = np.random.default_rng(0).random((24, 64, 64)).astype(np.float32)
+    stack = write_tiff(tmp_path / "noise.tif", noise, spacing=(0.2, 0.1, 0.1))
+    return ["calibrate", str(stack), "-o", str(tmp_path / "axial.tif"), "--family", "debye",
+            *OPTICS, "--steps", "20"]
+
+
+def test_cli_debye_refuses_an_unidentified_na(debye_run, noise_args, tmp_path, capsys):
+    assert debye_run[2] == 0  # compiled there
+    assert main(noise_args) == 1
+    err = capsys.readouterr().err
+    assert "NA is not identifiable" in err
+    assert "nothing written" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noise.tif"]
+
+
+def test_cli_debye_writes_an_unidentified_na_when_allowed(debye_run, noise_args, tmp_path):
+    assert debye_run[2] == 0
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert main([*noise_args, "--allow-unidentified"]) == 0
+    out = tmp_path / "axial.tif"
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["identifiable"] is False
+    assert out.is_file()
+    assert out.with_suffix(".png").is_file()
+
+
+def test_cli_debye_calibrates_one_channel_at_a_time(tmp_path, capsys):
+    path = tmp_path / "hyper.tif"
+    data = np.random.default_rng(0).random((2, 8, 2, 16, 16)).astype(np.float32)  # TZCYX
+    tifffile.imwrite(path, data, imagej=True, resolution=(10.0, 10.0),
+                     metadata={"axes": "TZCYX", "spacing": 0.2, "unit": "micron"})
+    out = tmp_path / "axial.tif"
+    assert main(["calibrate", str(path), "-o", str(out), "--family", "debye", *OPTICS]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--channels" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hyper.tif"]

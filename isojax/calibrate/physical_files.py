@@ -44,7 +44,7 @@ from isojax.calibrate.files import (
 )
 from isojax.calibrate.physical import PhysicalFamily, fit_physical_psf
 from isojax.errors import IsojaxInputError, log_warnings
-from isojax.geometry import from_metadata, read_stack
+from isojax.geometry import StackGeometry, from_metadata, read_stack
 from isojax.io import (
     atomic_write,
     check_outputs,
@@ -119,21 +119,20 @@ def _require_pixel(g, stack_path) -> None:
 
 
 def _read_volumes(stack_path, *, output, subsample, spacing, axes, channels, timepoints,
-                  overwrite, log):
+                  overwrite, log) -> tuple[list[np.ndarray], StackGeometry, Path, dict]:
     """The volumes to pool, the geometry, the output path and the JSON's extra keys."""
     if not is_hyperstack(stack_path, axes=axes):
         refuse_series_options(stack_path, **{"--channels": channels,
                                              "--timepoints": timepoints})
-        output, json_path, png_path = calibration_paths(output)
-        check_outputs([output, json_path, png_path], inputs={"stack": stack_path},
-                      overwrite=overwrite, log=log)
+        paths = calibration_paths(output)
+        check_outputs(list(paths), inputs={"stack": stack_path}, overwrite=overwrite, log=log)
         stack, g = read_stack(stack_path, spacing=spacing, subsample=subsample,
                               on_conflict="error", log=log)
         _require_pixel(g, stack_path)
         check_contrast(stack, percentiles=(1.0, 99.8), name=stack_path)
         log(f"stack {stack_path}: shape {stack.shape} (z, y, x), subsample "
             f"{g.subsample:.4g} from {g.how}")
-        return [stack], g, output, {}
+        return [stack], g, paths[0], {}
     hyper = open_hyperstack(stack_path, axes=axes, spacing=spacing)
     cs = parse_channels(channels, hyper.n_channels)
     if len(cs) != 1:
@@ -144,9 +143,8 @@ def _read_volumes(stack_path, *, output, subsample, spacing, axes, channels, tim
     c = cs[0]
     ts = (default_timepoints(hyper.n_timepoints) if timepoints is None
           else parse_timepoints(timepoints, hyper.n_timepoints))
-    output = Path(channel_output(output, c) if hyper.n_channels > 1 else output)
-    check_outputs(list(calibration_paths(output)), inputs={"stack": stack_path},
-                  overwrite=overwrite, log=log)
+    paths = calibration_paths(channel_output(output, c) if hyper.n_channels > 1 else output)
+    check_outputs(list(paths), inputs={"stack": stack_path}, overwrite=overwrite, log=log)
     g = from_metadata(hyper.spacing, source=hyper.source, subsample=subsample, name=stack_path,
                       on_conflict="error", axes="TCZYX", log=log)
     _require_pixel(g, stack_path)
@@ -160,7 +158,7 @@ def _read_volumes(stack_path, *, output, subsample, spacing, axes, channels, tim
         f"{', '.join(map(str, ts))} of {hyper.n_timepoints} pooled, volumes "
         f"{hyper.shape[2:]} (z, y, x), subsample {g.subsample:.4g} from {g.how}")
     names = hyper.channel_names
-    return volumes, g, output, {"channel": c, "channel_name": names[c] if names else None,
+    return volumes, g, paths[0], {"channel": c, "channel_name": names[c] if names else None,
                                 "timepoints": list(ts)}
 
 
@@ -217,7 +215,7 @@ def calibrate_physical_file(
     free, start = physical_optics(wavelength_um=wavelength_um, ri=ri, modality=modality,
                                   na=na, sheet_fwhm_um=sheet_fwhm_um,
                                   excitation_um=excitation_um, pinhole_au=pinhole_au)
-    volumes, g, output, extra = _read_volumes(
+    volumes, g, out, extra = _read_volumes(
         stack_path, output=output, subsample=subsample, spacing=spacing, axes=axes,
         channels=channels, timepoints=timepoints, overwrite=overwrite, log=log)
     pixel = g.pixel_size
@@ -259,10 +257,10 @@ def calibrate_physical_file(
     summary = _summary(info, free=free, start=start, optics=optics, psf2d=psf2d,
                        theory=theory, pixel=pixel, g=g, steps=steps, seconds=seconds,
                        fit_half=family.half_size)
-    summary.update(stack=str(stack_path), psf_file=output.name, **extra)
-    _write(output, psf2d, info, summary, pixel=pixel, overwrite=overwrite)
-    log(f"wrote {output}, {output.with_suffix('.json').name} and "
-        f"{output.with_suffix('.png').name}: kernel FWHM {summary['fwhm_px']:.3g} px = "
+    summary.update(stack=str(stack_path), psf_file=out.name, **extra)
+    _write(out, psf2d, info, summary, pixel=pixel, overwrite=overwrite)
+    log(f"wrote {out}, {out.with_suffix('.json').name} and "
+        f"{out.with_suffix('.png').name}: kernel FWHM {summary['fwhm_px']:.3g} px = "
         f"{summary['fwhm_um']:.4g} um, sigma {summary['sigma_px']:.3g} px")
     return summary
 
