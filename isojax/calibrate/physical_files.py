@@ -197,8 +197,17 @@ def calibrate_physical_file(
         channel of a multi-channel stack: ``output`` with ``_c{channel}``).
       wavelength_um, ri, modality, na, sheet_fwhm_um, excitation_um, pinhole_au: the
         optics, as :func:`physical_optics`.
-      subsample, spacing, steps, overwrite, allow_unidentified, axes, channels,
-        timepoints, log: as :func:`isojax.pipeline.calibrate_file`.
+      subsample: anisotropy factor; refused if it contradicts the voxel size by > 2%.
+      spacing: voxel size ``(dz, dy, dx)`` in micrometres, overriding the metadata.
+      steps: L-BFGS iterations of the refinement.
+      overwrite: replace existing outputs (never the stack).
+      allow_unidentified: write the fit even when the stack does not identify the
+        parameter (the JSON then says ``"identifiable": false``).
+      axes: the axes of a hyperstack that does not name them (``"TZCYX"``), or None.
+      channels: the one channel of a multi-channel stack to calibrate (``"1"``).
+      timepoints: a hyperstack's time points to pool (slice syntax), or None (3 spread
+        over the series, first and last included).
+      log: where progress and warnings go (one line per call).
 
     Returns:
       The JSON report as a dict: ``"fitted"`` (the parameter, its value, its 95%
@@ -308,7 +317,7 @@ def _write(output: Path, psf2d, info, summary, *, pixel: float, overwrite: bool)
         atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"),
                      overwrite=overwrite)
         written.append(json_path)
-        save_physical_png(png_path, info, summary, psf2d, overwrite=overwrite)
+        save_physical_png(png_path, info=info, summary=summary, psf2d=psf2d, overwrite=overwrite)
         written.append(png_path)
         write_tiff(output, np.asarray(psf2d, np.float32), pixel_size=pixel, overwrite=overwrite)
         written.append(output)
@@ -318,7 +327,7 @@ def _write(output: Path, psf2d, info, summary, *, pixel: float, overwrite: bool)
         raise
 
 
-def save_physical_png(path: Path, info: dict, summary: dict, psf2d, *,
+def save_physical_png(path: Path, *, info: dict, summary: dict, psf2d,
                       overwrite: bool = True) -> None:
     """The physical calibration's picture: the spectra, the PSF file's kernel, the profile.
 
