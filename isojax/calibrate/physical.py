@@ -13,8 +13,9 @@ Global before local, as :func:`isojax.calibrate.fit_psf`: without a start, the o
 first profiled over a grid of the free parameter (:func:`physical_profile`, the nuisance
 constants fitted at each value), the refinement starts from its best cells, and the
 profile's likelihood-ratio interval (:func:`isojax.calibrate.search.profile_interval`) is
-reported in the physical unit. It is not (yet) one of :data:`isojax.calibrate.FAMILIES`:
-``fit_psf`` and ``isojax calibrate`` know kernels in pixels only.
+reported in the physical unit. It is not one of :data:`isojax.calibrate.FAMILIES` (those
+are kernels in pixels, for :func:`isojax.calibrate.fit_psf`); ``isojax calibrate --family
+debye`` fits it to a file (:func:`isojax.calibrate.physical_files.calibrate_physical_file`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import optax
 from isojax.calibrate.search import _fit_nuisance, local_minima, profile_interval
 from isojax.calibrate.spectra import (
     _init_nuisance,
+    _log_spectra_jit,
     _noised_spectra,
     prepare_spectra,
     spectral_loss,
@@ -217,14 +219,16 @@ def physical_profile(target, values, *, family: PhysicalFamily, subsample: float
 
 
 def fit_physical_psf(key, stack, *, family: PhysicalFamily, init: float | None = None,
-                     subsample: float, steps: int = 40) -> tuple[FactoredPSF, dict]:
+                     subsample: float, steps: int = 40,
+                     profile: bool | None = None) -> tuple[FactoredPSF, dict]:
     """Fit the physical family to a stack with the spectral objective: search, then refine.
 
     Without ``init`` the objective is profiled over :func:`physical_grid` and L-BFGS starts
     from its two lowest local minima (the better end kept), so that the answer does not
     depend on a start; the profile gives the 95% interval of the free parameter
     (:func:`isojax.calibrate.search.profile_interval`, read in the parameter's unit) and
-    whether the stack identifies it. With ``init``, one refinement from there (no profile).
+    whether the stack identifies it. With ``init``, one refinement from there, and no
+    profile unless ``profile`` (``isojax calibrate`` always profiles, for the verdict).
 
     Args:
       key: a ``jax.random`` key (chooses the lateral lines, :func:`prepare_spectra`).
@@ -235,12 +239,17 @@ def fit_physical_psf(key, stack, *, family: PhysicalFamily, init: float | None =
         None for the global search.
       subsample: anisotropy factor (axial step / lateral pixel size).
       steps: L-BFGS steps.
+      profile: compute the profile and its interval also with ``init`` (None: only
+        without ``init``, where the search needs it).
 
     Returns:
       ``(psf, info)``: the fitted :class:`~isojax.forward.FactoredPSF` and a dict with the
-      fitted physical values (floats), the initial and final objective and the losses; after
-      a search also ``"grid"``, ``"profile"``, ``"interval"`` (``(low, high)`` in the free
-      parameter's unit) and ``"identifiable"``.
+      fitted physical values (floats), the initial and final objective and the losses, the
+      fitted ``"gain"`` and ``"noise_floor"``, the spectra at the fit (``"frequencies"``
+      in cycles per axial sample, ``"observed"``, ``"synthetic"``: the model with its
+      nuisance constants) and the Welch ``"segment"``; after a search also ``"grid"``,
+      ``"profile"``, ``"interval"`` (``(low, high)`` in the free parameter's unit),
+      ``"interval_threshold"`` (the profile's level that bounds it) and ``"identifiable"``.
 
     Raises:
       IsojaxInputError: a bad stack, factor, start or number of steps.
@@ -249,16 +258,16 @@ def fit_physical_psf(key, stack, *, family: PhysicalFamily, init: float | None =
         raise IsojaxInputError(f"steps must be a positive integer, got {steps}")
     target, segment = prepare_spectra(key, stack, subsample=subsample)
     search: dict = {}
-    if init is None:
+    starts = [] if init is None else [float(init)]
+    if init is None or profile:
         grid = physical_grid(family, subsample=subsample)
         losses, _ = physical_profile(target, grid, family=family, subsample=subsample,
                                      segment=segment)
         iv = profile_interval(grid, losses, n_freq=segment // 2)
-        starts = [float(grid[i]) for i in local_minima(losses, 2)]
+        starts = starts or [float(grid[i]) for i in local_minima(losses, 2)]
         search = {"grid": grid.tolist(), "profile": losses.tolist(),
-                  "interval": (iv.low, iv.high), "identifiable": iv.identifiable}
-    else:
-        starts = [float(init)]
+                  "interval": (iv.low, iv.high), "interval_threshold": iv.threshold,
+                  "identifiable": iv.identifiable}
     best = None
     for start in starts:
         psf_params = _init(family, start)
@@ -272,6 +281,13 @@ def fit_physical_psf(key, stack, *, family: PhysicalFamily, init: float | None =
     theta, losses_run, final = best
     values = {k: (None if v is None else float(v))
               for k, v in physical_values(family, theta["psf"]).items()}
+    psf = physical_psf(family, theta["psf"])
+    obs, model = _log_spectra_jit(psf, theta["nuisance"], target, float(subsample), segment)
     info = {**values, "free": family.free, "loss_initial": float(np.asarray(losses_run)[0]),
-            "loss_final": final, "losses": np.asarray(losses_run), **search}
-    return physical_psf(family, theta["psf"]), info
+            "loss_final": final, "losses": np.asarray(losses_run),
+            "gain": float(np.exp(theta["nuisance"]["log_gain"])),
+            "noise_floor": float(np.exp(theta["nuisance"]["log_floor"])),
+            "frequencies": np.asarray(target.frequencies),
+            "observed": np.exp(np.asarray(obs)), "synthetic": np.exp(np.asarray(model)),
+            "segment": int(segment), **search}
+    return psf, info

@@ -12,6 +12,8 @@ from typing import Any
 from isojax.archs import ARCHS  # plain data: importing isojax.unet would load Flax
 from isojax.cli.options import (
     EXIT_OK,
+    THEORY_MODEL_NAMES,
+    _add_optics_option,
     _add_stack_geometry,
     _nonnegative_float,
     _positive_float,
@@ -20,6 +22,10 @@ from isojax.cli.options import (
 from isojax.errors import IsojaxInputError
 
 __all__: list[str] = []  # private to isojax.cli
+
+#: The shape families of ``isojax calibrate`` and ``train --calibrate-psf``: the names of
+#: :data:`isojax.calibrate.FAMILIES` (plain data here: importing isojax.calibrate loads JAX).
+_SHAPE_FAMILIES = ("gaussian", "multi-gaussian", "free")
 
 
 def _theory(args: argparse.Namespace) -> dict | None:
@@ -103,7 +109,52 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: The optics options of ``isojax calibrate --family debye`` (flag -> attribute).
+_CALIBRATE_OPTICS = {"--na": "na", "--wavelength": "wavelength", "--ri": "ri",
+                     "--modality": "modality", "--excitation": "excitation",
+                     "--pinhole": "pinhole", "--sheet-fwhm": "sheet_fwhm"}
+
+
+def _check_calibrate(args: argparse.Namespace) -> str | None:
+    """The calibrate options that are valid one by one but not together (a usage error)."""
+    given = [flag for flag, name in _CALIBRATE_OPTICS.items() if getattr(args, name) is not None]
+    if args.family != "debye":
+        if given:
+            return (f"{given[0]} is for --family debye (the physical family); the "
+                    f"{args.family} family takes no optics: drop it, or use --family debye")
+        return None
+    if args.init_fwhm is not None:
+        return ("--init-fwhm is for the shape families (gaussian, multi-gaussian, free); "
+                "--family debye starts from --na (or a light sheet's --sheet-fwhm), or "
+                "searches without one")
+    for flag, what in (("--wavelength", "UM, the emission wavelength in micrometres"),
+                       ("--ri", "N, the immersion medium's refractive index")):
+        if getattr(args, _CALIBRATE_OPTICS[flag]) is None:
+            return f"--family debye needs {flag} {what}"
+    modality = args.modality or "widefield"
+    for flag, only in (("--excitation", "confocal"), ("--pinhole", "confocal"),
+                       ("--sheet-fwhm", "lightsheet")):
+        if flag in given and modality != only:
+            return f"{flag} is for --modality {only}, not {modality}: drop it"
+    if modality == "lightsheet" and args.na is None:
+        return ("--family debye --modality lightsheet fits the sheet FWHM and needs the "
+                "detection NA: give --na")
+    return None
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    if args.family == "debye":
+        from isojax.calibrate.physical_files import calibrate_physical_file
+        from isojax.errors import log_to_stderr
+
+        calibrate_physical_file(
+            args.stack, output=args.output, wavelength_um=args.wavelength, ri=args.ri,
+            modality=args.modality or "widefield", na=args.na, sheet_fwhm_um=args.sheet_fwhm,
+            excitation_um=args.excitation, pinhole_au=args.pinhole, subsample=args.subsample,
+            spacing=args.spacing, steps=args.steps, overwrite=args.overwrite,
+            allow_unidentified=args.allow_unidentified, axes=args.axes,
+            channels=args.channels, timepoints=args.timepoints, log=log_to_stderr)
+        return EXIT_OK
     from isojax.pipeline import calibrate_file
 
     calibrate_file(
@@ -214,22 +265,12 @@ def _add_psf_source_options(t: argparse.ArgumentParser) -> None:
                      "channel")
     src.add_argument("--bead-spacing", type=_positive_float, nargs=3, metavar=("Z", "Y", "X"),
                      help="bead voxel size in micrometres (default: from its TIFF metadata)")
-    src.add_argument("--na", type=_positive_float, help="numerical aperture of the objective")
-    src.add_argument("--wavelength", type=_positive_float, metavar="UM", action="append",
-                     help="emission wavelength in micrometres; repeat once per channel")
-    src.add_argument("--ri", type=_positive_float, metavar="N",
-                     help="refractive index of the immersion medium")
-    src.add_argument("--modality", choices=("widefield", "confocal", "lightsheet"),
-                     help="the microscope's PSF model")
-    src.add_argument("--excitation", type=_positive_float, metavar="UM",
-                     help="excitation wavelength in micrometres, confocal only (default: the "
-                     "emission wavelength)")
-    src.add_argument("--pinhole", type=float, default=1.0, metavar="AU",
-                     help="confocal pinhole diameter in Airy units, 0 for a very small pinhole")
-    src.add_argument("--sheet-fwhm", type=_positive_float, metavar="UM",
-                     help="light-sheet thickness (FWHM along z) in micrometres, lightsheet only "
-                     "(default: no sheet)")
-    src.add_argument("--psf-model", choices=("gaussian", "debye"),
+    _add_optics_option(src, "--na")
+    _add_optics_option(src, "--wavelength", action="append",
+                       help="emission wavelength in micrometres; repeat once per channel")
+    for flag in ("--ri", "--modality", "--excitation", "--pinhole", "--sheet-fwhm"):
+        _add_optics_option(src, flag)
+    src.add_argument("--psf-model", choices=THEORY_MODEL_NAMES,
                      help="the theoretical model: gaussian (Gaussian approximation) or debye "
                      "(scalar Debye wave optics), as `isojax psf theory --model` "
                      "(default: gaussian)")
@@ -280,7 +321,7 @@ def _add_calibration_options(t: argparse.ArgumentParser) -> None:
     cal.add_argument("--calibrate-psf", action="store_true",
                      help="learn the PSF from the stack jointly with the network; a PSF source "
                      "is then only the initial guess and may be omitted")
-    cal.add_argument("--family", choices=("gaussian", "multi-gaussian", "free"),
+    cal.add_argument("--family", choices=_SHAPE_FAMILIES,
                      default="gaussian", help="PSF parameterisation")
     cal.add_argument("--init-fwhm", type=_positive_float, metavar="UM",
                      help="initial axial FWHM in micrometres without a PSF source "
@@ -373,18 +414,25 @@ def _add_calibrate_command(commands: argparse._SubParsersAction) -> None:
         "hyperstack, OME-TIFF or OME-Zarr) is calibrated channel by channel, each from a few "
         "of its time points pooled, into one PSF file per channel: -o psf.tif writes "
         "psf_c0.tif, psf_c1.tif, ... (the channel's index in STACK), each with its .json and "
-        ".png. If any channel's width is not identifiable, no file is written.")
+        ".png. If any channel's width is not identifiable, no file is written. --family "
+        "debye fits the scalar Debye wave-optics model instead, whose free parameter is "
+        "physical: the NA (or a light sheet's FWHM), the other optics given; it calibrates "
+        "one channel at a time.",
+        check=_check_calibrate)
     c.add_argument("stack", type=Path, metavar="STACK.tif",
                    help="anisotropic stack TIFF (z, y, x), or a hyperstack with time and/or "
                    "channel axes (TIFF or OME-Zarr)")
     c.add_argument("-o", "--output", type=Path, required=True, metavar="AXIAL.tif",
                    help="the 2D PSF TIFF to write; a .json report and a .png are written "
                    "beside it; with several channels one per channel, AXIAL_c0.tif, ...")
-    c.add_argument("--family", choices=("gaussian", "multi-gaussian", "free"), default="gaussian",
-                   help="PSF parameterisation: one Gaussian, a sum of Gaussians, or a free "
-                   "non-negative profile")
+    c.add_argument("--family", choices=(*_SHAPE_FAMILIES, "debye"), default="gaussian",
+                   help="PSF parameterisation: one Gaussian, a sum of Gaussians, a free "
+                   "non-negative profile, or debye: the Debye wave-optics model of the "
+                   "optics below, its NA (or sheet FWHM) fitted")
     c.add_argument("--init-fwhm", type=_positive_float, metavar="UM",
-                   help="initial axial FWHM in micrometres (default: one axial step)")
+                   help="initial axial FWHM in micrometres, shape families only (default: "
+                   "one axial step)")
+    _add_calibrate_optics(c)
     _add_stack_geometry(c)
     c.add_argument("--steps", type=_positive_int, default=40, metavar="N",
                    help="L-BFGS iterations of the fit")
@@ -400,6 +448,28 @@ def _add_calibrate_command(commands: argparse._SubParsersAction) -> None:
                    help="time points pooled for each channel's fit, Python slice syntax "
                    "(default: 3 spread over the series, first and last included)")
     c.set_defaults(func=_cmd_calibrate)
+
+
+def _add_calibrate_optics(c: argparse.ArgumentParser) -> None:
+    """``isojax calibrate --family debye``'s optics: the flags of ``isojax psf theory``."""
+    opt = c.add_argument_group(
+        "optics of --family debye (as `isojax psf theory`; the pixel size is the stack's)")
+    _add_optics_option(opt, "--na", help="widefield, confocal: the NA the fit starts from "
+                       "(default: the best of a search over 0.15 to 0.97 times --ri); "
+                       "lightsheet: the detection NA, fixed (required there)")
+    _add_optics_option(opt, "--wavelength", help="emission wavelength in micrometres "
+                       "(no default: --family debye needs it)")
+    _add_optics_option(opt, "--ri", help="refractive index of the immersion medium "
+                       "(no default: --family debye needs it)")
+    _add_optics_option(opt, "--modality", help="the microscope's PSF model; lightsheet fits "
+                       "the sheet FWHM, the others the NA (default: widefield)")
+    _add_optics_option(opt, "--excitation")
+    _add_optics_option(opt, "--pinhole", default=None,
+                       help="confocal pinhole diameter in Airy units: the model is a point "
+                       "pinhole, so a value above 0 only warns (default: none, a point)")
+    _add_optics_option(opt, "--sheet-fwhm", help="lightsheet: the sheet FWHM (along z) in "
+                       "micrometres the fit starts from (default: the best of a search from "
+                       "two pixels to five axial steps)")
 
 
 def _add_demo_command(commands: argparse._SubParsersAction) -> None:

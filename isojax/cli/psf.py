@@ -7,7 +7,13 @@ import sys
 import warnings
 from pathlib import Path
 
-from isojax.cli.options import EXIT_OK, _Parser, _positive_float
+from isojax.cli.options import (
+    EXIT_OK,
+    THEORY_MODEL_NAMES,
+    _add_optics_option,
+    _Parser,
+    _positive_float,
+)
 from isojax.errors import WARNING_PREFIX, IsojaxInputError, log_to_stderr
 
 __all__: list[str] = []  # private to isojax.cli
@@ -193,26 +199,14 @@ def _add_psf_commands(commands: argparse._SubParsersAction) -> None:
         description="The additional axial PSF of a diffraction-limited PSF: its Gaussian "
                     "approximation (Zhang, Zerubia, Olivo-Marin, Appl. Opt. 2007; the default) "
                     "or the scalar Debye wave-optics model (--model debye).")
-    theory.add_argument("--model", choices=("gaussian", "debye"), default="gaussian",
+    theory.add_argument("--model", choices=THEORY_MODEL_NAMES, default="gaussian",
                         help="gaussian: Gaussian approximation, additional sigma sqrt(sz^2 - "
                         "sxy^2); debye: scalar Debye integral, the axial profile deconvolved "
                         "by the lateral one (confocal: a point pinhole) (default: gaussian)")
-    theory.add_argument("--na", type=_positive_float, required=True,
-                        help="numerical aperture of the objective")
-    theory.add_argument("--wavelength", type=_positive_float, required=True, metavar="UM",
-                        help="emission wavelength in micrometres")
-    theory.add_argument("--ri", type=_positive_float, required=True, metavar="N",
-                        help="refractive index of the immersion medium")
-    theory.add_argument("--modality", choices=("widefield", "confocal", "lightsheet"),
-                        required=True, help="the microscope's PSF model")
-    theory.add_argument("--excitation", type=_positive_float, metavar="UM",
-                        help="excitation wavelength in micrometres, confocal only (default: the emission "
-                        "wavelength)")
-    theory.add_argument("--pinhole", type=float, default=1.0, metavar="AU",
-                        help="confocal pinhole diameter in Airy units, 0 for a very small pinhole")
-    theory.add_argument("--sheet-fwhm", type=_positive_float, metavar="UM",
-                        help="light-sheet thickness (FWHM along z) in micrometres, lightsheet only "
-                        "(default: no sheet, the detection PSF alone)")
+    for flag in ("--na", "--wavelength", "--ri", "--modality"):
+        _add_optics_option(theory, flag, required=True)
+    for flag in ("--excitation", "--pinhole", "--sheet-fwhm"):
+        _add_optics_option(theory, flag)
     theory.add_argument("--pixel-size", type=_positive_float, required=True, metavar="UM",
                         help="the image's lateral pixel size in micrometres")
     theory.add_argument("-o", "--output", type=Path, required=True, metavar="AXIAL.tif",
