@@ -41,7 +41,14 @@ import numpy as np
 import tifffile
 from scipy import ndimage as ndi
 
-from isojax.calibrate import fit_psf, prepare_spectra, psf_from_params, search, spectra
+from isojax.calibrate import (
+    continuous_sigma,
+    fit_psf,
+    prepare_spectra,
+    psf_from_params,
+    search,
+    spectra,
+)
 
 FWHM = math.sqrt(8 * math.log(2))
 SIGMA_LATERAL = 1.0
@@ -262,12 +269,15 @@ def grid(kinds, factors, fractions, noises, log, rows_file=None, *, run_factors=
                                              init_fwhm=fw)
                             iv = rep.interval
                             slabs = rep.slab_sigmas
+                            lo_c, hi_c = rep.continuous_interval_px()
                             row = dict(sig=rep.sigma_px, lo=iv.low, hi=iv.high,
+                                       sig_c=rep.sigma_continuous_px, lo_c=lo_c, hi_c=hi_c,
                                        ident=iv.identifiable, model_error=search.MODEL_ERROR,
                                        slabs=None if slabs is None else [float(v) for v in slabs])
                         except ValueError as e:  # report, do not drop
                             log(f"  failed: {e}")
-                            row = dict(sig=math.nan, lo=math.nan, hi=math.nan, ident=False)
+                            row = dict(sig=math.nan, lo=math.nan, hi=math.nan, sig_c=math.nan,
+                                       lo_c=math.nan, hi_c=math.nan, ident=False)
                         row.update(kind=kind, s=s, w=w, noise=noise, start=start, fwhm0=fw,
                                    dt=time.perf_counter() - t0, shape=tuple(stack.shape))
                         rows.append(row)
@@ -285,6 +295,9 @@ def _load_rows(path: Path) -> list[dict]:
     rows = []
     for line in path.read_text().splitlines():
         c = [x.strip() for x in line.strip().strip("|").split("|")]
+        if len(c) == 13 and c[1][:1].isdigit():
+            raise SystemExit(f"{path}: a table with continuous widths; merge its rows file "
+                             f"({path.with_suffix('.rows.jsonl')}) instead")
         if len(c) != 12 or not c[1][:1].isdigit():
             continue
         lo, hi = (float(v) for v in c[7].strip("[]").split(","))
@@ -306,6 +319,50 @@ def _widen(r):
     lo, hi = min(r["lo"], best * (1 - f)), max(r["hi"], best * (1 + f))
     ok = lo > 0 and math.isfinite(hi) and hi <= search.MAX_INTERVAL_RATIO * lo
     return {**r, "lo": lo, "hi": hi, "ident": bool(ok), "model_error": f, "widened": True}
+
+
+def _gauss_kernel(sigma: float) -> np.ndarray:
+    """The Gaussian family's kernel (psf_from_params("gaussian")) in numpy."""
+    n = 2 * math.ceil(4.0 * max(sigma, 1.0)) + 1
+    x = np.arange(n) - n // 2
+    g = np.exp(-0.5 * (x / sigma) ** 2)
+    return g / g.sum()
+
+
+def _cont_of_param(sigma: float) -> float:
+    """continuous_sigma of the Gaussian family's kernel of width ``sigma`` (px)."""
+    if not math.isfinite(sigma):
+        return math.inf
+    if sigma <= search.DELTA_SIGMA:
+        return 0.0
+    return float(continuous_sigma(jnp.asarray(_gauss_kernel(sigma), jnp.float32)))
+
+
+def _param_of_moment(m: float) -> float:
+    """The Gaussian family's width whose kernel has second-moment width ``m`` (bisection in
+    log width; the report's ``sigma_px`` is the second moment)."""
+    def moment(p):
+        k = _gauss_kernel(p)
+        x = np.arange(k.size) - k.size // 2
+        return math.sqrt(float(np.sum(k * x**2)))
+
+    lo, hi = math.log(1e-3), math.log(max(4.0 * m, 1.0))
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if moment(math.exp(mid)) < m else (lo, mid)
+    return math.exp(0.5 * (lo + hi))
+
+
+def _continuous(r):
+    """Rows from runs before the report had continuous widths (``sigma_continuous_px``):
+    the same mapping now, from the kernel's width and the interval (no refit)."""
+    if "sig_c" in r:
+        return r
+    ok = math.isfinite(r["sig"])
+    sig_c = _cont_of_param(_param_of_moment(r["sig"])) if ok and r["sig"] > 0 else (
+        0.0 if ok else math.nan)
+    return {**r, "sig_c": sig_c, "lo_c": _cont_of_param(r["lo"]) if ok else math.nan,
+            "hi_c": _cont_of_param(r["hi"]) if ok else math.nan, "continuous_at_merge": True}
 
 
 def _cell(r):
@@ -341,39 +398,53 @@ def _update(rows, new):
     return out + [r for c, rs in fresh.items() if c not in last for r in rs]
 
 
+def _inside(r):
+    return r["lo_c"] <= r["w"] <= r["hi_c"]
+
+
+def _err(r):
+    return r["sig_c"] / r["w"] - 1
+
+
 def _row(r):
-    err = r["sig"] / r["w"] - 1
-    inside = r["lo"] <= r["w"] <= r["hi"]
+    err = _err(r)
+    inside = _inside(r)
     flag = ""
     if r["ident"] and abs(err) > 0.10:
         flag = " **(>10%)**"
-    if r["w"] > r["s"] / 2 and r["sig"] < r["s"] / 4:
+    if r["w"] > r["s"] / 2 and r["sig_c"] < r["s"] / 4:
         flag += " **(collapse)**"
     if not r["ident"] and not inside:
         flag += " **(truth outside)**"
     return (f"| {r['kind']} | {r['s']:g} | {r['w']:.3g} | {r['noise']} | {r['start']:g}x "
-            f"({r['fwhm0']:.3g} px) | {r['sig']:.3f} | {100 * err:+.1f}% | [{r['lo']:.3g}, "
-            f"{r['hi']:.3g}] | {'yes' if inside else 'no'} | {'yes' if r['ident'] else 'NO'}"
-            f"{flag} | {r['dt']:.1f} | {tuple(r['shape'])} |")
+            f"({r['fwhm0']:.3g} px) | {r['sig_c']:.3f} | {r['sig']:.3f} | {100 * err:+.1f}% | "
+            f"[{r['lo_c']:.3g}, {r['hi_c']:.3g}] | {'yes' if inside else 'no'} | "
+            f"{'yes' if r['ident'] else 'NO'}{flag} | {r['dt']:.1f} | {tuple(r['shape'])} |")
 
 
 def grid_table(rows):
+    """The table and its summary, scored on the continuous widths (``sig_c``: the
+    microscope's, and this generator's, blur is a continuous Gaussian; ``sig`` is the
+    fitted kernel's second moment, wider at sub-pixel widths)."""
+    rows = [_continuous(r) for r in rows]
     out = ["| specimen | subsample | true sigma (px) | noise | start (FWHM) | recovered sigma "
-           "(px) | error | 95% interval (px) | truth inside | identifiable | time (s) | "
-           "stack (z, y, x) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "(continuous, px) | kernel sigma (px) | error | 95% interval (continuous, px) | "
+           "truth inside | identifiable | time (s) | stack (z, y, x) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     out += [_row(r) for r in rows]
     # the summary counts stacks, each once: its first row (the starts agree)
     stacks = [g[0] for g in _stacks(rows)]
     mod = [r for r in stacks if r["noise"] == "moderate"]
     ident = [r for r in mod if r["ident"]]
-    within = sum(abs(r["sig"] / r["w"] - 1) <= 0.10 for r in ident)
-    collapse = sum(r["w"] > r["s"] / 2 and r["sig"] < r["s"] / 4 and r["ident"] for r in stacks)
-    collapse_any = sum(r["w"] > r["s"] / 2 and r["sig"] < r["s"] / 4 for r in stacks)
+    within = sum(abs(_err(r)) <= 0.10 for r in ident)
+    collapse = sum(r["w"] > r["s"] / 2 and r["sig_c"] < r["s"] / 4 and r["ident"]
+                   for r in stacks)
+    collapse_any = sum(r["w"] > r["s"] / 2 and r["sig_c"] < r["s"] / 4 for r in stacks)
     unid = [r for r in stacks if not r["ident"]]
-    covered = sum(r["lo"] <= r["w"] <= r["hi"] for r in unid)
-    cover_all = sum(r["lo"] <= r["w"] <= r["hi"] for r in stacks)
+    covered = sum(_inside(r) for r in unid)
+    cover_all = sum(_inside(r) for r in stacks)
     cell = ("kind", "s", "w", "noise")
-    pairs = [(a["sig"], b["sig"]) for a, b in itertools.pairwise(rows)
+    pairs = [(a["sig_c"], b["sig_c"]) for a, b in itertools.pairwise(rows)
              if a["start"] == 0.5 and b["start"] == 2.0 and all(a[k] == b[k] for k in cell)]
     spread = max((abs(a - b) / max(a, b, 1e-9) for a, b in pairs), default=math.nan)
     per_kind = []
@@ -382,10 +453,10 @@ def grid_table(rows):
         k_mod = [r for r in mod if r["kind"] == kind]
         k_un = [r for r in unid if r["kind"] == kind]
         per_kind.append(
-            f"  - {kind}: {sum(abs(r['sig'] / r['w'] - 1) <= 0.10 for r in k_id)} of "
+            f"  - {kind}: {sum(abs(_err(r)) <= 0.10 for r in k_id)} of "
             f"{len(k_id)} identifiable moderate-noise cells within 10% ({len(k_mod)} "
             f"moderate); unidentifiable {len(k_un)}, truth inside "
-            f"{sum(r['lo'] <= r['w'] <= r['hi'] for r in k_un)}")
+            f"{sum(_inside(r) for r in k_un)}")
     out += ["", f"Summary ({len(stacks)} stacks, each counted once):", "",
             f"- moderate noise: {len(ident)} of {len(mod)} cells called identifiable; "
             f"{within} of those ({100 * within / max(len(ident), 1):.0f}%) within 10% "
@@ -504,7 +575,12 @@ def main(argv=None):
     if args.merge:
         rows = [_widen(r) for f in args.merge for r in _load_rows(f)]
         rows = _update(rows, [r for f in args.update for r in _load_rows(f)])
+        rows = [_continuous(r) for r in rows]
         parts += ["## Recovered additional axial width, per cell\n", grid_table(rows), ""]
+        merged = args.out.with_suffix(".rows.jsonl")  # what a later --merge reads
+        merged.parent.mkdir(parents=True, exist_ok=True)
+        merged.write_text("".join(json.dumps({**r, "shape": list(r["shape"])}) + "\n"
+                                  for r in rows))
     elif not args.no_grid:
         if args.quick:
             rows = grid(["filaments+nuclei"], [3, 10], [0.25, 2.0], ["moderate"], log)
