@@ -25,6 +25,7 @@ kernel's second moment.
 
     nice -n 10 python examples/calibration_joint.py            # the five cells (hours)
     nice -n 10 python examples/calibration_joint.py --cells 0  # the issue's cell only
+    python examples/calibration_joint.py --report tables.md    # the rows file's tables
 """
 
 from __future__ import annotations
@@ -192,10 +193,18 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rows", type=Path, default=Path("bench/calibration_joint.rows.jsonl"),
                     help="each cell's results appended here (JSON lines) when done")
+    ap.add_argument("--report", type=Path, default=None, metavar="OUT.md",
+                    help="no training: tabulate the rows file into OUT.md")
     args = ap.parse_args(argv)
 
     def log(m):
         print(m, flush=True)
+
+    if args.report is not None:
+        rows = [json.loads(x) for x in args.rows.read_text().splitlines() if x.strip()]
+        args.report.write_text("\n".join(table(r) for r in rows) + "\n")
+        log(f"wrote {args.report}")
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         for i in args.cells:
