@@ -139,7 +139,7 @@ def train_and_score(stack, ref, *, subsample, psf, workdir: Path, args, log) -> 
 
 
 def run_cell(i, kind, s, w, args, tmp: Path, log) -> dict:
-    seed = 1000 + i
+    seed = args.stack_seed + i
     stack, ref = stack_and_reference(kind, seed, subsample=s, width=w)
     # the same stack as the grid's generator makes for this seed
     assert np.array_equal(stack, make_stack(kind, seed, subsample=s, width=w, noise=NOISE_LEVEL,
@@ -190,7 +190,9 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--patch-size", type=int, default=64)
     ap.add_argument("--first-filters", type=int, default=16)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (both runs)")
+    ap.add_argument("--stack-seed", type=int, default=1000,
+                    help="cell i's stack is drawn with seed STACK_SEED + i")
     ap.add_argument("--rows", type=Path, default=Path("bench/calibration_joint.rows.jsonl"),
                     help="each cell's results appended here (JSON lines) when done")
     ap.add_argument("--report", type=Path, default=None, metavar="OUT.md",
