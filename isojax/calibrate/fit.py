@@ -195,7 +195,7 @@ class CalibrationReport:
         """The fitted PSF as a :class:`~isojax.forward.FactoredPSF`."""
         return psf_from_params(self.family, self.params, taps=self.taps)
 
-    @property
+    @functools.cached_property
     def sigma_continuous_px(self) -> float:
         """The width (px) of the continuous Gaussian blur the fitted kernel stands for
         (:func:`~isojax.calibrate.params.continuous_sigma`): what a microscope's axial
