@@ -42,13 +42,14 @@ import tifffile
 from scipy import ndimage as ndi
 
 from isojax.calibrate import (
-    continuous_sigma,
     fit_psf,
     prepare_spectra,
     psf_from_params,
+    psf_sigma,
     search,
     spectra,
 )
+from isojax.calibrate.fit import _continuous_of_gaussian
 
 FWHM = math.sqrt(8 * math.log(2))
 SIGMA_LATERAL = 1.0
@@ -321,30 +322,24 @@ def _widen(r):
     return {**r, "lo": lo, "hi": hi, "ident": bool(ok), "model_error": f, "widened": True}
 
 
-def _gauss_kernel(sigma: float) -> np.ndarray:
-    """The Gaussian family's kernel (psf_from_params("gaussian")) in numpy."""
-    n = 2 * math.ceil(4.0 * max(sigma, 1.0)) + 1
-    x = np.arange(n) - n // 2
-    g = np.exp(-0.5 * (x / sigma) ** 2)
-    return g / g.sum()
+def _family_taps(sigma: float) -> int:
+    """The kernel length the merged rows' continuous widths were computed on (+-4 sigma,
+    at least 9 taps)."""
+    return 2 * math.ceil(4.0 * max(sigma, 1.0)) + 1
 
 
 def _cont_of_param(sigma: float) -> float:
     """continuous_sigma of the Gaussian family's kernel of width ``sigma`` (px)."""
-    if not math.isfinite(sigma):
-        return math.inf
-    if sigma <= search.DELTA_SIGMA:
-        return 0.0
-    return float(continuous_sigma(jnp.asarray(_gauss_kernel(sigma), jnp.float32)))
+    return _continuous_of_gaussian(sigma, _family_taps(sigma) if math.isfinite(sigma) else 1)
 
 
 def _param_of_moment(m: float) -> float:
     """The Gaussian family's width whose kernel has second-moment width ``m`` (bisection in
-    log width; the report's ``sigma_px`` is the second moment)."""
+    log width; the report's ``sigma_px`` is the second moment, ``psf_sigma``)."""
     def moment(p):
-        k = _gauss_kernel(p)
-        x = np.arange(k.size) - k.size // 2
-        return math.sqrt(float(np.sum(k * x**2)))
+        psf = psf_from_params("gaussian", {"log_sigma": np.float32(math.log(p))},
+                              taps=_family_taps(p))
+        return float(psf_sigma(psf))
 
     lo, hi = math.log(1e-3), math.log(max(4.0 * m, 1.0))
     for _ in range(60):
