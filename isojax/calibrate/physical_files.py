@@ -43,6 +43,7 @@ from isojax.calibrate.files import (
     refuse_series_options,
     select_timepoints,
 )
+from isojax.calibrate.params import FAMILIES
 from isojax.calibrate.physical import PhysicalFamily, fit_physical_psf
 from isojax.errors import IsojaxInputError, log_warnings
 from isojax.geometry import StackGeometry, from_metadata, read_stack
@@ -81,7 +82,6 @@ _FLAGS = {"init_fwhm": "--init-fwhm", "wavelength_um": "--wavelength", "ri": "--
 OPTICS_KEYWORDS = ("wavelength_um", "ri", "modality", "na", "sheet_fwhm_um",
                    "excitation_um", "pinhole_au")
 
-_SHAPE_FAMILIES = ("gaussian", "multi-gaussian", "free")  # isojax.calibrate.FAMILIES
 _MODALITIES = ("widefield", "confocal", "lightsheet")
 
 
@@ -125,8 +125,8 @@ def calibrate_option_problem(*, family: str, init_fwhm: float | None = None,
         return f"--family {value}" if cli else f"family={value!r}"
 
     given = [k for k in OPTICS_KEYWORDS if optics.get(k) is not None]
-    if family not in (*_SHAPE_FAMILIES, "debye"):
-        return (f"unknown family {family!r}; use {', '.join(_SHAPE_FAMILIES)} or debye "
+    if family not in (*FAMILIES, "debye"):
+        return (f"unknown family {family!r}; use {', '.join(FAMILIES)} or debye "
                 "(the physical family)")
     if family != "debye":
         if given:
@@ -187,23 +187,23 @@ def physical_optics(*, wavelength_um: float, ri: float,
     return "na", na
 
 
-def _require_spacing(stack_path, found: Sequence[float] | bool | None) -> None:
-    """Refuse a stack without a voxel size before its geometry is built (whose own message
-    would offer ``--subsample``, which the physical family cannot use)."""
-    if found is None:
-        raise IsojaxInputError(
-            f"{stack_path}: --family debye needs the voxel size in micrometres (the Debye "
-            "model is in physical units) and the file has none; give it with --spacing Z Y X "
-            "(command line) or spacing=(dz, dy, dx) (Python), in micrometres")
+def _no_spacing(stack_path) -> IsojaxInputError:
+    """The refusal of a stack without a voxel size, made before its geometry is built
+    (whose own message would offer ``--subsample``, which the physical family cannot use:
+    the Debye model needs the pixel size in micrometres)."""
+    return IsojaxInputError(
+        f"{stack_path}: --family debye needs the voxel size in micrometres (the Debye "
+        "model is in physical units) and the file has none; give it with --spacing Z Y X "
+        "(command line) or spacing=(dz, dy, dx) (Python), in micrometres")
 
 
-def _file_spacing(stack_path) -> Sequence[float] | bool | None:
-    """A 3D stack's voxel size from its metadata alone (no pixels read), or True when the
-    file cannot be opened so (its full read then says why)."""
+def _lacks_spacing(stack_path) -> bool:
+    """Whether a 3D stack's metadata (read alone, no pixels) has no voxel size; False when
+    the file cannot be opened so (its full read then says why)."""
     try:
-        return open_hyperstack(stack_path).spacing
+        return open_hyperstack(stack_path).spacing is None
     except IsojaxInputError:
-        return True
+        return False
 
 
 def _read_volumes(stack_path, *, output, subsample, spacing, axes, channels, timepoints,
@@ -214,8 +214,8 @@ def _read_volumes(stack_path, *, output, subsample, spacing, axes, channels, tim
                                              "--timepoints": timepoints})
         paths = calibration_paths(output)
         check_outputs(list(paths), inputs={"stack": stack_path}, overwrite=overwrite, log=log)
-        if spacing is None:
-            _require_spacing(stack_path, _file_spacing(stack_path))
+        if spacing is None and _lacks_spacing(stack_path):
+            raise _no_spacing(stack_path)
         stack, g = read_stack(stack_path, spacing=spacing, subsample=subsample,
                               on_conflict="error", log=log)
         check_contrast(stack, percentiles=(1.0, 99.8), name=stack_path)
@@ -233,7 +233,8 @@ def _read_volumes(stack_path, *, output, subsample, spacing, axes, channels, tim
     ts = select_timepoints(timepoints, hyper.n_timepoints)
     paths = calibration_paths(channel_output(output, c) if hyper.n_channels > 1 else output)
     check_outputs(list(paths), inputs={"stack": stack_path}, overwrite=overwrite, log=log)
-    _require_spacing(stack_path, hyper.spacing)
+    if hyper.spacing is None:
+        raise _no_spacing(stack_path)
     g = from_metadata(hyper.spacing, source=hyper.source, subsample=subsample, name=stack_path,
                       on_conflict="error", axes="TCZYX", log=log)
     volumes = channel_volumes(hyper, c, ts, name=stack_path)
@@ -312,8 +313,7 @@ def calibrate_physical_file(
         channels=channels, timepoints=timepoints, overwrite=overwrite, log=log)
     pixel = g.pixel_size
     if pixel is None:  # only a file whose metadata could not be probed comes here
-        _require_spacing(stack_path, None)
-        raise AssertionError("unreachable: _require_spacing(None) raises")
+        raise _no_spacing(stack_path)
     n_lat = min(volumes[0].shape[1:])
     family = PhysicalFamily(
         wavelength_um=wavelength_um, ri=ri, modality=modality, pixel_size=pixel,
