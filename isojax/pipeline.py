@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import numpy as np
 
@@ -346,11 +346,31 @@ def _training_psf(pixel: float | None, *, psf, bead, bead_spacing, theory, calib
     return axial, calibration
 
 
+class _CalibrateCommon(TypedDict):
+    """The options of every branch of :func:`calibrate_file`."""
+
+    output: str | os.PathLike
+    subsample: float | None
+    spacing: Sequence[float] | None
+    steps: int
+    overwrite: bool
+    allow_unidentified: bool
+    log: Log
+
+
+class _CalibrateSeries(TypedDict):
+    """The hyperstack options of :func:`calibrate_file`'s branches."""
+
+    axes: str | None
+    channels: str | Sequence[int] | None
+    timepoints: str | None
+
+
 def calibrate_file(
     stack_path: str | os.PathLike,
     *,
     output: str | os.PathLike,
-    family: Literal["gaussian", "multi-gaussian", "free"] = "gaussian",
+    family: Literal["gaussian", "multi-gaussian", "free", "debye"] = "gaussian",
     init_fwhm: float | None = None,
     subsample: float | None = None,
     spacing: Sequence[float] | None = None,
@@ -361,6 +381,13 @@ def calibrate_file(
     axes: str | None = None,
     channels: str | Sequence[int] | None = None,
     timepoints: str | None = None,
+    wavelength_um: float | None = None,
+    ri: float | None = None,
+    modality: Literal["widefield", "confocal", "lightsheet"] | None = None,
+    na: float | None = None,
+    sheet_fwhm_um: float | None = None,
+    excitation_um: float | None = None,
+    pinhole_au: float | None = None,
 ) -> dict:
     """``isojax calibrate``: learn the additional axial PSF from a stack and write it.
 
@@ -382,11 +409,24 @@ def calibrate_file(
     suffix: see :func:`isojax.calibrate.files.calibrate_series_file`. If any channel's
     width is not identifiable, no file of any channel is written.
 
+    ``family="debye"`` fits the scalar Debye wave-optics model instead
+    (:func:`isojax.calibrate.physical_files.calibrate_physical_file`, ``isojax calibrate
+    --family debye``): the optics are given (``wavelength_um`` and ``ri`` required,
+    ``modality``, and for a light sheet its detection ``na``), one physical parameter is
+    fitted (the NA, or a light sheet's sheet FWHM), the stack needs its voxel size in
+    micrometres (in the file or ``spacing``), a hyperstack is calibrated one channel at a
+    time (``channels``), and the PSF file is the one ``isojax psf theory --model debye``
+    writes at the fitted value. Options that do not go together (an optics keyword with a
+    shape family, ``init_fwhm`` with ``"debye"``, ``"debye"`` without ``wavelength_um``,
+    ...) are refused before anything is read (:func:`isojax.calibrate.physical_files.
+    calibrate_option_problem`).
+
     Args:
       stack_path: the anisotropic stack TIFF, or a hyperstack.
       output: the PSF TIFF to write (per channel: see above).
-      family: ``"gaussian"``, ``"multi-gaussian"`` or ``"free"``.
-      init_fwhm: initial axial FWHM in micrometres (default: one axial step).
+      family: ``"gaussian"``, ``"multi-gaussian"``, ``"free"`` or ``"debye"``.
+      init_fwhm: shape families: initial axial FWHM in micrometres (default: one axial
+        step).
       subsample: anisotropy factor; refused if it contradicts the voxel size by > 2%.
       spacing: voxel size ``(dz, dy, dx)`` in micrometres, overriding the metadata.
       steps: L-BFGS iterations.
@@ -395,32 +435,61 @@ def calibrate_file(
         (the JSON then says ``"identifiable": false``).
       log: progress and warning callback (one line per call); default: standard error.
       axes: the axes of a file that does not name them (e.g. ``"TZCYX"``), or None.
-      channels: the channels to calibrate (``"0,2"``), or None (all); hyperstacks only.
+      channels: the channels to calibrate (``"0,2"``), or None (all); hyperstacks only
+        (``"debye"``: exactly one).
       timepoints: the time points to pool per channel (slice syntax, ``"0:100"``), or
         None (3 spread over the series, first and last included); hyperstacks only.
+      wavelength_um: ``"debye"``: the emission wavelength in micrometres (required).
+      ri: ``"debye"``: the immersion medium's refractive index (required).
+      modality: ``"debye"``: ``"widefield"`` (None), ``"confocal"`` or ``"lightsheet"``.
+      na: ``"debye"``: widefield, confocal: the NA the refinement starts from (None: the
+        best cells of a search); lightsheet: the detection NA, fixed (required).
+      sheet_fwhm_um: ``"debye"``, lightsheet: the sheet FWHM (µm) the refinement starts
+        from, or None (a search).
+      excitation_um: ``"debye"``, confocal: the excitation wavelength in micrometres
+        (None: the emission wavelength).
+      pinhole_au: ``"debye"``, confocal: the pinhole in Airy units (the model is a point
+        pinhole; above 0 it warns), or None.
 
     Returns:
-      The JSON report as a dict; for a hyperstack, ``{channel: report}``.
+      The JSON report as a dict; for a hyperstack and a shape family, ``{channel:
+      report}`` (``"debye"``: the one channel's report).
 
     Raises:
-      IsojaxInputError: bad stack or options; an output exists and ``overwrite`` is False;
-        an output is the stack; the width (of any channel) is not identifiable and
-        ``allow_unidentified`` is False; ``channels`` or ``timepoints`` for a 3D stack.
+      IsojaxInputError: options that do not go together (one line naming the option and
+        the fix, before anything is read); bad stack or options; an output exists and
+        ``overwrite`` is False; an output is the stack; the width (of any channel) is not
+        identifiable and ``allow_unidentified`` is False; ``channels`` or ``timepoints``
+        for a 3D stack; ``"debye"``: a stack without a voxel size, several channels.
     """
     from isojax.calibrate import files as cal_files
+    from isojax.calibrate import physical_files
 
+    problem = physical_files.calibrate_option_problem(family=family, init_fwhm=init_fwhm, optics={
+        "wavelength_um": wavelength_um, "ri": ri, "modality": modality, "na": na,
+        "sheet_fwhm_um": sheet_fwhm_um, "excitation_um": excitation_um,
+        "pinhole_au": pinhole_au})
+    if problem:
+        raise IsojaxInputError(problem)
+    # the options the branches share, passed once (typed: mypy checks each branch's)
+    common = _CalibrateCommon(output=output, subsample=subsample, spacing=spacing,
+                              steps=steps, overwrite=overwrite,
+                              allow_unidentified=allow_unidentified, log=log)
+    series = _CalibrateSeries(axes=axes, channels=channels, timepoints=timepoints)
+    if family == "debye":
+        assert wavelength_um is not None, "calibrate_option_problem requires it"
+        assert ri is not None, "calibrate_option_problem requires it"
+        return physical_files.calibrate_physical_file(
+            stack_path, wavelength_um=wavelength_um, ri=ri, modality=modality or "widefield",
+            na=na, sheet_fwhm_um=sheet_fwhm_um, excitation_um=excitation_um,
+            pinhole_au=pinhole_au, **common, **series)
     if cal_files.is_hyperstack(stack_path, axes=axes):
-        return cal_files.calibrate_series_file(
-            stack_path, output=output, family=family, init_fwhm=init_fwhm,
-            subsample=subsample, spacing=spacing, steps=steps, overwrite=overwrite,
-            allow_unidentified=allow_unidentified, axes=axes, channels=channels,
-            timepoints=timepoints, log=log)
+        return cal_files.calibrate_series_file(stack_path, family=family, init_fwhm=init_fwhm,
+                                               **common, **series)
     cal_files.refuse_series_options(stack_path, **{"--channels": channels,
                                                    "--timepoints": timepoints})
-    return cal_files.calibrate_stack_file(
-        stack_path, output=output, family=family, init_fwhm=init_fwhm, subsample=subsample,
-        spacing=spacing, steps=steps, overwrite=overwrite,
-        allow_unidentified=allow_unidentified, log=log)
+    return cal_files.calibrate_stack_file(stack_path, family=family, init_fwhm=init_fwhm,
+                                          **common)
 
 
 def predict_file(

@@ -11,6 +11,7 @@ import pytest
 import tifffile
 from scipy import ndimage
 
+from isojax import pipeline
 from isojax.calibrate import FAMILIES
 from isojax.calibrate.physical import (
     PhysicalFamily,
@@ -198,6 +199,75 @@ def test_cli_debye_needs_the_pixel_size(tmp_path, capsys):
     assert len(err.splitlines()) == 1
     assert "--spacing" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
+
+
+@pytest.mark.parametrize("hyper", [False, True])
+def test_cli_debye_without_a_voxel_size_says_spacing_first(tmp_path, capsys, hyper):
+    # the first refusal is the physical family's (--spacing in micrometres), not the
+    # geometry's generic one that offers --subsample, which debye would then refuse
+    stack = tmp_path / "s.tif"
+    if hyper:
+        data = np.random.default_rng(0).random((2, 8, 2, 16, 16)).astype(np.float32)
+        tifffile.imwrite(stack, data, imagej=True, metadata={"axes": "TZCYX"})
+        extra = ["--channels", "0"]
+    else:
+        write_tiff(stack, np.random.default_rng(0).random((8, 16, 16)).astype(np.float32))
+        extra = []
+    out = tmp_path / "axial.tif"
+    assert main(["calibrate", str(stack), "-o", str(out), "--family", "debye", *OPTICS,
+                 *extra]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "--spacing Z Y X" in err, err
+    assert "micrometres" in err
+    assert "--subsample" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
+
+
+def test_calibrate_file_debye_writes_what_the_cli_writes(debye_run, tmp_path):
+    # the library entry point behind `isojax calibrate`, same stack and options
+    stack, cli_out, code, _ = debye_run
+    assert code == 0
+    out = tmp_path / "lib.tif"
+    lines: list[str] = []
+    report = pipeline.calibrate_file(stack, output=out, family="debye", wavelength_um=0.52,
+                                     ri=1.33, steps=20, log=lines.append)
+    assert report["family"] == "debye"
+    cli_report = json.loads(cli_out.with_suffix(".json").read_text())
+    assert report["fitted"]["value"] == pytest.approx(cli_report["fitted"]["value"],
+                                                      rel=1e-6)
+    assert report["optics"] == cli_report["optics"]
+    got, got_spacing, _ = read_tiff(out)
+    want, want_spacing, _ = read_tiff(cli_out)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert got_spacing == pytest.approx(want_spacing)
+    assert out.with_suffix(".json").is_file()
+    assert out.with_suffix(".png").is_file()
+    assert any("NA 1" in line for line in lines)
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    ({"family": "gaussian", "wavelength_um": 0.52}, "wavelength_um= is for family='debye'"),
+    ({"family": "free", "modality": "confocal"}, "modality="),
+    ({"family": "debye", "ri": 1.33}, "needs wavelength_um="),
+    ({"family": "debye", "wavelength_um": 0.52, "ri": 1.33, "init_fwhm": 1.0}, "init_fwhm="),
+    ({"family": "debye", "wavelength_um": 0.52, "ri": 1.33, "modality": "lightsheet"},
+     "give na="),
+    ({"family": "debye", "wavelength_um": 0.52, "ri": 1.33, "excitation_um": 0.48},
+     "modality='confocal'"),
+    ({"family": "bessel"}, "unknown family"),
+])
+def test_calibrate_file_refuses_bad_combinations_before_reading(tmp_path, options, words):
+    # the stack does not exist: the options are refused before it is looked at
+    out = tmp_path / "axial.tif"
+    with pytest.raises(IsojaxInputError) as caught:
+        pipeline.calibrate_file(tmp_path / "missing.tif", output=out, log=lambda _: None,
+                                **options)
+    assert "\n" not in str(caught.value)
+    assert words in str(caught.value), caught.value
+    assert "no such file" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_theory_model_names_are_the_libraries():

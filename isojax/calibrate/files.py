@@ -38,6 +38,7 @@ from isojax.calibrate.fit import CalibrationReport, fit_psf
 from isojax.errors import IsojaxInputError
 from isojax.geometry import from_metadata, read_stack, um_to_px
 from isojax.io import (
+    Hyperstack,
     atomic_write,
     check_outputs,
     check_writable,
@@ -56,11 +57,13 @@ __all__ = [
     "calibrate_stack_file",
     "calibration_paths",
     "channel_output",
+    "channel_volumes",
     "default_timepoints",
     "fit_logged",
     "is_hyperstack",
     "refuse_series_options",
     "save_calibration_png",
+    "select_timepoints",
     "unidentified_message",
     "write_calibration",
 ]
@@ -105,6 +108,47 @@ def default_timepoints(n: int, *, count: int = DEFAULT_TIMEPOINTS) -> tuple[int,
       IsojaxInputError: ``n`` or ``count`` below 1.
     """
     return spread_timepoints(n, count=count)
+
+
+def select_timepoints(timepoints: str | None, n: int) -> tuple[int, ...]:
+    """The time points a calibration pools: ``--timepoints``, or :func:`default_timepoints`.
+
+    Args:
+      timepoints: Python slice syntax (``"0:100"``), or None.
+      n: the series' number of time points.
+
+    Returns:
+      The selected indices, increasing.
+
+    Raises:
+      IsojaxInputError: a selection out of range or malformed
+        (:func:`isojax.io.parse_timepoints`).
+    """
+    return default_timepoints(n) if timepoints is None else parse_timepoints(timepoints, n)
+
+
+def channel_volumes(hyper: Hyperstack, c: int, ts: Sequence[int], *,
+                    name: str | os.PathLike) -> list[np.ndarray]:
+    """One channel's volumes at the time points ``ts``, each checked for contrast.
+
+    Args:
+      hyper: the opened hyperstack.
+      c: the channel's index.
+      ts: the time points to read.
+      name: the stack, for messages.
+
+    Returns:
+      The ``(z, y, x)`` volumes, in the order of ``ts``.
+
+    Raises:
+      IsojaxInputError: a volume without contrast (named by time point and channel).
+    """
+    volumes = []
+    for t in ts:
+        v = hyper.read(t, c)
+        check_contrast(v, percentiles=(1.0, 99.8), name=f"{name}: time point {t}, channel {c}")
+        volumes.append(v)
+    return volumes
 
 
 def channel_output(output: str | os.PathLike, channel: int) -> Path:
@@ -423,8 +467,7 @@ def calibrate_series_file(
     # the code is 60 lines; the docstring documents every option
     hyper = open_hyperstack(stack_path, axes=axes, spacing=spacing)
     cs = parse_channels(channels, hyper.n_channels)
-    ts = (default_timepoints(hyper.n_timepoints) if timepoints is None
-          else parse_timepoints(timepoints, hyper.n_timepoints))
+    ts = select_timepoints(timepoints, hyper.n_timepoints)
     per_channel = hyper.n_channels > 1
     outs = {c: Path(channel_output(output, c) if per_channel else output) for c in cs}
     paths = [p for c in cs for p in calibration_paths(outs[c])]
@@ -439,12 +482,7 @@ def calibrate_series_file(
         f"volumes {hyper.shape[2:]} (z, y, x), subsample {g.subsample:.4g} from {g.how}")
     fits = {}
     for c in cs:
-        volumes = []
-        for t in ts:
-            v = hyper.read(t, c)
-            check_contrast(v, percentiles=(1.0, 99.8),
-                           name=f"{stack_path}: time point {t}, channel {c}")
-            volumes.append(v)
+        volumes = channel_volumes(hyper, c, ts, name=stack_path)
         try:
             fits[c] = fit_logged(volumes, subsample=g.subsample, family=family,
                                  init_px=init_px, steps=steps, spacing=g.spacing, pixel=pixel,

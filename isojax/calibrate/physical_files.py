@@ -28,7 +28,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -38,10 +38,12 @@ import numpy as np
 from isojax.calibrate.files import (
     calibration_paths,
     channel_output,
-    default_timepoints,
+    channel_volumes,
     is_hyperstack,
     refuse_series_options,
+    select_timepoints,
 )
+from isojax.calibrate.params import FAMILIES
 from isojax.calibrate.physical import PhysicalFamily, fit_physical_psf
 from isojax.errors import IsojaxInputError, log_warnings
 from isojax.geometry import StackGeometry, from_metadata, read_stack
@@ -51,15 +53,14 @@ from isojax.io import (
     check_writable,
     open_hyperstack,
     parse_channels,
-    parse_timepoints,
     write_tiff,
 )
 from isojax.psf import check_psf
 from isojax.psf.optics import debye_axial_psf
 from isojax.synth import check_contrast
 
-__all__ = ["FIT_HALF_SIZE", "calibrate_physical_file", "physical_optics",
-           "save_physical_png"]
+__all__ = ["FIT_HALF_SIZE", "OPTICS_KEYWORDS", "calibrate_option_problem",
+           "calibrate_physical_file", "physical_optics", "save_physical_png"]
 
 Log = Callable[[str], None]
 
@@ -69,6 +70,88 @@ FIT_HALF_SIZE = 64
 
 _UNITS = {"na": "", "sheet_fwhm_um": " um"}
 _NAMES = {"na": "NA", "sheet_fwhm_um": "sheet FWHM"}
+
+
+#: The options of ``--family debye`` as :func:`isojax.pipeline.calibrate_file` names
+#: them, and their command-line flags (``init_fwhm`` is the shape families' option).
+_FLAGS = {"init_fwhm": "--init-fwhm", "wavelength_um": "--wavelength", "ri": "--ri",
+          "modality": "--modality", "na": "--na", "sheet_fwhm_um": "--sheet-fwhm",
+          "excitation_um": "--excitation", "pinhole_au": "--pinhole"}
+
+#: The optics keywords of ``calibrate_file(family="debye", ...)`` (all default to None).
+OPTICS_KEYWORDS = ("wavelength_um", "ri", "modality", "na", "sheet_fwhm_um",
+                   "excitation_um", "pinhole_au")
+
+_MODALITIES = ("widefield", "confocal", "lightsheet")
+
+
+def calibrate_option_problem(*, family: str, init_fwhm: float | None = None,
+                             optics: Mapping[str, object],
+                             style: Literal["python", "cli"] = "python") -> str | None:
+    """What is wrong with calibration options that are valid one by one, or None.
+
+    The one set of rules of ``isojax calibrate`` (its parser's usage errors) and of
+    :func:`isojax.pipeline.calibrate_file` (before anything is read): optics only with
+    ``family="debye"``, which needs the emission wavelength and the refractive index and
+    takes no ``init_fwhm``; ``excitation_um`` and ``pinhole_au`` only for a confocal,
+    ``sheet_fwhm_um`` only for a light sheet, and a light sheet needs its detection NA.
+
+    Args:
+      family: ``"gaussian"``, ``"multi-gaussian"``, ``"free"`` or ``"debye"``.
+      init_fwhm: the shape families' start (µm), or None.
+      optics: a subset of :data:`OPTICS_KEYWORDS` -> value (None: not given);
+        ``modality`` None is ``"widefield"``.
+      style: name the options as Python keywords (``wavelength_um=``) or as the command
+        line's flags (``--wavelength``).
+
+    Returns:
+      One line naming the problem and its fix, or None when the options go together.
+
+    Raises:
+      TypeError: an optics key that is not one of :data:`OPTICS_KEYWORDS`.
+    """
+    unknown = sorted(set(optics) - set(OPTICS_KEYWORDS))
+    if unknown:
+        raise TypeError(f"unknown optics keyword {unknown[0]!r}")
+    cli = style == "cli"
+
+    def name(key: str) -> str:
+        return _FLAGS[key] if cli else f"{key}="
+
+    def said(key: str, value: str) -> str:  # "--modality confocal", "modality='confocal'"
+        return f"{_FLAGS[key]} {value}" if cli else f"{key}={value!r}"
+
+    def fam(value: str) -> str:
+        return f"--family {value}" if cli else f"family={value!r}"
+
+    given = [k for k in OPTICS_KEYWORDS if optics.get(k) is not None]
+    if family not in (*FAMILIES, "debye"):
+        return (f"unknown family {family!r}; use {', '.join(FAMILIES)} or debye "
+                "(the physical family)")
+    if family != "debye":
+        if given:
+            return (f"{name(given[0])} is for {fam('debye')} (the physical family); the "
+                    f"{family} family takes no optics: drop it, or use {fam('debye')}")
+        return None
+    if init_fwhm is not None:
+        return (f"{name('init_fwhm')} is for the shape families (gaussian, multi-gaussian, "
+                f"free); {fam('debye')} starts from {name('na')} (or a light sheet's "
+                f"{name('sheet_fwhm_um')}), or searches without one")
+    for key, what in (("wavelength_um", "UM, the emission wavelength in micrometres"),
+                      ("ri", "N, the immersion medium's refractive index")):
+        if optics.get(key) is None:
+            return f"{fam('debye')} needs {name(key)}{' ' if cli else ''}{what}"
+    modality = optics.get("modality") or "widefield"
+    if modality not in _MODALITIES:
+        return f"unknown modality {modality!r}; use {', '.join(_MODALITIES)}"
+    for key, only in (("excitation_um", "confocal"), ("pinhole_au", "confocal"),
+                      ("sheet_fwhm_um", "lightsheet")):
+        if key in given and modality != only:
+            return f"{name(key)} is for {said('modality', only)}, not {modality}: drop it"
+    if modality == "lightsheet" and optics.get("na") is None:
+        return (f"{fam('debye')} {said('modality', 'lightsheet')} fits the sheet FWHM and "
+                f"needs the detection NA: give {name('na')}")
+    return None
 
 
 def physical_optics(*, wavelength_um: float, ri: float,
@@ -91,31 +174,36 @@ def physical_optics(*, wavelength_um: float, ri: float,
 
     Raises:
       IsojaxInputError: an option that the modality does not take, or a light sheet
-        without its NA.
+        without its NA (:func:`calibrate_option_problem`).
     """
-    if modality not in ("widefield", "confocal", "lightsheet"):
-        raise IsojaxInputError(
-            f"unknown modality {modality!r}; use widefield, confocal or lightsheet")
-    for flag, value, only in (("--excitation", excitation_um, "confocal"),
-                              ("--pinhole", pinhole_au, "confocal"),
-                              ("--sheet-fwhm", sheet_fwhm_um, "lightsheet")):
-        if value is not None and modality != only:
-            raise IsojaxInputError(
-                f"{flag} is for --modality {only}, not {modality}; drop it")
+    problem = calibrate_option_problem(family="debye", optics={
+        "wavelength_um": wavelength_um, "ri": ri, "modality": modality, "na": na,
+        "sheet_fwhm_um": sheet_fwhm_um, "excitation_um": excitation_um,
+        "pinhole_au": pinhole_au})
+    if problem:
+        raise IsojaxInputError(problem)
     if modality == "lightsheet":
-        if na is None:
-            raise IsojaxInputError(
-                "--family debye with --modality lightsheet fits the sheet FWHM and needs "
-                "the detection NA: give --na")
         return "sheet_fwhm_um", sheet_fwhm_um
     return "na", na
 
 
-def _require_pixel(g, stack_path) -> None:
-    if g.pixel_size is None:
-        raise IsojaxInputError(
-            f"{stack_path}: --family debye needs the lateral pixel size and the file has no "
-            "voxel size; give it with --spacing Z Y X (micrometres)")
+def _no_spacing(stack_path) -> IsojaxInputError:
+    """The refusal of a stack without a voxel size, made before its geometry is built
+    (whose own message would offer ``--subsample``, which the physical family cannot use:
+    the Debye model needs the pixel size in micrometres)."""
+    return IsojaxInputError(
+        f"{stack_path}: --family debye needs the voxel size in micrometres (the Debye "
+        "model is in physical units) and the file has none; give it with --spacing Z Y X "
+        "(command line) or spacing=(dz, dy, dx) (Python), in micrometres")
+
+
+def _lacks_spacing(stack_path) -> bool:
+    """Whether a 3D stack's metadata (read alone, no pixels) has no voxel size; False when
+    the file cannot be opened so (its full read then says why)."""
+    try:
+        return open_hyperstack(stack_path).spacing is None
+    except IsojaxInputError:
+        return False
 
 
 def _read_volumes(stack_path, *, output, subsample, spacing, axes, channels, timepoints,
@@ -126,9 +214,10 @@ def _read_volumes(stack_path, *, output, subsample, spacing, axes, channels, tim
                                              "--timepoints": timepoints})
         paths = calibration_paths(output)
         check_outputs(list(paths), inputs={"stack": stack_path}, overwrite=overwrite, log=log)
+        if spacing is None and _lacks_spacing(stack_path):
+            raise _no_spacing(stack_path)
         stack, g = read_stack(stack_path, spacing=spacing, subsample=subsample,
                               on_conflict="error", log=log)
-        _require_pixel(g, stack_path)
         check_contrast(stack, percentiles=(1.0, 99.8), name=stack_path)
         log(f"stack {stack_path}: shape {stack.shape} (z, y, x), subsample "
             f"{g.subsample:.4g} from {g.how}")
@@ -141,19 +230,14 @@ def _read_volumes(stack_path, *, output, subsample, spacing, axes, channels, tim
             f"--wavelength first, are one channel's) and this stack has {hyper.n_channels}; "
             "select one with --channels N")
     c = cs[0]
-    ts = (default_timepoints(hyper.n_timepoints) if timepoints is None
-          else parse_timepoints(timepoints, hyper.n_timepoints))
+    ts = select_timepoints(timepoints, hyper.n_timepoints)
     paths = calibration_paths(channel_output(output, c) if hyper.n_channels > 1 else output)
     check_outputs(list(paths), inputs={"stack": stack_path}, overwrite=overwrite, log=log)
+    if hyper.spacing is None:
+        raise _no_spacing(stack_path)
     g = from_metadata(hyper.spacing, source=hyper.source, subsample=subsample, name=stack_path,
                       on_conflict="error", axes="TCZYX", log=log)
-    _require_pixel(g, stack_path)
-    volumes = []
-    for t in ts:
-        v = hyper.read(t, c)
-        check_contrast(v, percentiles=(1.0, 99.8),
-                       name=f"{stack_path}: time point {t}, channel {c}")
-        volumes.append(v)
+    volumes = channel_volumes(hyper, c, ts, name=stack_path)
     log(f"stack {stack_path}: channel {c} of {hyper.n_channels}, time points "
         f"{', '.join(map(str, ts))} of {hyper.n_timepoints} pooled, volumes "
         f"{hyper.shape[2:]} (z, y, x), subsample {g.subsample:.4g} from {g.how}")
@@ -228,7 +312,8 @@ def calibrate_physical_file(
         stack_path, output=output, subsample=subsample, spacing=spacing, axes=axes,
         channels=channels, timepoints=timepoints, overwrite=overwrite, log=log)
     pixel = g.pixel_size
-    assert pixel is not None, "_require_pixel"
+    if pixel is None:  # only a file whose metadata could not be probed comes here
+        raise _no_spacing(stack_path)
     n_lat = min(volumes[0].shape[1:])
     family = PhysicalFamily(
         wavelength_um=wavelength_um, ri=ri, modality=modality, pixel_size=pixel,

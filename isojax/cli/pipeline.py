@@ -109,52 +109,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-#: The optics options of ``isojax calibrate --family debye`` (flag -> attribute).
-_CALIBRATE_OPTICS = {"--na": "na", "--wavelength": "wavelength", "--ri": "ri",
-                     "--modality": "modality", "--excitation": "excitation",
-                     "--pinhole": "pinhole", "--sheet-fwhm": "sheet_fwhm"}
+#: The optics options of ``isojax calibrate --family debye``: the keyword of
+#: :func:`isojax.pipeline.calibrate_file` -> the attribute of its flag.
+_CALIBRATE_OPTICS = {"wavelength_um": "wavelength", "ri": "ri", "modality": "modality",
+                     "na": "na", "sheet_fwhm_um": "sheet_fwhm", "excitation_um": "excitation",
+                     "pinhole_au": "pinhole"}
+
+
+def _calibrate_optics(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, name) for key, name in _CALIBRATE_OPTICS.items()}
 
 
 def _check_calibrate(args: argparse.Namespace) -> str | None:
-    """The calibrate options that are valid one by one but not together (a usage error)."""
-    given = [flag for flag, name in _CALIBRATE_OPTICS.items() if getattr(args, name) is not None]
-    if args.family != "debye":
-        if given:
-            return (f"{given[0]} is for --family debye (the physical family); the "
-                    f"{args.family} family takes no optics: drop it, or use --family debye")
-        return None
-    if args.init_fwhm is not None:
-        return ("--init-fwhm is for the shape families (gaussian, multi-gaussian, free); "
-                "--family debye starts from --na (or a light sheet's --sheet-fwhm), or "
-                "searches without one")
-    for flag, what in (("--wavelength", "UM, the emission wavelength in micrometres"),
-                       ("--ri", "N, the immersion medium's refractive index")):
-        if getattr(args, _CALIBRATE_OPTICS[flag]) is None:
-            return f"--family debye needs {flag} {what}"
-    modality = args.modality or "widefield"
-    for flag, only in (("--excitation", "confocal"), ("--pinhole", "confocal"),
-                       ("--sheet-fwhm", "lightsheet")):
-        if flag in given and modality != only:
-            return f"{flag} is for --modality {only}, not {modality}: drop it"
-    if modality == "lightsheet" and args.na is None:
-        return ("--family debye --modality lightsheet fits the sheet FWHM and needs the "
-                "detection NA: give --na")
-    return None
+    """The calibrate options that are valid one by one but not together (a usage error):
+    the rules of :func:`isojax.pipeline.calibrate_file`, in the flags' names."""
+    from isojax.calibrate.physical_files import calibrate_option_problem
+
+    return calibrate_option_problem(family=args.family, init_fwhm=args.init_fwhm,
+                                    optics=_calibrate_optics(args), style="cli")
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    if args.family == "debye":
-        from isojax.calibrate.physical_files import calibrate_physical_file
-        from isojax.errors import log_to_stderr
-
-        calibrate_physical_file(
-            args.stack, output=args.output, wavelength_um=args.wavelength, ri=args.ri,
-            modality=args.modality or "widefield", na=args.na, sheet_fwhm_um=args.sheet_fwhm,
-            excitation_um=args.excitation, pinhole_au=args.pinhole, subsample=args.subsample,
-            spacing=args.spacing, steps=args.steps, overwrite=args.overwrite,
-            allow_unidentified=args.allow_unidentified, axes=args.axes,
-            channels=args.channels, timepoints=args.timepoints, log=log_to_stderr)
-        return EXIT_OK
     from isojax.pipeline import calibrate_file
 
     calibrate_file(
@@ -170,6 +145,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         axes=args.axes,
         channels=args.channels,
         timepoints=args.timepoints,
+        **_calibrate_optics(args),
     )
     return EXIT_OK
 
