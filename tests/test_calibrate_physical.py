@@ -316,3 +316,33 @@ def test_cli_debye_calibrates_one_channel_at_a_time(tmp_path, capsys):
     assert len(err.splitlines()) == 1
     assert "--channels" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hyper.tif"]
+
+
+def test_psf_file_kernel_is_theorys_or_the_fits_own_when_theorys_is_too_long():
+    """A flat profile's best NA can be one whose full Debye kernel the model does not
+    compute (NA 0.2 in water at 0.1 um pixels spans about 6500 px): the file then holds the
+    kernel the fit used, and says so, where it failed with "check --na" before."""
+    from isojax.calibrate.physical_files import _psf_file_kernel
+    from isojax.psf.optics import debye_axial_psf, debye_window
+
+    lines = []
+    for na, long in [(1.0, False), (0.2, True)]:
+        fitted = physical_psf(FAMILY, _init(FAMILY, na))
+        info = {"na": na, "sheet_fwhm_um": None}
+        psf2d, theory, kernel = _psf_file_kernel(fitted, info, family=FAMILY, pinhole_au=None,
+                                                 log=lines.append)
+        half, ok = debye_window(na=na, wavelength_um=0.52, ri=1.33, modality="widefield",
+                                pixel_size=0.1)
+        assert ok is not long
+        if long:
+            assert 2 * half + 1 > 5121
+            np.testing.assert_array_equal(psf2d, np.asarray(fitted.axial, np.float32))
+            assert "the kernel the fit used" in kernel
+            assert len(lines) == 1 and "longer than the model computes" in lines[0]
+        else:
+            want, info_t = debye_axial_psf(na=na, wavelength_um=0.52, ri=1.33,
+                                           modality="widefield", pixel_size=0.1)
+            np.testing.assert_array_equal(psf2d, want)
+            assert theory["fwhm_additional_px"] == info_t["fwhm_additional_px"]
+            assert not lines
+        assert psf2d.shape[0] == 1 and float(psf2d.sum()) == pytest.approx(1.0, abs=1e-5)

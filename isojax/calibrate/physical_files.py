@@ -9,7 +9,9 @@ its ``.json`` report and its ``.png``.
 The PSF file is the Debye model at the fitted value exactly as ``isojax psf theory --model
 debye`` writes it (:func:`isojax.psf.optics.debye_axial_psf`: a window of 24 Gaussian axial
 sigmas, cropped to 99% of the mass), so that a calibration and a theory PSF of the same
-optics are the same file. The fit itself uses the same kernel on a window of the stack's
+optics are the same file (except where that kernel would be longer than the model
+computes, :func:`isojax.psf.optics.debye_window`: then the file holds the fit's own kernel
+and the report says so). The fit itself uses the same kernel on a window of the stack's
 lateral line length (at most :data:`FIT_HALF_SIZE` pixels either side), the length the
 shape families' kernels have too.
 
@@ -55,8 +57,8 @@ from isojax.io import (
     parse_channels,
     write_tiff,
 )
-from isojax.psf import check_psf
-from isojax.psf.optics import debye_axial_psf
+from isojax.psf import check_psf, fwhm
+from isojax.psf.optics import debye_axial_psf, debye_window
 from isojax.synth import check_contrast
 
 __all__ = ["FIT_HALF_SIZE", "OPTICS_KEYWORDS", "calibrate_option_problem",
@@ -321,7 +323,7 @@ def calibrate_physical_file(
         free="na" if free == "na" else "sheet_fwhm", na=None if free == "na" else na,
         excitation_um=excitation_um)
     t0 = time.perf_counter()
-    _, info = fit_physical_psf(jax.random.key(0), volumes if len(volumes) > 1 else volumes[0],
+    fitted, info = fit_physical_psf(jax.random.key(0), volumes if len(volumes) > 1 else volumes[0],
                                family=family, init=start, subsample=g.subsample, steps=steps,
                                profile=True)
     seconds = time.perf_counter() - t0
@@ -342,15 +344,13 @@ def calibrate_physical_file(
               "pixel_size_um": pixel}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        psf2d, theory = debye_axial_psf(
-            na=info["na"], wavelength_um=wavelength_um, ri=ri, modality=modality,
-            pixel_size=pixel, excitation_um=excitation_um, pinhole_au=pinhole_au or 0.0,
-            sheet_fwhm_um=info["sheet_fwhm_um"])
+        psf2d, theory, kernel = _psf_file_kernel(fitted, info, family=family,
+                                                 pinhole_au=pinhole_au, log=log)
         psf2d, _ = check_psf(psf2d, pixel_size=pixel)
     log_warnings(log, caught)
     summary = _summary(info, free=free, start=start, optics=optics, psf2d=psf2d,
                        theory=theory, pixel=pixel, g=g, steps=steps, seconds=seconds,
-                       fit_half=family.half_size)
+                       fit_half=family.half_size, kernel=kernel)
     summary.update(stack=str(stack_path), psf_file=out.name, **extra)
     _write(out, psf2d, info, summary, pixel=pixel, overwrite=overwrite)
     log(f"wrote {out}, {out.with_suffix('.json').name} and "
@@ -359,12 +359,42 @@ def calibrate_physical_file(
     return summary
 
 
+_THEORY_KERNEL = ("the PSF file's: the Debye model at the fitted value, as `isojax psf "
+                  "theory --model debye` writes it (sigma: second moment)")
+
+
+def _psf_file_kernel(fitted, info, *, family: PhysicalFamily, pinhole_au, log: Log):
+    """The PSF file's kernel, its FWHM info and a sentence saying which kernel it is.
+
+    ``psf theory --model debye``'s kernel at the fitted value; or, where that one would be
+    longer than the model computes (:func:`isojax.psf.optics.debye_window`: a very weak
+    objective at fine pixels, as the best NA of a flat profile can be), the kernel the fit
+    evaluated, on its window of the stack's line length, with a log line saying so.
+    """
+    optics = dict(na=info["na"], wavelength_um=family.wavelength_um, ri=family.ri,
+                  modality=family.modality, pixel_size=family.pixel_size,
+                  excitation_um=family.excitation_um, sheet_fwhm_um=info["sheet_fwhm_um"])
+    half, ok = debye_window(**optics)
+    if ok:
+        psf2d, theory = debye_axial_psf(**optics, pinhole_au=pinhole_au or 0.0)
+        return psf2d, theory, _THEORY_KERNEL
+    psf2d = np.asarray(fitted.axial, np.float32)
+    width = float(fwhm(np.asarray(psf2d[0], np.float64)))
+    log(f"the Debye PSF at NA {info['na']:.4g} would span {2 * half + 1} px, longer than "
+        f"the model computes: the PSF file holds the kernel the fit used ({psf2d.shape[1]} "
+        "px, the stack's line length), cropped there")
+    return psf2d, {"fwhm_additional_px": width}, (
+        "the kernel the fit used: the Debye model at the fitted value on the fit's window "
+        f"({psf2d.shape[1]} px; the full kernel, {2 * half + 1} px, is longer than "
+        "`isojax psf theory --model debye` computes)")
+
+
 def _finite(v):
     return None if v is None or not math.isfinite(v) else float(v)
 
 
 def _summary(info, *, free, start, optics, psf2d, theory, pixel, g, steps, seconds,
-             fit_half) -> dict:
+             fit_half, kernel: str = _THEORY_KERNEL) -> dict:
     axial = np.asarray(psf2d[0], np.float64)
     x = np.arange(axial.size) - axial.size // 2
     mean = float((x * axial).sum())
@@ -380,8 +410,7 @@ def _summary(info, *, free, start, optics, psf2d, theory, pixel, g, steps, secon
         "optics": optics,
         "sigma_px": sigma_px, "fwhm_px": fwhm_px,
         "sigma_um": sigma_px * pixel, "fwhm_um": fwhm_px * pixel,
-        "kernel": "the PSF file's: the Debye model at the fitted value, as `isojax psf "
-                  "theory --model debye` writes it (sigma: second moment)",
+        "kernel": kernel,
         "shape": list(psf2d.shape),
         "pixel_size_um": pixel, "subsample": g.subsample, "subsample_from": g.how,
         "objective": info["loss_final"], "objective_initial": info["loss_initial"],

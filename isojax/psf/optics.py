@@ -69,6 +69,7 @@ __all__ = [
     "debye_axial_psf",
     "debye_intensity",
     "debye_psf",
+    "debye_window",
     "sheet_fwhm_from_na",
 ]
 
@@ -445,6 +446,28 @@ def _crop(h: np.ndarray, energy: float) -> np.ndarray:
 _MAX_HALF_SIZE = 2560
 
 
+def debye_window(*, na: float, wavelength_um: float, ri: float, modality: Modality,
+                 pixel_size: float, excitation_um: float | None = None,
+                 sheet_fwhm_um: float | None = None) -> tuple[int, bool]:
+    """The window :func:`debye_axial_psf` computes its kernel on, and whether it can.
+
+    Args:
+      na, wavelength_um, ri, modality, excitation_um, sheet_fwhm_um: as in
+        :func:`isojax.psf.theoretical_sigmas` (which checks them).
+      pixel_size: the image's lateral pixel size in micrometres.
+
+    Returns:
+      ``(half, ok)``: pixels either side of the focus (24 Gaussian-approximation axial
+      sigmas, at least 16, a multiple of 16), and whether that is within the longest
+      kernel the model computes (``2 * 2560 + 1`` px).
+    """
+    sigmas = theoretical_sigmas(na=na, wavelength_um=wavelength_um, ri=ri, modality=modality,
+                                excitation_um=excitation_um, pinhole_au=0.0,
+                                sheet_fwhm_um=sheet_fwhm_um)
+    half = 16 * math.ceil(max(16.0, 24.0 * sigmas.axial_um / pixel_size) / 16)
+    return half, half <= _MAX_HALF_SIZE
+
+
 def debye_axial_psf(
     *,
     na: float,
@@ -496,8 +519,10 @@ def debye_axial_psf(
         warnings.warn(
             f"the Debye confocal model is a point pinhole; a {pinhole_au:g} AU pinhole makes "
             "the real PSF wider (use --pinhole 0 to silence this)", stacklevel=2)
-    half = 16 * math.ceil(max(16.0, 24.0 * sigmas.axial_um / pixel_size) / 16)
-    if half > _MAX_HALF_SIZE:  # the integral's memory grows with the square of the span
+    half, ok = debye_window(na=na, wavelength_um=wavelength_um, ri=ri, modality=modality,
+                            pixel_size=pixel_size, excitation_um=excitation_um,
+                            sheet_fwhm_um=sheet_fwhm_um)
+    if not ok:  # the integral's memory grows with the square of the span
         raise IsojaxInputError(
             f"the Debye PSF of NA {na:g} (n {ri:g}) spans about {2 * half + 1} px along z at "
             f"{pixel_size:g} um pixels (axial FWHM about {2.3548 * sigmas.axial_um:.3g} um), "
