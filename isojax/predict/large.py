@@ -32,6 +32,10 @@ are removed by the next write of the same output (:func:`isojax.io.remove_stale_
 With several devices (``jax.devices()``), each batch of slices is split over a 1D mesh
 ``("data",)`` with :class:`jax.sharding.NamedSharding`; the result is the same as on one
 device since every slice is restored independently.
+
+This module plans the stream (the options, the input, the tiles, the slab thickness, the
+normalisation); :mod:`isojax.predict._stream` carries it out (the slabs' way in and out,
+the devices, the staged outputs and the slab loop).
 """
 
 from __future__ import annotations
