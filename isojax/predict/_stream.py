@@ -42,7 +42,7 @@ _UP_COPIES = 7
 
 #: ``report(view, start, stop, shape, nbytes, done, total)`` after each slab (the fields of
 #: :class:`isojax.predict.SlabProgress`).
-Report = Callable[[str, int, int, tuple, int, int, int], None]
+_Report = Callable[[str, int, int, tuple, int, int, int], None]
 
 
 class _StreamPlan(NamedTuple):
@@ -210,7 +210,7 @@ def _slabs(views, lines, shape) -> Iterator[tuple[int, int, int, int, tuple]]:
 
 
 def _stream_slabs(outs, middles, finishes, plan: _StreamPlan, *, volume, load, fuse, n_up: int,
-                  report: Report | None) -> None:
+                  report: _Report | None) -> None:
     """Restore every slab of every view and write it back (:func:`_write_slabs`).
 
     A slab of the first view is restored into new arrays; one of the second view reads the
@@ -246,7 +246,7 @@ def _stream_slabs(outs, middles, finishes, plan: _StreamPlan, *, volume, load, f
 
 def _write_slabs(
     output_path: Path, volume, plan: _StreamPlan, *, load, finish, fuse, out_shape, out_spacing,
-    output_dtype, out_format, chunks, overwrite, report: Report | None,
+    output_dtype, out_format, chunks, overwrite, report: _Report | None,
     uncertainty: tuple[Path, Callable] | None = None,
 ) -> None:
     """Restore the views of ``plan`` slab by slab into a staged ``output_path``.

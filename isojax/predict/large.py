@@ -333,9 +333,9 @@ def _check_options(interpolation, fuse, apply_fn, *, multiple, memory_budget, by
     """:func:`predict_large`'s options checked and normalised, before anything is read.
 
     Raises:
-      IsojaxInputError: an option out of range (named in the message), an ``output_dtype``
-        that is not a real number type.
-      ValueError: ``chunks`` not three sizes.
+      ValueError: an unknown ``interpolation`` or ``fuse``, an option out of range (named in
+        the message), ``chunks`` not three sizes.
+      IsojaxInputError: an ``output_dtype`` that is not a real number type.
     """
     _check_run(interpolation, fuse, apply_fn)
     multiple = _positive_int("multiple", multiple)
@@ -370,7 +370,7 @@ def _plan_stream(apply_fn, devices, volume, out_shape, fuse, options: _Options, 
     which warns when one line exceeds them). ``out_shape`` is the upsampled ``(z, y, x)``.
 
     Raises:
-      IsojaxInputError: a tile too small for the overlap.
+      ValueError: a tile too small for the overlap (:func:`isojax.predict.core._geometry`).
     """
     run, n_dev = _runner(apply_fn, devices, with_scale=with_scale)
     views = {"xz": [1], "yz": [2]}.get(fuse, [1, 2])  # 1: slabs of y (XZ), 2: slabs of x (YZ)
