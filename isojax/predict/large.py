@@ -32,41 +32,42 @@ are removed by the next write of the same output (:func:`isojax.io.remove_stale_
 With several devices (``jax.devices()``), each batch of slices is split over a 1D mesh
 ``("data",)`` with :class:`jax.sharding.NamedSharding`; the result is the same as on one
 device since every slice is restored independently.
+
+This module plans the stream (the options, the input, the tiles, the slab thickness, the
+normalisation); :mod:`isojax.predict._stream` carries it out (the slabs' way in and out,
+the devices, the staged outputs and the slab loop).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from isojax.errors import IsojaxInputError
 from isojax.forward import Interpolation
 from isojax.geometry import open_stack
-from isojax.io import (
-    _partial_tag,
-    check_outputs,
-    create_volume,
-    staged_output,
-    volume_format,
+from isojax.io import check_outputs, volume_format
+from isojax.predict._stream import (
+    _UP_COPIES,
+    _runner,
+    _slab_bytes,
+    _slab_functions,
+    _StreamPlan,
+    _write_slabs,
 )
 from isojax.predict.core import (
     _BYTES_PER_PIXEL,
+    _DEFAULT_BUDGET,
     DEFAULT_PERCENTILES,
     Fuse,
     _auto_tile,
-    _batch_result,
-    _cast,
     _check_normalization,
     _check_run,
     _check_tile,
@@ -74,12 +75,9 @@ from isojax.predict.core import (
     _geometry,
     _in_flight,
     _positive_int,
-    _run_view,
-    upsample_z,
     upsampled_length,
 )
-from isojax.predict.uncertainty import denormalize_scale
-from isojax.synth import denormalize, no_contrast_message
+from isojax.synth import no_contrast_message
 
 __all__ = [
     "LargePrediction",
@@ -89,12 +87,8 @@ __all__ = [
     "slab_lines",
 ]
 
-_DEFAULT_BUDGET = 2**30  # 1 GiB
 #: Voxels read to estimate the normalisation percentiles (64 MiB as float32).
 DEFAULT_MAX_SAMPLES = 2**24
-# float32 copies of the upsampled slab alive at its peak: upsampling output and temporaries
-# (3), its host copy, the restored slab, the read-back XZ result, the cast for writing.
-_UP_COPIES = 7
 
 
 class SlabProgress(NamedTuple):
@@ -243,61 +237,30 @@ def slab_lines(*, n_z: int, n_up: int, n_lateral: int, itemsize: int, budget: in
     Returns:
       The number of lines, at least 1 (then possibly more than ``budget``).
     """
-    per_line = n_lateral * (n_z * (itemsize + 4) + _UP_COPIES * 4 * n_up)
+    per_line = _slab_bytes(1, n_z=n_z, n_up=n_up, n_lateral=n_lateral, itemsize=itemsize)
     return max(1, budget // per_line)
 
 
-def _slab_bytes(lines: int, *, n_z: int, n_up: int, n_lateral: int, itemsize: int) -> int:
-    return lines * n_lateral * (n_z * (itemsize + 4) + _UP_COPIES * 4 * n_up)
+def _check_output_paths(output_path, uncertainty, *, input_path,
+                        overwrite: bool) -> tuple[Path, str, Path | None]:
+    """``(output_path, its format, uncertainty path or None)``, checked before any reading.
 
-
-def _aligned(lines: int, chunk: int, total: int) -> int:
-    """``lines`` rounded down to a multiple of ``chunk`` when at least one chunk fits."""
-    lines = min(lines, total)
-    return lines // chunk * chunk if chunk <= lines < total else lines
-
-
-# ----------------------------------------------------------------------------------------
-# Devices
-
-
-def _runner(apply_fn, devices, *, with_scale: bool = False) -> tuple[Callable, int]:
-    """``run(batch) -> result`` on the host, the batch split over ``devices`` along axis 0.
-
-    With ``with_scale`` the result is the pair ``(mean, scale)`` of a probabilistic network.
+    Raises:
+      IsojaxInputError: an output of unknown format, an existing output without
+        ``overwrite``, an output that is the input or lies inside it
+        (:func:`isojax.io.check_outputs`).
     """
-    devices = list(jax.devices() if devices is None else devices)
-    n = len(devices)
-    jitted = jax.jit(apply_fn)
-    sharding = None
-    if n > 1:
-        mesh = jax.make_mesh((n,), ("data",), (jax.sharding.AxisType.Auto,), devices=devices)
-        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-
-    def run(batch: np.ndarray):
-        b = batch.shape[0]
-        if sharding is None:
-            x = jnp.asarray(batch)
-        else:
-            pad = -b % n  # a shard per device: fill the batch up with zeros
-            if pad:
-                batch = np.concatenate([batch, np.zeros((pad, *batch.shape[1:]), batch.dtype)])
-            x = jax.device_put(batch, sharding)
-        result = _batch_result(jitted(x), x.shape, with_scale=with_scale)
-        return tuple(r[:b] for r in result) if with_scale else result[:b]
-
-    return run, n
+    output_path = Path(output_path)
+    out_format = volume_format(output_path)
+    unc = None if uncertainty is None else Path(uncertainty)
+    check_outputs([output_path, *([] if unc is None else [unc])], inputs={"stack": input_path},
+                  overwrite=overwrite)
+    return output_path, out_format, unc
 
 
-# ----------------------------------------------------------------------------------------
-# The driver
-
-
-def _scratch_volume(parent: Path, name: str, shape, chunks):
-    folder = Path(tempfile.mkdtemp(dir=parent, prefix=f"{name}.{_partial_tag('scratch')}-"))
-    return folder, create_volume(
-        folder / "xz.zarr", shape, np.float32, spacing=None, format="zarr", chunks=chunks
-    )
+def _is_real(dtype) -> bool:
+    """Whether ``dtype`` holds real numbers (an integer or floating type)."""
+    return bool(np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating))
 
 
 def _open_input(input_path, *, spacing, subsample):
@@ -311,7 +274,7 @@ def _open_input(input_path, *, spacing, subsample):
     """
     volume, geometry = open_stack(input_path, spacing=spacing, subsample=subsample, log=None)
     n_z, n_y, n_x = volume.shape
-    if not (np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating)):
+    if not _is_real(volume.dtype):
         raise IsojaxInputError(
             f"{input_path}: the stack must hold real numbers, got dtype {volume.dtype}; convert "
             "it to an integer or float type first."
@@ -319,6 +282,12 @@ def _open_input(input_path, *, spacing, subsample):
     s = geometry.subsample
     out_shape = (upsampled_length(n_z, s), n_y, n_x)
     return volume, s, out_shape, geometry.isotropic_spacing
+
+
+def _aligned(lines: int, chunk: int, total: int) -> int:
+    """``lines`` rounded down to a multiple of ``chunk`` when at least one chunk fits."""
+    lines = min(lines, total)
+    return lines // chunk * chunk if chunk <= lines < total else lines
 
 
 def _slab_lines_per_view(views, volume, n_up: int, chunks, budget: int) -> dict[int, int]:
@@ -339,84 +308,113 @@ def _slab_lines_per_view(views, volume, n_up: int, chunks, budget: int) -> dict[
                 f"one {'XZ' if axis == 1 else 'YZ'} slice with its copies takes about "
                 f"{need / 1e9:.2f} GB, more than the slab budget ({budget / 1e9:.2f} GB "
                 f"of memory_budget); going on one slice at a time.",
-                stacklevel=3,  # predict_large's caller
+                stacklevel=4,  # predict_large's caller (through _plan_stream)
             )
         lines[axis] = _aligned(t, chunks[axis], n_lines)
     return lines
 
 
-def _write_slabs(
-    output_path: Path, volume, *, load, finish, fuse, views, lines, geometries, out_shape,
-    out_spacing, output_dtype, out_format, chunks, overwrite, progress, view,
-    uncertainty: tuple[Path, Callable] | None = None,
-) -> None:
-    """Restore the views slab by slab into a staged ``output_path`` (the module docstring).
+class _Options(NamedTuple):
+    """:func:`predict_large`'s options, checked (:func:`_check_options`)."""
 
-    ``load(index)`` gives a slab's normalised, Z-upsampled voxels; ``finish(values)`` undoes
-    the normalisation and casts. With two views the first one's result waits in the output
-    (float32) or in a float32 scratch store (other types) until the second fuses into it.
-    ``view`` holds :func:`_run_view`'s options shared by every slab. ``uncertainty`` is
-    ``(path, finish_scale)``: the network's scale goes to a second staged float32 output
-    (where the first view's scale also waits), through ``finish_scale``.
+    multiple: int
+    memory_budget: int
+    bytes_per_pixel: int
+    overlap: int
+    batch_size: int | None
+    tile: tuple[int, int] | None
+    percentiles: tuple[float, float] | None
+    output_dtype: np.dtype
+    chunks: tuple[int, ...]
+
+
+def _check_options(interpolation, fuse, apply_fn, *, multiple, memory_budget, bytes_per_pixel,
+                   overlap, batch_size, tile, normalization, output_dtype, chunks) -> _Options:
+    """:func:`predict_large`'s options checked and normalised, before anything is read.
+
+    Raises:
+      ValueError: an unknown ``interpolation`` or ``fuse``, an option out of range (named in
+        the message), ``chunks`` not three sizes.
+      IsojaxInputError: an ``output_dtype`` that is not a real number type.
     """
-    n_z, n_y, n_x = volume.shape
-    n_up, itemsize = out_shape[0], volume.dtype.itemsize
-    total = sum(-(-(n_y if axis == 1 else n_x) // lines[axis]) for axis in views)
-    done = 0
-    scratch_dir = None
-    try:
-        with contextlib.ExitStack() as stack:
-            temp = stack.enter_context(staged_output(output_path, overwrite=overwrite))
-            outs = [create_volume(temp, out_shape, output_dtype, spacing=out_spacing,
-                                  format=out_format, chunks=chunks)]
-            finishes = [finish]
-            if uncertainty is not None:
-                path, finish_scale = uncertainty
-                temp_u = stack.enter_context(staged_output(path, overwrite=overwrite))
-                outs.append(create_volume(temp_u, out_shape, np.float32, spacing=out_spacing,
-                                          format=volume_format(path), chunks=chunks))
-                finishes.append(finish_scale)
-            two_views = len(views) == 2
-            middles = list(outs)  # where the first view's normalised results wait
-            if two_views and output_dtype != np.float32:
-                y_chunk, x_chunk = lines[1], lines[2]
-                z_chunk = max(1, min(n_up, 2**23 // (4 * y_chunk * x_chunk)))
-                scratch_dir, middles[0] = _scratch_volume(
-                    output_path.parent, output_path.name, out_shape, (z_chunk, y_chunk, x_chunk)
-                )
-            for v, axis in enumerate(views):
-                n_lat, n_lines = (n_x, n_y) if axis == 1 else (n_y, n_x)
-                t = lines[axis]
-                for a0 in range(0, n_lines, t):
-                    a1 = min(n_lines, a0 + t)
-                    slices = [slice(None)] * 3
-                    slices[axis] = slice(a0, a1)
-                    index = tuple(slices)
-                    up = load(index)
-                    if v == 0:
-                        results = tuple(np.empty_like(up) for _ in outs)
-                    else:
-                        results = tuple(np.asarray(m.read(index), np.float32) for m in middles)
-                    _run_view(up, results if len(results) > 1 else results[0], axis=axis,
-                              fuse=None if v == 0 else fuse, geometry=geometries[axis], **view)
-                    del up
-                    for out, middle, end, result in zip(outs, middles, finishes, results,
-                                                        strict=True):
-                        if two_views and v == 0:
-                            middle.write(index, result)
-                        else:
-                            out.write(index, end(result))
-                    done += 1
-                    if progress is not None:
-                        nbytes = _slab_bytes(a1 - a0, n_z=n_z, n_up=n_up, n_lateral=n_lat,
-                                             itemsize=itemsize)
-                        progress(SlabProgress("xz" if axis == 1 else "yz", a0, a1,
-                                              results[0].shape, nbytes, done, total))
-                    del results
-            del outs, middles
-    finally:
-        if scratch_dir is not None:
-            shutil.rmtree(scratch_dir, ignore_errors=True)
+    _check_run(interpolation, fuse, apply_fn)
+    multiple = _positive_int("multiple", multiple)
+    memory_budget = _positive_int("memory_budget", memory_budget)
+    bytes_per_pixel = _positive_int("bytes_per_pixel", bytes_per_pixel)
+    overlap = _positive_int("overlap", overlap, minimum=0)
+    if batch_size is not None:
+        batch_size = _positive_int("batch_size", batch_size)
+    checked_tile = _check_tile(tile, multiple)
+    percentiles = _check_normalization(normalization)
+    output_dtype = np.dtype(output_dtype)
+    if not _is_real(output_dtype):
+        raise IsojaxInputError(
+            f"output_dtype must be a real number type, got {output_dtype} (with --keep-dtype: "
+            "the stack's); convert the stack to an integer or float type, or drop --keep-dtype."
+        )
+    chunks = tuple(_positive_int("each chunk size", c) for c in chunks)
+    if len(chunks) != 3:
+        raise ValueError(f"chunks must be three sizes (z, y, x), got {chunks!r}.")
+    return _Options(multiple, memory_budget, bytes_per_pixel, overlap, batch_size,
+                    checked_tile, percentiles, output_dtype, chunks)
+
+
+def _plan_stream(apply_fn, devices, volume, out_shape, fuse, options: _Options, *,
+                 with_scale: bool) -> _StreamPlan:
+    """The devices, views, tiles, batch size and slab thickness of a streamed prediction.
+
+    The tiles and the batch size as :func:`isojax.predict_stack` chooses them, within the
+    quarter of ``memory_budget`` that goes to the network's activations; the slabs within
+    the rest (with the uncertainty's scale, its result and read-back: 9 upsampled copies,
+    not 7, so ``7 / 9`` of it), rounded to whole output chunks (:func:`_slab_lines_per_view`,
+    which warns when one line exceeds them). ``out_shape`` is the upsampled ``(z, y, x)``.
+
+    Raises:
+      ValueError: a tile too small for the overlap (:func:`isojax.predict.core._geometry`).
+    """
+    run, n_dev = _runner(apply_fn, devices, with_scale=with_scale)
+    views = {"xz": [1], "yz": [2]}.get(fuse, [1, 2])  # 1: slabs of y (XZ), 2: slabs of x (YZ)
+    # On CPU with one device, two network calls run at once from two host threads, as in
+    # predict_stack (one XLA call of the U-Net keeps only ~1.2 of 2 cores busy); they share
+    # the activation quarter of the budget, which also sets the tiles when none are given.
+    in_flight = _in_flight() if n_dev == 1 else 1
+    activations = options.memory_budget // 4
+    margin = options.overlap // 2
+    tiles = _auto_tile(out_shape, views, options.tile, budget=activations // in_flight,
+                       bytes_per_pixel=options.bytes_per_pixel, margin=margin,
+                       multiple=options.multiple)
+    geometries = {a: _geometry(out_shape, a, tiles, margin, options.multiple) for a in views}
+    batch_size = options.batch_size
+    if batch_size is None:
+        th, tw = max(
+            geometries.values(), key=lambda g: g.tile_shape[0] * g.tile_shape[1]
+        ).tile_shape
+        batch_size = _default_batch_size(activations, options.bytes_per_pixel * th * tw,
+                                         in_flight)
+    batch_size = -(-batch_size // n_dev) * n_dev
+    slab_budget = options.memory_budget - activations
+    if with_scale:
+        slab_budget = slab_budget * _UP_COPIES // (_UP_COPIES + 2)
+    lines = _slab_lines_per_view(views, volume, out_shape[0], options.chunks, slab_budget)
+    view = dict(run=run, in_flight=in_flight, batch_size=batch_size, budget=activations,
+                bytes_per_pixel=options.bytes_per_pixel, on_batch=lambda n: None)
+    return _StreamPlan(views, lines, geometries, tiles, n_dev, view)
+
+
+def _bounds(volume, percentiles, *, max_samples: int, name) -> tuple[float, float] | None:
+    """The normalisation values ``(lo, hi)`` of ``volume`` (:func:`estimate_percentiles`),
+    or None without ``percentiles``.
+
+    Raises:
+      IsojaxInputError: NaN or inf samples, or no contrast (``hi <= lo``; ``name`` is the
+        stack named in the message).
+    """
+    if percentiles is None:
+        return None
+    lo, hi = estimate_percentiles(volume, percentiles, max_samples=max_samples)
+    if not hi > lo:
+        raise IsojaxInputError(no_contrast_message(value=lo, percentiles=percentiles, name=name))
+    return lo, hi
 
 
 def predict_large(
@@ -445,18 +443,16 @@ def predict_large(
 ) -> LargePrediction:
     """Restore a stack file too large for memory into an isotropic OME-Zarr or BigTIFF.
 
-    Computes :func:`isojax.predict_stack`'s result slab by slab (see the module docstring):
-    the same padding, tiling, batching and fusion, so that the output equals the in-memory
-    prediction to float precision when the percentiles are exact (stacks of at most
-    ``max_samples`` voxels); larger stacks use estimated percentiles
-    (:func:`estimate_percentiles`).
+    :func:`isojax.predict_stack`'s result, slab by slab (see the module docstring): the same
+    padding, tiling, batching and fusion, so that the output equals the in-memory prediction
+    to float precision when the percentiles are exact (stacks of at most ``max_samples``
+    voxels); larger stacks use estimated percentiles (:func:`estimate_percentiles`).
 
     Memory: about ``memory_budget`` bytes of host memory on top of the interpreter, JAX and
-    the compiled network: three quarters for a slab (:func:`slab_lines`), a quarter for the
-    batches of network activations in flight (``bytes_per_pixel`` per input pixel, as
-    :func:`predict_stack`). A slab covers whole output chunks when at least one fits. If a
-    single line (one y row or x column with all its z) exceeds the slab budget, one line is
-    used and a warning says how much it takes.
+    the compiled network: three quarters for a slab (:func:`slab_lines`; whole output
+    chunks when at least one fits; one line, and a warning of what it takes, when a single
+    y row or x column with all its z exceeds them), a quarter for the batches of network
+    activations in flight (``bytes_per_pixel`` per input pixel, as :func:`predict_stack`).
 
     Args:
       input_path: an uncompressed contiguous TIFF (memory-mapped) or an OME-Zarr 0.5 image
@@ -487,12 +483,10 @@ def predict_large(
       overwrite: replace an existing output (only once the new one is complete).
       devices: the devices to split batches over; default all of ``jax.devices()``.
       progress: called with a :class:`SlabProgress` after each slab.
-      uncertainty: a second output (``.zarr`` or ``.tif``, float32) for the Laplace scale
-        of a probabilistic ``apply_fn`` (which must return ``(mean, scale)``), fused over
-        the views as the means are and in intensity units, as
-        :func:`isojax.predict.predict_stack_uncertainty`; staged and renamed with the
-        output. Its slabs take two more float32 copies: the slab budget's lines shrink by
-        ``7 / 9``.
+      uncertainty: a second float32 output (``.zarr`` or ``.tif``) for the Laplace scale of
+        a probabilistic ``apply_fn`` (returning ``(mean, scale)``), fused over the views and
+        in intensity units as :func:`isojax.predict.predict_stack_uncertainty`; staged and
+        renamed with the output. Its two more float32 copies shrink the slabs by ``7 / 9``.
 
     Returns:
       A :class:`LargePrediction`.
@@ -505,104 +499,27 @@ def predict_large(
         the batch shape. Whatever fails, nothing is left at ``output_path`` (nor temporary
         files next to it).
     """
-    # Long, and kept whole: the option checks, then the slab plan, whose closures (load,
-    # finish) share the normalisation bounds; half of its length is the docstring.
-    _check_run(interpolation, fuse, apply_fn)
-    multiple = _positive_int("multiple", multiple)
-    memory_budget = _positive_int("memory_budget", memory_budget)
-    bytes_per_pixel = _positive_int("bytes_per_pixel", bytes_per_pixel)
-    overlap = _positive_int("overlap", overlap, minimum=0)
-    if batch_size is not None:
-        batch_size = _positive_int("batch_size", batch_size)
-    checked_tile = _check_tile(tile, multiple)
-    percentiles = _check_normalization(normalization)
-    output_dtype = np.dtype(output_dtype)
-    if not (np.issubdtype(output_dtype, np.floating) or np.issubdtype(output_dtype, np.integer)):
-        raise IsojaxInputError(
-            f"output_dtype must be a real number type, got {output_dtype} (with --keep-dtype: "
-            "the stack's); convert the stack to an integer or float type, or drop --keep-dtype."
-        )
-    chunks = tuple(_positive_int("each chunk size", c) for c in chunks)
-    if len(chunks) != 3:
-        raise ValueError(f"chunks must be three sizes (z, y, x), got {chunks!r}.")
-
-    output_path = Path(output_path)
-    out_format = volume_format(output_path)
-    unc = None if uncertainty is None else Path(uncertainty)
-    check_outputs([output_path, *([] if unc is None else [unc])], inputs={"stack": input_path},
-                  overwrite=overwrite)
+    options = _check_options(
+        interpolation, fuse, apply_fn, multiple=multiple, memory_budget=memory_budget,
+        bytes_per_pixel=bytes_per_pixel, overlap=overlap, batch_size=batch_size, tile=tile,
+        normalization=normalization, output_dtype=output_dtype, chunks=chunks)
+    output_path, out_format, unc = _check_output_paths(output_path, uncertainty,
+                                                       input_path=input_path, overwrite=overwrite)
     volume, s, out_shape, out_spacing = _open_input(input_path, spacing=spacing,
                                                     subsample=subsample)
-
-    run, n_dev = _runner(apply_fn, devices, with_scale=unc is not None)
-    views = {"xz": [1], "yz": [2]}.get(fuse, [1, 2])  # 1: slabs of y (XZ), 2: slabs of x (YZ)
-    # On CPU with one device, two network calls run at once from two host threads, as in
-    # predict_stack (one XLA call of the U-Net keeps only ~1.2 of 2 cores busy); they share
-    # the activation quarter of the budget, which also sets the tiles when none are given.
-    in_flight = _in_flight() if n_dev == 1 else 1
-    tiles = _auto_tile(out_shape, views, checked_tile, budget=memory_budget // 4 // in_flight,
-                       bytes_per_pixel=bytes_per_pixel, margin=overlap // 2, multiple=multiple)
-    geometries = {a: _geometry(out_shape, a, tiles, overlap // 2, multiple) for a in views}
-    if batch_size is None:
-        th, tw = max(
-            geometries.values(), key=lambda g: g.tile_shape[0] * g.tile_shape[1]
-        ).tile_shape
-        batch_size = _default_batch_size(memory_budget // 4, bytes_per_pixel * th * tw,
-                                         in_flight)
-    batch_size = -(-batch_size // n_dev) * n_dev
-    slab_budget = memory_budget - memory_budget // 4
-    if unc is not None:  # the scale's result and read-back: 9 upsampled copies, not 7
-        slab_budget = slab_budget * _UP_COPIES // (_UP_COPIES + 2)
-    lines = _slab_lines_per_view(views, volume, out_shape[0], chunks, slab_budget)
-
-    if percentiles is not None:
-        lo, hi = estimate_percentiles(volume, percentiles, max_samples=max_samples)
-        if not hi > lo:
-            raise IsojaxInputError(
-                no_contrast_message(value=lo, percentiles=percentiles, name=input_path))
-
-    def load(index) -> np.ndarray:
-        """Read, check and normalise a slab, then upsample its Z on the physical grid."""
-        x = volume.read(index).astype(np.float32)
-        if not np.all(np.isfinite(x)):
-            bad = int(x.size - np.count_nonzero(np.isfinite(x)))
-            raise IsojaxInputError(
-                f"the stack holds {bad} NaN or inf voxels in region {index}; replace them "
-                "first, e.g. with the median."
-            )
-        if percentiles is not None:
-            x = (x - np.float32(lo)) / np.float32(hi - lo)
-        return np.asarray(upsample_z(x, s, interpolation=interpolation))
-
-    def finish(values: np.ndarray) -> np.ndarray:
-        if percentiles is not None:
-            denormalize(values, lo, hi, out=values)
-        return _cast(values, output_dtype)
-
-    def finish_scale(values: np.ndarray) -> np.ndarray:
-        if percentiles is not None:
-            denormalize_scale(values, lo, hi, out=values)
-        return values
-
+    plan = _plan_stream(apply_fn, devices, volume, out_shape, fuse, options,
+                        with_scale=unc is not None)
+    bounds = _bounds(volume, options.percentiles, max_samples=max_samples, name=input_path)
+    load, finish, finish_scale = _slab_functions(
+        volume, subsample=s, interpolation=interpolation, bounds=bounds,
+        output_dtype=options.output_dtype)
     _write_slabs(
-        output_path, volume, load=load, finish=finish, fuse=fuse, views=views, lines=lines,
-        geometries=geometries, out_shape=out_shape, out_spacing=out_spacing,
-        output_dtype=output_dtype, out_format=out_format, chunks=chunks, overwrite=overwrite,
-        progress=progress,
-        view=dict(run=run, in_flight=in_flight, batch_size=batch_size,
-                  budget=memory_budget // 4, bytes_per_pixel=bytes_per_pixel,
-                  on_batch=lambda n: None),
-        uncertainty=None if unc is None else (unc, finish_scale),
-    )
+        output_path, volume, plan, load=load, finish=finish, fuse=fuse, out_shape=out_shape,
+        out_spacing=out_spacing, output_dtype=options.output_dtype, out_format=out_format,
+        chunks=options.chunks, overwrite=overwrite,
+        report=None if progress is None else lambda *fields: progress(SlabProgress(*fields)),
+        uncertainty=None if unc is None else (unc, finish_scale))
     return LargePrediction(
-        path=output_path,
-        shape=out_shape,
-        dtype=output_dtype,
-        spacing=out_spacing,
-        subsample=s,
-        percentiles=None if percentiles is None else (lo, hi),
-        slab_lines=(lines.get(1, 0), lines.get(2, 0)),
-        n_devices=n_dev,
-        tile=tiles,
-        uncertainty=unc,
-    )
+        path=output_path, shape=out_shape, dtype=options.output_dtype, spacing=out_spacing,
+        subsample=s, percentiles=bounds, slab_lines=(plan.lines.get(1, 0), plan.lines.get(2, 0)),
+        n_devices=plan.n_devices, tile=plan.tiles, uncertainty=unc)

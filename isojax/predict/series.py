@@ -25,6 +25,9 @@ goes to a second hyperstack of the same format, staged, marked and resumed with 
 restoration. In a multi-host job the time points are shared by the processes
 (:mod:`isojax.predict.spread`): process ``p`` of ``N`` restores ``p, p + N, ...`` into the
 one OME-Zarr that process 0 staged.
+
+The staging, ``--resume``'s adoption of a dead partial and process 0's claim of the outputs
+are in :mod:`isojax.predict._series_outputs`.
 """
 
 from __future__ import annotations
@@ -33,8 +36,6 @@ import contextlib
 import json
 import math
 import os
-import re
-import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -51,8 +52,6 @@ from isojax.io import (
     Hyperstack,
     HyperstackZarr,
     check_new_output,
-    check_outputs,
-    create_hyperstack_zarr,
     hyperstack_axes,
     open_hyperstack,
     parse_channels,
@@ -62,8 +61,8 @@ from isojax.io import (
     write_hyperstack_tiff,
 )
 from isojax.io.hyperstack_write import HyperstackTiff
-from isojax.io.outputs import _host, _partial_tag, _pid_running
 from isojax.io.tiff import _IMAGEJ_DTYPES
+from isojax.predict._series_outputs import Log, _claim, _open_stores, _SeriesStage, _Target
 from isojax.predict.core import Fuse, _cast, upsampled_length
 from isojax.predict.files import (
     _physical_memory,
@@ -77,8 +76,6 @@ from isojax.predict.stack import predict_stack, predict_stack_uncertainty
 from isojax.predict.uncertainty import check_uncertainty_output
 
 __all__ = ["SeriesPrediction", "is_series", "predict_series_file"]
-
-Log = Callable[[str], None]
 
 #: Seconds between progress lines when stderr is not a terminal (a log file, a batch job).
 _LOG_EVERY = 30.0
@@ -164,75 +161,6 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-class _SeriesStage(staged_output):
-    """:class:`isojax.io.staged_output` that may start from an adopted partial and keep it.
-
-    With ``resume_from`` (a partial renamed to this process's own name) the block writes
-    there; with ``keep`` set when the block is interrupted, the partial stays for
-    ``--resume`` instead of being removed.
-    """
-
-    def __init__(self, path, *, overwrite: bool, log: Log, resume_from: Path | None):
-        self.resume_from, self.keep = resume_from, False
-        mine = None if resume_from is None else str(resume_from)
-        super().__init__(path, overwrite=overwrite,
-                         log=lambda m: None if mine is not None and mine in m else log(m))
-
-    def __enter__(self) -> Path:
-        if self.resume_from is None:
-            return super().__enter__()
-        self.temp = self.resume_from
-        return self.temp
-
-    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
-        if self.keep and exc_type is not None:
-            return False
-        return super().__exit__(exc_type, exc, tb)
-
-
-def _adopt_partial(output: Path, identity: dict, log: Log) -> Path | None:
-    """Rename the dead partial of ``output`` written for ``identity`` to this process's name.
-
-    Returns the renamed partial, or None when there is none (the run starts afresh).
-
-    Raises:
-      IsojaxInputError: a dead partial was written for another input, model or selection.
-    """
-    pattern = re.compile(rf"{re.escape(output.name)}\.partial-(?P<host>.+)-(?P<pid>\d+)-\w+")
-    found, other = [], None
-    for p in sorted(output.parent.iterdir()):
-        m = pattern.fullmatch(p.name)
-        if m is None or not p.is_dir() or m["host"] != _host():
-            continue
-        pid = int(m["pid"])  # this process's own: an earlier call that was interrupted
-        if pid != os.getpid() and _pid_running(pid):
-            continue
-        try:
-            store = HyperstackZarr.open(p)
-            written = store.attributes.get("isojax", {}).get("series")
-        except (IsojaxInputError, OSError, ValueError):
-            continue
-        if written == identity:
-            found.append((len(store.done()), p))
-        else:
-            other = other or (p, written or {})
-    if not found:
-        if other is not None:
-            p, written = other
-            key = next((k for k in identity if written.get(k) != identity[k]), "the layout")
-            raise IsojaxInputError(
-                f"--resume: the partial output {p} was written with another {key}; run the "
-                f"command that wrote it, or remove it (rm -r '{p}') and drop --resume")
-        log(f"--resume: no partial output of {output} to continue; starting afresh")
-        return None
-    n, partial = max(found)
-    mine = output.parent / f"{output.name}.{_partial_tag()}-{secrets.token_hex(4)}"
-    os.rename(partial, mine)
-    log(f"--resume: continuing {partial.name} ({n} time point{'s' if n != 1 else ''} "
-        "finished)")
-    return mine
 
 
 def _series_geometry(hyper: Hyperstack, stack_path, subsample, log) -> StackGeometry:
@@ -379,9 +307,55 @@ def predict_series_file(
         that has no scale; during the run (the partial output is removed): a time point and
         channel without contrast (named in the message).
     """
-    # over 100 lines with its docstring (which documents every option); the code is 75 lines
     output = Path(output)
     unc = None if uncertainty is None else Path(uncertainty)
+    fmt = _check_output_format(output, unc, resume=resume)
+    hyper = open_hyperstack(stack_path, axes=axes, spacing=spacing)
+    ts = parse_timepoints(timepoints, hyper.n_timepoints)
+    cs = parse_channels(channels, hyper.n_channels)
+    g = _series_geometry(hyper, stack_path, subsample, log)
+    for path in (output, *([unc] if unc is not None else [])):
+        check_new_output(path, overwrite=overwrite)
+    dtype = hyper.dtype if keep_dtype else np.dtype(np.float32)
+    out_shape = (upsampled_length(hyper.shape[2], g.subsample), *hyper.shape[3:])
+    _check_output(hyper, out_shape, len(cs), fmt, dtype, memory_budget, stack_path, output,
+                  unc is not None)
+    shape = (len(ts), len(cs), *out_shape)
+    targets = _targets(output, unc, stack_path=stack_path, model=model, checkpoint=checkpoint,
+                       axes=hyper.file_axes, ts=ts, cs=cs, shape=shape, dtype=dtype, fuse=fuse,
+                       subsample=g.subsample)
+    claimed, _ = from_main(lambda: _claim(targets, resume=resume, overwrite=overwrite,
+                                          inputs={"stack": stack_path, "model folder": model},
+                                          log=log), what="checking the outputs")
+    targets = claimed or targets
+    predictors = _channel_predictors(model, cs, g, checkpoint=checkpoint, tile=tile,
+                                     fuse=fuse, batch_size=batch_size,
+                                     uncertainty=unc is not None, log=log,
+                                     precision=precision)
+    shared = len({id(p) for p in predictors.values()}) == 1  # one model for every channel
+    _log_start(log, stack_path, hyper, ts, cs, g, shared=shared)
+    restore = _restorer(hyper, predictors, stack_path=stack_path, with_scale=unc is not None,
+                        keep_dtype=keep_dtype)
+    summary = _summary(output, hyper, ts, cs, g, shape=shape, dtype=dtype)
+    t0 = time.perf_counter()
+    if fmt == "tiff":
+        result = _to_tiff(summary, restore, uncertainty=unc, progress=progress,
+                          overwrite=overwrite, log=log)
+    else:
+        result = _to_zarr(summary, restore, targets, progress=progress, overwrite=overwrite,
+                          log=log)
+    _log_written(log, result, unc, seconds=time.perf_counter() - t0)
+    return result
+
+
+def _check_output_format(output: Path, unc: Path | None, *, resume: bool) -> str:
+    """The output's format (``"tiff"`` or ``"zarr"``), checked before the input is read.
+
+    Raises:
+      IsojaxInputError: an unknown output format, ``--resume`` or several processes with a
+        TIFF output, or an uncertainty map that may not go with the output
+        (:func:`isojax.predict.uncertainty.check_uncertainty_output`).
+    """
     fmt = volume_format(output)
     n_proc = rank_and_count()[1]
     if resume and fmt != "zarr":
@@ -393,42 +367,51 @@ def predict_series_file(
             "they share; name the output .zarr")
     if unc is not None:
         check_uncertainty_output(output, unc)
-    hyper = open_hyperstack(stack_path, axes=axes, spacing=spacing)
-    ts = parse_timepoints(timepoints, hyper.n_timepoints)
-    cs = parse_channels(channels, hyper.n_channels)
-    g = _series_geometry(hyper, stack_path, subsample, log)
-    for path in (output, *([unc] if unc is not None else [])):
-        check_new_output(path, overwrite=overwrite)
-    dtype = hyper.dtype if keep_dtype else np.dtype(np.float32)
-    out_shape = (upsampled_length(hyper.shape[2], g.subsample), *hyper.shape[3:])
-    _check_output(hyper, out_shape, len(cs), fmt, dtype, memory_budget, stack_path, output,
-                  unc is not None)
+    return fmt
+
+
+def _summary(output: Path, hyper: Hyperstack, ts, cs, g: StackGeometry, *, shape: tuple,
+             dtype: np.dtype) -> SeriesPrediction:
+    """What the run writes: ``shape`` ``(t, c, z, y, x)`` and ``dtype``, the isotropic voxel
+    size, the time interval (the input's, times the time point step) and the channel names."""
+    step = ts[1] - ts[0] if len(ts) > 1 else 1
+    interval = None if hyper.time_interval is None else hyper.time_interval * step
+    names = None if hyper.channel_names is None else tuple(hyper.channel_names[c] for c in cs)
+    return SeriesPrediction(output, shape, dtype, g.isotropic_spacing, interval, names, ts, cs)
+
+
+def _targets(output: Path, unc: Path | None, *, stack_path, model, checkpoint: str, axes: str,
+             ts, cs, shape: tuple, dtype: np.dtype, fuse: Fuse,
+             subsample: float) -> list[_Target]:
+    """The outputs with the identity each records for ``--resume``: the input, the model,
+    the selection ``ts``, ``cs`` and the layout (the uncertainty map's: float32, and
+    ``"uncertainty": True``)."""
     identity = {"input": str(Path(stack_path).resolve()), "model": str(Path(model).resolve()),
-                "checkpoint": checkpoint, "axes": hyper.file_axes, "timepoints": list(ts),
-                "channels": list(cs), "shape": [len(ts), len(cs), *out_shape],
-                "dtype": dtype.name, "fuse": fuse, "subsample": g.subsample}
+                "checkpoint": checkpoint, "axes": axes, "timepoints": list(ts),
+                "channels": list(cs), "shape": list(shape), "dtype": dtype.name, "fuse": fuse,
+                "subsample": subsample}
     targets = [_Target(output, identity)]
     if unc is not None:
         targets.append(_Target(unc, {**identity, "dtype": "float32", "uncertainty": True}))
-    claimed, _ = from_main(lambda: _claim(targets, resume=resume, overwrite=overwrite,
-                                          inputs={"stack": stack_path, "model folder": model},
-                                          log=log), what="checking the outputs")
-    targets = claimed or targets
-    predictors = _channel_predictors(model, cs, g, checkpoint=checkpoint, tile=tile,
-                                     fuse=fuse, batch_size=batch_size,
-                                     uncertainty=unc is not None, log=log,
-                                     precision=precision)
-    shared = len({id(p) for p in predictors.values()}) == 1  # one model for every channel
-    _log_start(log, stack_path, hyper, ts, cs, g, shared=shared)
+    return targets
+
+
+def _restorer(hyper: Hyperstack, predictors: dict, *, stack_path, with_scale: bool,
+              keep_dtype: bool) -> Callable:
+    """``restore(t, c)``: the restored volume of input time point ``t`` and channel ``c``
+    (:func:`isojax.predict.predict_stack` with the channel's model; cast back to the input's
+    type with ``keep_dtype``), or with ``with_scale`` the pair ``(restored, scale)``.
+
+    ``restore`` raises :class:`IsojaxInputError` naming the time point and channel (e.g. a
+    volume without contrast).
+    """
 
     def restore(t: int, c: int):
-        """The restored volume of input time point ``t`` and channel ``c``, or with an
-        uncertainty map the pair ``(restored, scale)``."""
         volume = hyper.read(t, c)
         scale = None
         apply_fn, settings = predictors[c]
         try:
-            if unc is None:
+            if not with_scale:
                 mean = predict_stack(volume.astype(np.float32), apply_fn, **settings)
             else:
                 mean, scale = predict_stack_uncertainty(volume.astype(np.float32), apply_fn,
@@ -438,55 +421,19 @@ def predict_series_file(
         mean = _cast(mean, volume.dtype) if keep_dtype else mean
         return mean if scale is None else (mean, scale)
 
-    step = ts[1] - ts[0] if len(ts) > 1 else 1
-    interval = None if hyper.time_interval is None else hyper.time_interval * step
-    names = None if hyper.channel_names is None else tuple(hyper.channel_names[c] for c in cs)
-    shape = (len(ts), len(cs), *out_shape)
-    summary = SeriesPrediction(output, shape, dtype, g.isotropic_spacing, interval, names,
-                               ts, cs)
-    t0 = time.perf_counter()
-    if fmt == "tiff":
-        result = _to_tiff(summary, restore, uncertainty=unc, progress=progress,
-                          overwrite=overwrite, log=log)
-    else:
-        result = _to_zarr(summary, restore, targets, progress=progress, overwrite=overwrite,
-                          log=log)
-    rate = math.prod(shape) / (time.perf_counter() - t0) / 1e6
-    sp = result.spacing
-    log(f"wrote {output}: shape {shape} (t, c, z, y, x), {dtype}, voxel size "
-        f"{'unknown' if sp is None else ', '.join(f'{v:.4g}' for v in sp)} um, time interval "
-        f"{'unknown' if interval is None else f'{interval:g} s'}; {rate:.2f} Mvoxel/s")
+    return restore
+
+
+def _log_written(log: Log, result: SeriesPrediction, unc: Path | None, *,
+                 seconds: float) -> None:
+    """The closing lines: what was written, and the rate over ``seconds``."""
+    rate = math.prod(result.shape) / seconds / 1e6
+    sp, interval = result.spacing, result.time_interval
+    log(f"wrote {result.output}: shape {result.shape} (t, c, z, y, x), {result.dtype}, voxel "
+        f"size {'unknown' if sp is None else ', '.join(f'{v:.4g}' for v in sp)} um, time "
+        f"interval {'unknown' if interval is None else f'{interval:g} s'}; {rate:.2f} Mvoxel/s")
     if unc is not None:
         log(f"wrote {unc}: the Laplace scale of each voxel, float32, same shape")
-    return result
-
-
-class _Target(NamedTuple):
-    """One output of a series prediction: the restoration, or the uncertainty map.
-
-    ``identity`` is recorded in a staged OME-Zarr (what ``--resume`` checks); ``adopted``
-    is the dead partial that ``--resume`` renamed to this process's name, or None.
-    """
-
-    path: Path
-    identity: dict
-    adopted: Path | None = None
-
-
-def _claim(targets: list[_Target], *, resume: bool, overwrite: bool, inputs: dict,
-           log: Log) -> list[_Target]:
-    """Process 0's checks of the outputs: adopt the partials (``resume``), check the outputs.
-
-    Returns:
-      ``targets`` with the adopted partials.
-    """
-    if resume:
-        targets = [t._replace(adopted=_adopt_partial(t.path, t.identity, log))
-                   for t in targets]
-    mine = [str(t.adopted) for t in targets if t.adopted is not None]
-    check_outputs([t.path for t in targets], inputs=inputs, overwrite=overwrite,
-                  log=lambda m: None if any(a in m for a in mine) else log(m))
-    return targets
 
 
 def _to_tiff(summary: SeriesPrediction, restore, *, uncertainty: Path | None, progress: bool,
@@ -525,26 +472,6 @@ def _to_tiff(summary: SeriesPrediction, restore, *, uncertainty: Path | None, pr
             if scales is not None:
                 scales.close()
     return summary
-
-
-def _open_stores(summary: SeriesPrediction, targets: list[_Target], stack, *,
-                 overwrite: bool, log: Log) -> tuple[list[_SeriesStage], list[HyperstackZarr]]:
-    """Process 0: stage every target (entered on ``stack``) and create or open its store."""
-    stages, stores = [], []
-    for target in targets:
-        stage = _SeriesStage(target.path, overwrite=overwrite, log=log,
-                             resume_from=target.adopted)
-        temp = stack.enter_context(stage)
-        if target.adopted is not None:
-            store = HyperstackZarr.open(temp)
-        else:
-            store = create_hyperstack_zarr(
-                temp, summary.shape, target.identity["dtype"], spacing=summary.spacing,
-                time_interval=summary.time_interval, channel_names=summary.channel_names,
-                extra={"isojax": {"series": target.identity}})
-        stages.append(stage)
-        stores.append(store)
-    return stages, stores
 
 
 def _to_zarr(summary: SeriesPrediction, restore, targets: list[_Target], *,
