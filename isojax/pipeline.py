@@ -416,7 +416,8 @@ def calibrate_file(
     fitted (the NA, or a light sheet's sheet FWHM), the stack needs its voxel size in
     micrometres (in the file or ``spacing``), a hyperstack is calibrated one channel at a
     time (``channels``), and the PSF file is the one ``isojax psf theory --model debye``
-    writes at the fitted value. Options that do not go together (an optics keyword with a
+    writes at the fitted value (or, where that kernel is longer than the model computes,
+    the fit's own kernel, and the report says so). Options that do not go together (an optics keyword with a
     shape family, ``init_fwhm`` with ``"debye"``, ``"debye"`` without ``wavelength_um``,
     ...) are refused before anything is read (:func:`isojax.calibrate.physical_files.
     calibrate_option_problem`).
