@@ -204,12 +204,15 @@ def check_contrast(
       The two percentiles ``(lo, hi)`` of the stack, ``lo < hi``.
 
     Raises:
-      IsojaxInputError: the stack is constant, or its two percentiles are equal.
+      IsojaxInputError: the stack holds NaN or infinite voxels, is constant, or its two
+        percentiles are equal.
     """
     x = np.asarray(stack)
     if not x.size:
-        raise IsojaxInputError(f"{name + ': ' if name is not None else ''}the stack is empty.")
+        raise IsojaxInputError(f"{f'{name}: ' if name is not None else ''}the stack is empty.")
     low, high = float(np.min(x)), float(np.max(x))
+    if not (math.isfinite(low) and math.isfinite(high)):  # NaN and inf propagate to min/max
+        raise IsojaxInputError(non_finite_message(x, name=name))
     if low == high:
         raise IsojaxInputError(no_contrast_message(value=low, name=name))
     lo, hi = (float(v) for v in np.percentile(x.astype(np.float32), percentiles))
@@ -218,6 +221,16 @@ def check_contrast(
         raise IsojaxInputError(no_contrast_message(
             value=lo, percentiles=percentiles, name=name, differing=differing))
     return lo, hi
+
+
+def non_finite_message(stack, *, name=None) -> str:
+    """The one-line refusal of a stack with NaN or infinite voxels (how many, the first)."""
+    bad = ~np.isfinite(np.asarray(stack))
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    return (f"{f'{name}: ' if name is not None else ''}the stack holds {int(bad.sum())} NaN or "
+            f"infinite voxel(s) of {bad.size} (the first at index {first}); replace them "
+            "(e.g. with the background level, np.nan_to_num) and save the stack again: they "
+            "would make every normalised value, loss and PSF NaN.")
 
 
 @functools.partial(jax.jit, static_argnames=("pmin", "pmax"))

@@ -553,6 +553,31 @@ def test_stack_without_contrast_is_refused_the_same_way_before_any_work(files, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.tif"]
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("command", ["train", "calibrate", "predict"])
+def test_stack_with_non_finite_voxels_is_refused_by_name(files, tmp_path, capsys, command, bad):
+    """A NaN (or inf) voxel was reported as 'no contrast (percentiles both nan)'."""
+    stack = np.random.default_rng(0).random((10, 64, 64)).astype(np.float32)
+    stack[4, 7, 9] = bad
+    path = write_tiff(tmp_path / "bad.tif", stack, spacing=SPACING)
+    out = tmp_path / "out"
+    args = {
+        "train": ["--model", str(out), "--bead", str(tmp_path / "missing_bead.tif"),
+                  "--steps", "2", "--patch-size", "16", "--quiet"],
+        "calibrate": ["-o", str(out.with_suffix(".tif"))],
+        "predict": ["--model", str(files / "model"), "-o", str(out.with_suffix(".tif")),
+                    "--quiet"],
+    }[command]
+    assert main([command, str(path), *args]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert errors == [
+        f"isojax: error: {path}: the stack holds 1 NaN or infinite voxel(s) of 40960 (the "
+        "first at index (4, 7, 9)); replace them (e.g. with the background level, "
+        "np.nan_to_num) and save the stack again: they would make every normalised value, "
+        "loss and PSF NaN."]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tif"]
+
+
 def test_streamed_prediction_refuses_a_stack_without_contrast(files, tmp_path, capsys):
     # streamed (OME-Zarr output): the percentiles are estimated, the message is the same one
     stack = np.full((10, 64, 64), 500, np.uint16)
