@@ -5,12 +5,14 @@ percentiles; prediction recomputes them on its own stack (from ``pmin``/``pmax``
 ``--resume`` reads them to refuse a different stack of the same shape.
 """
 
+from pathlib import Path
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from isojax.errors import IsojaxInputError
-from isojax.synth import SynthConfig, denormalize, normalize_percentile
+from isojax.synth import SynthConfig, check_contrast, denormalize, normalize_percentile
 from isojax.train import TrainConfig, train
 from isojax.unet import UNetConfig
 
@@ -69,3 +71,15 @@ def test_read_ome_zarr_reads_what_write_ome_zarr_wrote(tmp_path):
     write_tiff(tmp_path / "x.tif", x, spacing=(0.5, 0.1, 0.1))
     with pytest.raises(IsojaxInputError, match="read_tiff"):
         read_ome_zarr(tmp_path / "x.tif")
+
+
+def test_check_contrast_names_a_path_in_its_refusals():
+    """A file name given as a Path (as the commands pass it): the empty and the non-finite
+    refusals raised TypeError ("Path + str") instead of naming the file."""
+    with pytest.raises(IsojaxInputError, match=r"^a\.tif: the stack is empty\.$"):
+        check_contrast(np.zeros((0, 4, 4)), name=Path("a.tif"))
+    x = np.ones((2, 3, 4))
+    x[1, 2, 3] = -np.inf
+    with pytest.raises(IsojaxInputError, match=r"^a\.tif: the stack holds 1 NaN or infinite "
+                                               r"voxel\(s\) of 24 \(the first at index \(1, 2, 3\)\)"):
+        check_contrast(x, name=Path("a.tif"))
