@@ -293,6 +293,22 @@ def test_refuses_to_overwrite(stack_file, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([Path(stack_file).name, "o.zarr"])
 
 
+def test_scratch_store_that_cannot_be_created_leaves_no_folder(tmp_path):
+    """A scratch store the writer refuses (here a shape tensorstore rejects) is removed.
+
+    Not reachable with the shapes predict_large computes; the same path is taken when the
+    disk fills up or the run is interrupted while the store is created.
+    """
+    from isojax.predict._stream import _scratch_volume
+
+    with pytest.raises(ValueError, match="shape"):
+        _scratch_volume(tmp_path, "o.zarr", (4, 5, -1), (2, 2, 2))
+    assert list(tmp_path.iterdir()) == []
+    folder, volume = _scratch_volume(tmp_path, "o.zarr", (4, 5, 6), (2, 2, 2))
+    assert folder.parent == tmp_path
+    assert volume.shape == (4, 5, 6)
+
+
 def test_compressed_tiff_is_refused_with_advice(stack, tmp_path):
     path = tmp_path / "c.tif"
     tifffile.imwrite(path, stack, compression="zlib")

@@ -161,11 +161,20 @@ def _runner(apply_fn, devices, *, with_scale: bool = False) -> tuple[Callable, i
 
 
 def _scratch_volume(parent: Path, name: str, shape, chunks):
-    """``(folder, volume)``: a float32 OME-Zarr in a new temporary folder beside the output."""
+    """``(folder, volume)``: a float32 OME-Zarr in a new temporary folder beside the output.
+
+    If the store cannot be created (e.g. a full disk, an interruption), the folder is
+    removed before the error goes on.
+    """
     folder = Path(tempfile.mkdtemp(dir=parent, prefix=f"{name}.{_partial_tag('scratch')}-"))
-    return folder, create_volume(
-        folder / "xz.zarr", shape, np.float32, spacing=None, format="zarr", chunks=chunks
-    )
+    try:
+        volume = create_volume(
+            folder / "xz.zarr", shape, np.float32, spacing=None, format="zarr", chunks=chunks
+        )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder, volume
 
 
 def _staged_volumes(stack: contextlib.ExitStack, output_path: Path, *, out_shape, out_spacing,
