@@ -2,6 +2,7 @@
 prediction time point by time point into TZCYX TIFF and t c z y x OME-Zarr, resume, errors."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,6 +112,26 @@ def test_ome_tiff_axes_physical_sizes_time_increment_and_channels(tmp_path):
                      metadata={"axes": "TCZYX"})
     hyper = open_hyperstack(tmp_path / "z.ome.tif")
     np.testing.assert_array_equal(hyper.read(2, 1), data[2, 1])
+
+
+def _ome_naming_one_channel(path: Path, data: np.ndarray) -> Path:
+    """An OME-TIFF of ``data`` (t, c, z, y, x) whose OME-XML has a Channel for channel 0 only."""
+    tifffile.imwrite(path, data, ome=True, metadata={
+        "axes": "TCZYX", "PhysicalSizeZ": 0.3, "PhysicalSizeY": 0.1, "PhysicalSizeX": 0.1,
+        "Channel": {"Name": [f"ch{c}" for c in range(data.shape[1])]}})
+    xml = tifffile.tiffcomment(path)
+    fewer = re.sub(r'<Channel ID="Channel:0:[1-9]\d*".*?</Channel>', "", xml, flags=re.S)
+    assert fewer.count("<Channel ") == 1  # SizeC stays at data.shape[1]
+    tifffile.tiffcomment(path, fewer)
+    return path
+
+
+def test_ome_tiff_naming_fewer_channels_than_it_has_gives_no_names(tmp_path):
+    data = _series()
+    hyper = open_hyperstack(_ome_naming_one_channel(tmp_path / "a.ome.tif", data))
+    assert hyper.shape == (N_T, N_C, N_Z, 32, 32)
+    assert hyper.channel_names is None  # not ("ch0",) for two channels
+    np.testing.assert_array_equal(hyper.read(1, 1), data[1, 1])
 
 
 def test_ome_zarr_with_t_and_c_axes(tmp_path):
@@ -296,6 +317,19 @@ def test_a_killed_zarr_prediction_resumes_without_recomputing(files, model, tmp_
     assert np.all(array[done[0]] == -7.0)
     np.testing.assert_allclose(array[8, 0], _network(model)(data[8, 0]), rtol=1e-5, atol=1e-3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.tif", "long.zarr"]
+
+
+def test_predict_an_ome_tiff_naming_fewer_channels_than_it_has(files, model, tmp_path):
+    data = _series()
+    src = _ome_naming_one_channel(tmp_path / "a.ome.tif", data)
+    out = tmp_path / "iso.zarr"
+    assert main(["predict", str(src), "--model", str(model), "-o", str(out), "--channels",
+                 "1", "--timepoints", "0", "--quiet"]) == 0
+    hyper = open_hyperstack(out)
+    assert hyper.shape == (1, 1, Z_UP, 32, 32)
+    assert hyper.channel_names == ("channel 0",)  # the writer's label of an unnamed channel
+    np.testing.assert_allclose(hyper.read(0, 0), _network(model)(data[0, 1]),
+                               rtol=1e-5, atol=1e-3)
 
 
 def _one_line_error(argv, capsys, match):

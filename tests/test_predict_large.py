@@ -293,6 +293,22 @@ def test_refuses_to_overwrite(stack_file, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([Path(stack_file).name, "o.zarr"])
 
 
+def test_scratch_store_that_cannot_be_created_leaves_no_folder(tmp_path):
+    """A scratch store the writer refuses (here a shape tensorstore rejects) is removed.
+
+    Not reachable with the shapes predict_large computes; the same path is taken when the
+    disk fills up or the run is interrupted while the store is created.
+    """
+    from isojax.predict._stream import _scratch_volume
+
+    with pytest.raises(ValueError, match="shape"):
+        _scratch_volume(tmp_path, "o.zarr", (4, 5, -1), (2, 2, 2))
+    assert list(tmp_path.iterdir()) == []
+    folder, volume = _scratch_volume(tmp_path, "o.zarr", (4, 5, 6), (2, 2, 2))
+    assert folder.parent == tmp_path
+    assert volume.shape == (4, 5, 6)
+
+
 def test_compressed_tiff_is_refused_with_advice(stack, tmp_path):
     path = tmp_path / "c.tif"
     tifffile.imwrite(path, stack, compression="zlib")
@@ -354,6 +370,63 @@ def test_sharded_over_two_devices_matches_one(stack_file, tmp_path):
     script.write_text(_SHARDED)
     done = subprocess.run(
         [sys.executable, str(script), str(stack_file), str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("OK")
+
+
+_ONE_OF_TWO = textwrap.dedent(
+    """
+    import sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax import lax
+    from isojax.io import open_volume
+    from isojax.predict_large import predict_large
+
+    d0, d1 = jax.devices()
+    # the weights live on the default device, as a restored checkpoint's do
+    k = jax.device_put(jnp.array([[1.0, 2.0, 0.5], [3.0, 4.0, 1.0], [0.0, 2.0, 1.5]]) / 15.0, d0)
+    seen = set()
+
+    def record():  # where the batches and upsampled slabs live, while the network runs
+        seen.update(d for a in jax.live_arrays() if a.ndim == 3 for d in a.devices())
+
+    def net(b):
+        jax.debug.callback(record)
+        out = lax.conv_general_dilated(b[:, None], k[None, None], (1, 1), "SAME",
+                                       precision=lax.Precision.HIGHEST)
+        return jnp.tanh(out[:, 0]) + 0.1 * b
+
+    src, out = sys.argv[1], sys.argv[2]
+    one = predict_large(src, out + ".d1.zarr", net, memory_budget=60_000, batch_size=3,
+                        devices=[d1])
+    assert one.n_devices == 1
+    assert seen == {d1}, seen
+    seen.clear()
+    ref = predict_large(src, out + ".d0.zarr", net, memory_budget=60_000, batch_size=3,
+                        devices=[d0])
+    assert seen == {d0}, seen
+    a = open_volume(out + ".d1.zarr").read((slice(None),) * 3)
+    b = open_volume(out + ".d0.zarr").read((slice(None),) * 3)
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    print("OK")
+    """
+)
+
+
+def test_runs_on_the_one_device_asked_for(stack, tmp_path):
+    """``devices=[second device]``: the batches and the upsampled slabs live there only."""
+    src = write_tiff(tmp_path / "in.tif", stack, spacing=SPACING, dtype=np.uint16)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2")
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    script = tmp_path / "one_of_two.py"
+    script.write_text(_ONE_OF_TWO)
+    done = subprocess.run(
+        [sys.executable, str(script), str(src), str(tmp_path / "out")],
         env=env,
         capture_output=True,
         text=True,

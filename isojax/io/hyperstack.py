@@ -137,7 +137,8 @@ class Hyperstack:
       source: where it came from: ``"override"``, ``"ome"``, ``"imagej"``, ``"ome-zarr"``
         or ``"none"`` (as :func:`isojax.io.read_tiff`).
       time_interval: seconds between time points, or None when the file does not say.
-      channel_names: one name per channel, or None.
+      channel_names: one name per channel, or None (also when the file names fewer or
+        more channels than it has).
     """
 
     def __init__(self, path, *, format: str, file_axes: str, file_shape, dtype, spacing,
@@ -152,7 +153,10 @@ class Hyperstack:
         self.spacing = spacing
         self.source = source
         self.time_interval = time_interval
-        self.channel_names = channel_names
+        # names that do not name the channels one to one (e.g. an OME-XML with fewer
+        # Channel elements than SizeC) are dropped: they cannot say which is which
+        names = None if channel_names is None else tuple(channel_names)
+        self.channel_names = names if names and len(names) == self.shape[1] else None
         self._reader = reader
 
     @property

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from isojax.errors import IsojaxInputError
@@ -130,6 +129,9 @@ def _runner(apply_fn, devices, *, with_scale: bool = False) -> tuple[Callable, i
     Returns:
       ``(run, n)``: the function (NumPy batch in, NumPy result out, of the batch's length;
       a batch is filled up with zeros to a multiple of ``n``) and the number of devices.
+      With one device the batch is committed to it, so the network runs there (not on the
+      default device); weights the network closes over are constants of its compiled
+      program, which is compiled for that device.
     """
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
@@ -141,8 +143,8 @@ def _runner(apply_fn, devices, *, with_scale: bool = False) -> tuple[Callable, i
 
     def run(batch: np.ndarray):
         b = batch.shape[0]
-        if sharding is None:
-            x = jnp.asarray(batch)
+        if sharding is None:  # committed to the one device: the computation runs there
+            x = jax.device_put(batch, devices[0])
         else:
             pad = -b % n  # a shard per device: fill the batch up with zeros
             if pad:
@@ -159,11 +161,20 @@ def _runner(apply_fn, devices, *, with_scale: bool = False) -> tuple[Callable, i
 
 
 def _scratch_volume(parent: Path, name: str, shape, chunks):
-    """``(folder, volume)``: a float32 OME-Zarr in a new temporary folder beside the output."""
+    """``(folder, volume)``: a float32 OME-Zarr in a new temporary folder beside the output.
+
+    If the store cannot be created (e.g. a full disk, an interruption), the folder is
+    removed before the error goes on.
+    """
     folder = Path(tempfile.mkdtemp(dir=parent, prefix=f"{name}.{_partial_tag('scratch')}-"))
-    return folder, create_volume(
-        folder / "xz.zarr", shape, np.float32, spacing=None, format="zarr", chunks=chunks
-    )
+    try:
+        volume = create_volume(
+            folder / "xz.zarr", shape, np.float32, spacing=None, format="zarr", chunks=chunks
+        )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder, volume
 
 
 def _staged_volumes(stack: contextlib.ExitStack, output_path: Path, *, out_shape, out_spacing,

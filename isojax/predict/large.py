@@ -40,6 +40,7 @@ the devices, the staged outputs and the slab loop).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -481,7 +482,9 @@ def predict_large(
         clipped to its range).
       chunks: OME-Zarr chunk shape ``(z, y, x)`` in voxels.
       overwrite: replace an existing output (only once the new one is complete).
-      devices: the devices to split batches over; default all of ``jax.devices()``.
+      devices: the devices to split batches over; default all of ``jax.devices()``. With
+        one device, the network and the slabs' Z upsampling run on it (not on the default
+        device).
       progress: called with a :class:`SlabProgress` after each slab.
       uncertainty: a second float32 output (``.zarr`` or ``.tif``) for the Laplace scale of
         a probabilistic ``apply_fn`` (returning ``(mean, scale)``), fused over the views and
@@ -513,12 +516,16 @@ def predict_large(
     load, finish, finish_scale = _slab_functions(
         volume, subsample=s, interpolation=interpolation, bounds=bounds,
         output_dtype=options.output_dtype)
-    _write_slabs(
-        output_path, volume, plan, load=load, finish=finish, fuse=fuse, out_shape=out_shape,
-        out_spacing=out_spacing, output_dtype=options.output_dtype, out_format=out_format,
-        chunks=options.chunks, overwrite=overwrite,
-        report=None if progress is None else lambda *fields: progress(SlabProgress(*fields)),
-        uncertainty=None if unc is None else (unc, finish_scale))
+    # one device asked for: the slabs' Z upsampling runs there too, not on the default one
+    home = (jax.default_device(devices[0]) if devices is not None and len(devices) == 1
+            else contextlib.nullcontext())
+    with home:
+        _write_slabs(
+            output_path, volume, plan, load=load, finish=finish, fuse=fuse,
+            out_shape=out_shape, out_spacing=out_spacing, output_dtype=options.output_dtype,
+            out_format=out_format, chunks=options.chunks, overwrite=overwrite,
+            report=None if progress is None else lambda *f: progress(SlabProgress(*f)),
+            uncertainty=None if unc is None else (unc, finish_scale))
     return LargePrediction(
         path=output_path, shape=out_shape, dtype=options.output_dtype, spacing=out_spacing,
         subsample=s, percentiles=bounds, slab_lines=(plan.lines.get(1, 0), plan.lines.get(2, 0)),
