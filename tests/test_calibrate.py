@@ -143,6 +143,32 @@ def test_lateral_lines_start_at_every_sampling_phase(sim, spectra):
     assert len(found) > 1
 
 
+@pytest.mark.parametrize("lateral", ["xy", "x", "y"])
+def test_lateral_lines_along_the_axes_asked_for(lateral):
+    """``lateral="x"``/``"y"``: the reference lines run only along that axis (the
+    directional check, bench/check_xy_consistency.py); ``"xy"`` takes half of each."""
+    nz, ny, nx = 16, 40, 40
+    stack = np.arange(nz * ny * nx, dtype=np.float64).reshape(nz, ny, nx).astype(np.float32)
+    target, _ = calibrate.prepare_spectra(jax.random.key(0), stack, subsample=2.0,
+                                          max_lines=64, normalise=False)
+    if lateral != "xy":
+        target, _ = calibrate.prepare_spectra(jax.random.key(0), stack, subsample=2.0,
+                                              max_lines=64, normalise=False, lateral=lateral)
+    steps = np.unique(np.diff(np.asarray(target.lines, np.float64), axis=1), axis=0)[:, 0]
+    counts = {"x": int(np.sum(np.diff(np.asarray(target.lines), axis=1)[:, 0] == 1)),
+              "y": int(np.sum(np.diff(np.asarray(target.lines), axis=1)[:, 0] == nx))}
+    assert set(steps) <= {1.0, float(nx)}
+    assert len(target.lines) == 64
+    want = {"xy": {"x": 32, "y": 32}, "x": {"x": 64, "y": 0}, "y": {"x": 0, "y": 64}}[lateral]
+    assert counts == want
+
+
+def test_lateral_must_name_the_axes():
+    with pytest.raises(IsojaxInputError, match="lateral must be"):
+        calibrate.prepare_spectra(jax.random.key(0), np.random.default_rng(0).random(
+            (16, 40, 40)).astype(np.float32), subsample=2.0, lateral="z")
+
+
 def test_noise_free_stack_gets_no_invented_noise_floor():
     # s = 2, w = 5 without noise: the Z spectra fall by 9 decades. The lateral lines' power
     # at 0.4-0.5 cycles/px is the lateral PSF's tail, not noise; taken as noise, it put a

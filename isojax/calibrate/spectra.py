@@ -12,7 +12,7 @@ white noise floor (see :mod:`isojax.calibrate` for why this identifies the PSF).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -160,7 +160,8 @@ def _check_volumes(stack, subsample: float) -> tuple[list[np.ndarray], float]:
 
 
 def prepare_spectra(
-    key: Array, stack, *, subsample: float, max_lines: int | None = None, normalise: bool = True
+    key: Array, stack, *, subsample: float, max_lines: int | None = None, normalise: bool = True,
+    lateral: Literal["xy", "x", "y"] = "xy",
 ) -> tuple[SpectralTarget, int]:
     """The observed Z-line spectrum and a set of lateral lines to degrade, from a stack.
 
@@ -177,6 +178,10 @@ def prepare_spectra(
         volumes); default from a budget of about 2^26 multiply-adds per evaluation of
         :func:`measure`.
       normalise: map the 1st / 99.8th percentiles to 0 / 1 first (as training does).
+      lateral: the lateral lines taken as the isotropic reference: along both axes
+        (``"xy"``, half each), or only along x or only along y (the directional check of
+        :mod:`isojax.calibrate.consistency`: a specimen that is not isotropic in XY gives
+        two different widths).
 
     Returns:
       ``(target, segment)``: a :class:`SpectralTarget` and the Welch segment length (in
@@ -186,6 +191,8 @@ def prepare_spectra(
       IsojaxInputError: a stack that is not 3D, too thin, too small laterally for the
         factor, not finite or constant; volumes of different shapes.
     """
+    if lateral not in ("xy", "x", "y"):
+        raise IsojaxInputError(f"lateral must be 'xy', 'x' or 'y', got {lateral!r}")
     volumes, s = _check_volumes(stack, subsample)
     if normalise:
         volumes = [_normalise(a) for a in volumes]
@@ -202,10 +209,12 @@ def prepare_spectra(
     length = n - max_shift
     if max_lines is None:
         max_lines = max(512, _MAC_BUDGET // (length * n_low))
-    half = max(1, int(max_lines) // 2)
+    half = max(1, int(max_lines) // (2 if lateral == "xy" else 1))
     k_x, k_y, k_p = jax.random.split(key, 3)
     pick = []
-    for k, lines in ((k_x, lines_x), (k_y, lines_y)):
+    for k, lines, axis in ((k_x, lines_x, "x"), (k_y, lines_y, "y")):
+        if axis not in lateral:
+            continue
         if lines.shape[0] > half:
             idx = np.sort(np.asarray(jax.random.choice(k, lines.shape[0], (half,), replace=False)))
             lines = lines[idx]
