@@ -104,3 +104,24 @@ def test_continuous_sigma_is_differentiable_and_equals_the_second_moment_when_wi
           - float(continuous_sigma(_kernel(0.6 - eps).axial[0]))) / (2 * eps)
     assert float(grad(jnp.float32(0.6))) == pytest.approx(fd, rel=1e-2)
     assert float(continuous_sigma(jnp.zeros(TAPS).at[TAPS // 2].set(1.0))) == 0.0
+
+
+def test_continuous_sigma_of_wide_and_flat_kernels_is_their_main_lobes_width():
+    """A runaway fit's kernel (a Gaussian far wider than its support, nearly a box) was
+    read through its side lobes (18.2 px came out 3.6 px), and one wider than the
+    frequency grid resolves came out NaN (bench/calibration_grid.md, points at high noise)."""
+    for sigma, taps in [(18.2, 63), (36.5, 127)]:
+        kernel = psf_from_params("gaussian", {"log_sigma": jnp.float32(math.log(sigma))},
+                                 taps=taps).axial[0]
+        w = float(continuous_sigma(kernel))
+        moment = float(psf_sigma(psf_from_params(
+            "gaussian", {"log_sigma": jnp.float32(math.log(sigma))}, taps=taps)))
+        assert math.isfinite(w)
+        # the main lobe of a near-box of n taps is that of a box: between its second
+        # moment and the untruncated width
+        assert 0.9 * moment <= w <= 1.1 * sigma
+    box = jnp.ones(127) / 127.0  # no frequency of the grid above the floor: second moment
+    assert float(continuous_sigma(box)) == pytest.approx(math.sqrt((127**2 - 1) / 12), rel=1e-4)
+    # narrow kernels are unchanged (the earlier tests), and a Gaussian of 12 px exact
+    k12 = psf_from_params("gaussian", {"log_sigma": jnp.float32(math.log(12.0))}, taps=127)
+    assert float(continuous_sigma(k12.axial[0])) == pytest.approx(12.0, rel=2e-3)

@@ -164,7 +164,9 @@ def continuous_sigma(kernel: Array) -> Array:
     wide'). This is the width ``w`` whose log power ``-4 pi^2 w^2 f^2`` is closest, in
     least squares over ``f`` in (0, 0.5] cycles/px, to the kernel's ``log |K(f)|^2``, over
     the frequencies where ``|K(f)|^2`` is above 1e-3 (where the kernel has not already
-    removed the signal): linear in ``w^2``, so in closed form,
+    removed the signal; the main lobe only, up to the first frequency below that, so that a
+    wide flat kernel's side lobes do not count; a kernel so wide that no frequency is
+    above it, about 50 px, gets its second moment): linear in ``w^2``, so in closed form,
     ``w^2 = -sum f^2 log|K|^2 / (4 pi^2 sum f^4)``. For a sampled Gaussian of 3 px or more
     it equals the second moment (:func:`psf_sigma`) to 0.1%; for other shapes it is the
     width of the Gaussian with the closest low-pass response.
@@ -176,14 +178,21 @@ def continuous_sigma(kernel: Array) -> Array:
       The scalar width ``w`` in pixels (0 for a delta). Differentiable; jit and vmap safe.
     """
     x = jnp.arange(kernel.shape[-1], dtype=jnp.float32) - kernel.shape[-1] // 2
+    k = kernel.astype(jnp.float32)
     f = jnp.asarray(_CONT_FREQ, jnp.float32)
-    response = jnp.cos(2.0 * jnp.pi * f[:, None] * x) @ kernel.astype(jnp.float32)
-    power = response**2
-    keep = power > _CONT_FLOOR
+    power = (jnp.cos(2.0 * jnp.pi * f[:, None] * x) @ k) ** 2
+    # the main lobe: the frequencies up to the first one below the floor (a wide, flat
+    # kernel's side lobes rise above it again and would make it look narrow)
+    keep = jnp.cumprod((power > _CONT_FLOOR).astype(jnp.float32)) > 0
     log_power = jnp.log(jnp.where(keep, power, 1.0))
     num = -jnp.sum(jnp.where(keep, f**2 * log_power, 0.0))
     den = 4.0 * jnp.pi**2 * jnp.sum(jnp.where(keep, f**4, 0.0))
-    return jnp.sqrt(jnp.maximum(num, 0.0) / den)
+    fitted = jnp.sqrt(jnp.maximum(num, 0.0) / jnp.where(den > 0, den, 1.0))
+    # no frequency above the floor: a kernel wider than the grid resolves (about 50 px),
+    # where the continuous width is the second moment
+    mean = jnp.sum(k * x)
+    moment = jnp.sqrt(jnp.maximum(jnp.sum(k * (x - mean) ** 2), 0.0))
+    return jnp.where(den > 0, fitted, moment)
 
 
 def smoothness_penalty(kernel: Array) -> Array:
