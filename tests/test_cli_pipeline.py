@@ -524,6 +524,19 @@ def test_tile_too_small_is_refused_and_an_expensive_one_raised(files, capsys, mo
     np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-2)
 
 
+def _refusal_args(command: str, files, tmp_path) -> list[str]:
+    """Each command's options for a stack it must refuse before any work."""
+    out = tmp_path / "out"
+    return {
+        # a bead file that does not exist: the stack must be refused before the PSF is made
+        "train": ["--model", str(out), "--bead", str(tmp_path / "missing_bead.tif"),
+                  "--steps", "2", "--patch-size", "16", "--quiet"],
+        "calibrate": ["-o", str(out.with_suffix(".tif"))],
+        "predict": ["--model", str(files / "model"), "-o", str(out.with_suffix(".tif")),
+                    "--quiet"],
+    }[command]
+
+
 @pytest.mark.parametrize("kind", ["constant", "one_bright_voxel"])
 @pytest.mark.parametrize("command", ["train", "calibrate", "predict"])
 def test_stack_without_contrast_is_refused_the_same_way_before_any_work(files, tmp_path, capsys,
@@ -532,15 +545,7 @@ def test_stack_without_contrast_is_refused_the_same_way_before_any_work(files, t
     if kind == "one_bright_voxel":  # its 1st and 99.8th percentiles are both 500
         stack[5, 30, 30] = 4000
     path = write_tiff(tmp_path / "flat.tif", stack, spacing=SPACING, dtype=np.uint16)
-    out = tmp_path / "out"
-    args = {
-        # a bead file that does not exist: the stack must be refused before the PSF is made
-        "train": ["--model", str(out), "--bead", str(tmp_path / "missing_bead.tif"),
-                  "--steps", "2", "--patch-size", "16", "--quiet"],
-        "calibrate": ["-o", str(out.with_suffix(".tif"))],
-        "predict": ["--model", str(files / "model"), "-o", str(out.with_suffix(".tif")),
-                    "--quiet"],
-    }[command]
+    args = _refusal_args(command, files, tmp_path)
     assert main([command, str(path), *args]) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     found = ("all voxels are 500" if kind == "constant"
@@ -560,14 +565,7 @@ def test_stack_with_non_finite_voxels_is_refused_by_name(files, tmp_path, capsys
     stack = np.random.default_rng(0).random((10, 64, 64)).astype(np.float32)
     stack[4, 7, 9] = bad
     path = write_tiff(tmp_path / "bad.tif", stack, spacing=SPACING)
-    out = tmp_path / "out"
-    args = {
-        "train": ["--model", str(out), "--bead", str(tmp_path / "missing_bead.tif"),
-                  "--steps", "2", "--patch-size", "16", "--quiet"],
-        "calibrate": ["-o", str(out.with_suffix(".tif"))],
-        "predict": ["--model", str(files / "model"), "-o", str(out.with_suffix(".tif")),
-                    "--quiet"],
-    }[command]
+    args = _refusal_args(command, files, tmp_path)
     assert main([command, str(path), *args]) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert errors == [

@@ -363,13 +363,15 @@ _SHARDED = textwrap.dedent(
 )
 
 
-def test_sharded_over_two_devices_matches_one(stack_file, tmp_path):
+def _run_on_two_cpu_devices(code: str, src, tmp_path, name: str) -> None:
+    """Run ``code`` (a script taking the stack and an output folder) in a process with two
+    CPU devices; it must print ``OK``."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2")
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
-    script = tmp_path / "sharded.py"
-    script.write_text(_SHARDED)
+    script = tmp_path / name
+    script.write_text(code)
     done = subprocess.run(
-        [sys.executable, str(script), str(stack_file), str(tmp_path / "out")],
+        [sys.executable, str(script), str(src), str(tmp_path / "out")],
         env=env,
         capture_output=True,
         text=True,
@@ -377,6 +379,10 @@ def test_sharded_over_two_devices_matches_one(stack_file, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("OK")
+
+
+def test_sharded_over_two_devices_matches_one(stack_file, tmp_path):
+    _run_on_two_cpu_devices(_SHARDED, stack_file, tmp_path, "sharded.py")
 
 
 _ONE_OF_TWO = textwrap.dedent(
@@ -421,19 +427,7 @@ _ONE_OF_TWO = textwrap.dedent(
 def test_runs_on_the_one_device_asked_for(stack, tmp_path):
     """``devices=[second device]``: the batches and the upsampled slabs live there only."""
     src = write_tiff(tmp_path / "in.tif", stack, spacing=SPACING, dtype=np.uint16)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2")
-    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
-    script = tmp_path / "one_of_two.py"
-    script.write_text(_ONE_OF_TWO)
-    done = subprocess.run(
-        [sys.executable, str(script), str(src), str(tmp_path / "out")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.startswith("OK")
+    _run_on_two_cpu_devices(_ONE_OF_TWO, src, tmp_path, "one_of_two.py")
 
 
 # ----------------------------------------------------------------------------------------
