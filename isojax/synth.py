@@ -168,7 +168,7 @@ def no_contrast_message(
     Returns:
       The message, one line.
     """
-    where = f"{name}: " if name is not None else ""
+    where = _where(name)
     if percentiles is None:
         found = f"all voxels are {value:g}"
     else:
@@ -209,10 +209,10 @@ def check_contrast(
     """
     x = np.asarray(stack)
     if not x.size:
-        raise IsojaxInputError(f"{f'{name}: ' if name is not None else ''}the stack is empty.")
+        raise IsojaxInputError(f"{_where(name)}the stack is empty.")
     low, high = float(np.min(x)), float(np.max(x))
     if not (math.isfinite(low) and math.isfinite(high)):  # NaN and inf propagate to min/max
-        raise IsojaxInputError(non_finite_message(x, name=name))
+        raise IsojaxInputError(_non_finite_message(x, name=name))
     if low == high:
         raise IsojaxInputError(no_contrast_message(value=low, name=name))
     lo, hi = (float(v) for v in np.percentile(x.astype(np.float32), percentiles))
@@ -223,11 +223,16 @@ def check_contrast(
     return lo, hi
 
 
-def non_finite_message(stack, *, name=None) -> str:
+def _where(name) -> str:
+    """A message's file prefix (``"stack.tif: "``), empty without a name."""
+    return f"{name}: " if name is not None else ""
+
+
+def _non_finite_message(stack, *, name=None) -> str:
     """The one-line refusal of a stack with NaN or infinite voxels (how many, the first)."""
     bad = ~np.isfinite(np.asarray(stack))
     first = tuple(int(i) for i in np.argwhere(bad)[0])
-    return (f"{f'{name}: ' if name is not None else ''}the stack holds {int(bad.sum())} NaN or "
+    return (f"{_where(name)}the stack holds {int(bad.sum())} NaN or "
             f"infinite voxel(s) of {bad.size} (the first at index {first}); replace them "
             "(e.g. with the background level, np.nan_to_num) and save the stack again: they "
             "would make every normalised value, loss and PSF NaN.")

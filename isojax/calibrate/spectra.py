@@ -132,9 +132,8 @@ def _check_stack(stack, subsample: float) -> tuple[np.ndarray, float]:
             f"{need} px). Use larger planes, or give a PSF instead."
         )
     a = a.astype(np.float32)
-    if not np.all(np.isfinite(a)):
-        raise IsojaxInputError("the stack holds NaN or inf values; clean it before calibrating.")
-    check_contrast(a, percentiles=(1.0, 99.8))  # the percentiles _normalise maps to 0 and 1
+    # refuses NaN or inf too; the percentiles are those _normalise maps to 0 and 1
+    check_contrast(a, percentiles=(1.0, 99.8))
     return a, s
 
 
@@ -179,9 +178,9 @@ def prepare_spectra(
         :func:`measure`.
       normalise: map the 1st / 99.8th percentiles to 0 / 1 first (as training does).
       lateral: the lateral lines taken as the isotropic reference: along both axes
-        (``"xy"``, half each), or only along x or only along y (the directional check of
-        :mod:`isojax.calibrate.consistency`: a specimen that is not isotropic in XY gives
-        two different widths).
+        (``"xy"``, half each), or only along x or only along y (a specimen that is not
+        isotropic in XY gives two different widths: ``bench/check_xy_consistency.py``;
+        not used by :func:`~isojax.calibrate.fit_psf`).
 
     Returns:
       ``(target, segment)``: a :class:`SpectralTarget` and the Welch segment length (in

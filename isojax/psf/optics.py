@@ -464,7 +464,12 @@ def debye_window(*, na: float, wavelength_um: float, ri: float, modality: Modali
     sigmas = theoretical_sigmas(na=na, wavelength_um=wavelength_um, ri=ri, modality=modality,
                                 excitation_um=excitation_um, pinhole_au=0.0,
                                 sheet_fwhm_um=sheet_fwhm_um)
-    half = 16 * math.ceil(max(16.0, 24.0 * sigmas.axial_um / pixel_size) / 16)
+    return _window(sigmas.axial_um, pixel_size)
+
+
+def _window(axial_sigma_um: float, pixel_size: float) -> tuple[int, bool]:
+    """:func:`debye_window` from the Gaussian approximation's axial sigma."""
+    half = 16 * math.ceil(max(16.0, 24.0 * axial_sigma_um / pixel_size) / 16)
     return half, half <= _MAX_HALF_SIZE
 
 
@@ -519,9 +524,7 @@ def debye_axial_psf(
         warnings.warn(
             f"the Debye confocal model is a point pinhole; a {pinhole_au:g} AU pinhole makes "
             "the real PSF wider (use --pinhole 0 to silence this)", stacklevel=2)
-    half, ok = debye_window(na=na, wavelength_um=wavelength_um, ri=ri, modality=modality,
-                            pixel_size=pixel_size, excitation_um=excitation_um,
-                            sheet_fwhm_um=sheet_fwhm_um)
+    half, ok = _window(sigmas.axial_um, pixel_size)
     if not ok:  # the integral's memory grows with the square of the span
         raise IsojaxInputError(
             f"the Debye PSF of NA {na:g} (n {ri:g}) spans about {2 * half + 1} px along z at "

@@ -306,9 +306,7 @@ def _check_stack(stack, *, patch_size: int, net: UNetConfig,
             f"the stack must be 3D (z, y, x), got shape {stack.shape}; select one channel/time "
             "point first."
         )
-    if not np.all(np.isfinite(stack)):
-        raise IsojaxInputError("the stack holds NaN or inf values; clean it before training.")
-    synth.check_contrast(stack, percentiles=percentiles)
+    synth.check_contrast(stack, percentiles=percentiles)  # NaN or inf, then no contrast
     p = patch_size
     if min(stack.shape[1:]) < p:
         raise IsojaxInputError(
